@@ -1,0 +1,9 @@
+"""The catalogue of geometries. Importing this package registers every built-in norm.
+
+Each geometry is one class in one module; :func:`lmo.norms` lists them by registry name and
+:func:`lmo.get_norm` builds one from its name and keyword parameters.
+"""
+
+from .vector import L1, L2, RMS, Lp, Scaled, Sign, WeightedSign
+
+__all__ = ["Sign", "L1", "L2", "Lp", "RMS", "WeightedSign", "Scaled"]

@@ -1,0 +1,92 @@
+"""Array-backend helpers: the one place that knows about array namespaces.
+
+Every geometry and driver is written once against the Python array API standard::
+
+    xp = namespace(g)          # numpy, torch, CuPy, array-api-strict, ...
+    ... only xp.* from here on ...
+
+This module holds the few helpers that the standard leaves to each library: finding the namespace and device of an
+array, widening half-precision inputs for computation, and scale-safe reductions used by several norms.
+No backend is imported here; array-api-compat imports the one that the array comes from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import array_api_compat
+
+Array = Any  # an array of any array-API namespace
+Namespace = Any
+
+__all__ = [
+    "Array",
+    "namespace",
+    "device",
+    "is_floating",
+    "widen",
+    "reduce_last",
+    "flatten_last",
+    "vdot",
+    "safe_divide",
+]
+
+
+def namespace(*arrays: Array) -> Namespace:
+    """The array-API namespace of ``arrays`` (numpy, torch, cupy, array_api_strict, ...)."""
+    return array_api_compat.array_namespace(*arrays)
+
+
+def device(x: Array) -> Any:
+    """The device that ``x`` lives on, in its own library's terms."""
+    return array_api_compat.device(x)
+
+
+def is_floating(xp: Namespace, x: Array) -> bool:
+    """Whether ``x`` has a real floating dtype."""
+    return bool(xp.isdtype(x.dtype, "real floating"))
+
+
+def widen(xp: Namespace, x: Array, *, name: str = "x", where: str = "") -> tuple[Array, Callable[[Array], Array]]:
+    """Return ``(x_wide, narrow)``: ``x`` in a dtype fit for computation and a function that casts results back.
+
+    Half precision (float16, bfloat16) has too few exponent or mantissa bits for sums of squares and powers, so it
+    is computed in float32 and cast back to the input dtype. Other real floating dtypes pass through unchanged.
+    Integer, boolean and complex inputs raise ``ValueError`` naming the parameter, its shape and dtype.
+    """
+    if not is_floating(xp, x):
+        raise ValueError(
+            f"{where}{name} must have a real floating dtype; got dtype {x.dtype} with shape {tuple(x.shape)}"
+        )
+    if xp.finfo(x.dtype).bits >= 32:
+        return x, _identity
+    dtype = x.dtype
+    return xp.astype(x, xp.float32), lambda y: xp.astype(y, dtype)
+
+
+def _identity(y: Array) -> Array:
+    return y
+
+
+def flatten_last(xp: Namespace, x: Array, ndim: int) -> Array:
+    """View the trailing ``ndim`` axes of ``x`` as one axis: shape ``(*batch, prod(core))``."""
+    if ndim == 1:
+        return x
+    batch = tuple(x.shape[: x.ndim - ndim])
+    return xp.reshape(x, (*batch, -1))
+
+
+def reduce_last(xp: Namespace, fn: Callable[..., Array], x: Array, ndim: int) -> Array:
+    """Apply a reduction ``fn(x, axis=...)`` over the trailing ``ndim`` axes of ``x``."""
+    return fn(x, axis=tuple(range(-ndim, 0)))
+
+
+def vdot(xp: Namespace, a: Array, b: Array, ndim: int) -> Array:
+    """``<a, b>`` over the trailing ``ndim`` axes, one value per batch entry."""
+    return xp.sum(a * b, axis=tuple(range(-ndim, 0)))
+
+
+def safe_divide(xp: Namespace, num: Array, den: Array) -> Array:
+    """``num / den`` where ``den > 0``, else 0: the convention ``lmo(0) = 0`` without NaN."""
+    positive = den > 0
+    return xp.where(positive, num / xp.where(positive, den, xp.ones_like(den)), xp.zeros_like(num))

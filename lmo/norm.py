@@ -1,0 +1,235 @@
+"""The ``Norm`` contract and the registry of geometries.
+
+A geometry is a norm ``||.||`` together with its linear minimisation oracle
+
+    lmo(g) = argmin_{||d|| <= 1} <g, d>,        so   <g, lmo(g)> = -||g||_*   (the dual norm),
+
+and the sharp operator ``sharp(g) = -||g||_* lmo(g)`` (the steepest-descent step of size ``||g||_*``).
+This is the argmin, not the ascent direction that most neural-network codebases return: an optimizer step is
+``x <- x + lr * radius * lmo(c)``.
+
+A plugin is a subclass with a registry name::
+
+    class Box(Norm, name="box"):
+        width: float = 1.0                      # parameters are dataclass fields (keywords)
+
+        def norm(self, x): ...
+        def dual_norm(self, g): ...
+        def lmo(self, g): ...
+
+Every subclass is made a frozen dataclass, so norms are small immutable values with a readable ``repr``, equality
+and a hash; optimizer configurations that hold them print and compare. Parameters are validated in
+``__post_init__`` (use ``object.__setattr__`` there to normalise a field).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import importlib.metadata
+import inspect
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from .backend import Array, Namespace, namespace, widen
+
+__all__ = ["Norm", "get_norm", "norms", "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "lmo.geometries"
+
+_REGISTRY: dict[str, type[Norm]] = {}
+_ABSTRACT_METHODS = ("norm", "dual_norm", "lmo")
+
+
+class Norm(abc.ABC):
+    """A norm with its dual norm and linear minimisation oracle, acting on the trailing ``ndim`` axes.
+
+    Leading axes are batch axes: ``norm(x)`` of shape ``(*batch, *core)`` has shape ``batch``, and ``lmo(g)`` has
+    the shape of ``g``. Outputs keep the input's namespace, device and dtype.
+
+    Class declarations (a subclass may override them as plain class attributes or as properties):
+
+    ``ndim``
+        1: the norm acts on the trailing axis (vectors); 2: on the trailing two axes (matrices).
+    ``delta``
+        Declared optimality: ``<g, lmo(g)> <= -delta * dual_norm(g)``. Exact oracles declare 1.
+    ``slack``
+        Declared feasibility: ``norm(lmo(g)) <= 1 + slack``. Exact oracles declare 0.
+    ``symmetry``
+        A group of isometries under which the norm is invariant, checked by ``lmo.testing``:
+        ``"signed_permutation"`` (entrywise norms), ``"sign_flip"``, ``"orthogonal"`` (Euclidean and Schatten norms
+        act on vectors / on both sides of matrices), ``"orthogonal_left"``, ``"orthogonal_right"``, or ``None``.
+    """
+
+    name: ClassVar[str]
+    ndim: ClassVar[int] = 1
+    delta: ClassVar[float] = 1.0
+    slack: ClassVar[float] = 0.0
+    symmetry: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclasses.dataclass(frozen=True)(cls)
+        if name is not None:
+            _register(cls, name)
+
+    # -- the contract --------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def norm(self, x: Array) -> Array:
+        """``||x||``, reducing the trailing ``ndim`` axes."""
+
+    @abc.abstractmethod
+    def dual_norm(self, g: Array) -> Array:
+        """``||g||_* = max_{||d|| <= 1} <g, d>``, reducing the trailing ``ndim`` axes."""
+
+    @abc.abstractmethod
+    def lmo(self, g: Array) -> Array:
+        """``argmin_{||d|| <= 1} <g, d>``; same namespace, device, dtype and shape as ``g``; ``lmo(0) = 0``."""
+
+    def sharp(self, g: Array) -> Array:
+        """``g^# = -||g||_* lmo(g)``: the steepest-descent step ``argmax_d <g, d> - ||d||^2 / 2``, up to sign.
+
+        With this convention ``<g, sharp(g)> = ||g||_*^2`` and ``||sharp(g)|| = ||g||_*``.
+        """
+        xp = namespace(g)
+        scale = self.dual_norm(g)
+        scale = xp.reshape(scale, tuple(scale.shape) + (1,) * self.ndim)
+        return -scale * self.lmo(g)
+
+    # -- what the property kit needs to know ---------------------------------------------------------------------
+    @classmethod
+    def examples(cls) -> Iterable[Norm]:
+        """Instances that the contract suite checks for this class (default: the instance with default parameters)."""
+        try:
+            return (cls(),)
+        except TypeError as err:
+            raise TypeError(
+                f"{cls.__qualname__} has required parameters; define the classmethod examples() to return the "
+                f"instances that the property kit should check ({err})"
+            ) from None
+
+    def core_shape(self) -> tuple[int, ...] | None:
+        """The trailing shape this norm requires, or ``None`` if any shape with ``ndim`` non-empty axes fits."""
+        return None
+
+    # -- helpers for implementations -----------------------------------------------------------------------------
+    def _prepare(self, x: Array, name: str = "g") -> tuple[Namespace, Array, Any]:
+        """Validate ``x`` for this norm and return ``(xp, x_wide, narrow)``, see :func:`lmo.backend.widen`."""
+        xp = namespace(x)
+        where = f"{self!r}: "
+        if x.ndim < self.ndim:
+            raise ValueError(
+                f"{where}{name} must have at least {self.ndim} axes (the norm acts on the trailing {self.ndim}); "
+                f"got shape {tuple(x.shape)}"
+            )
+        core = tuple(x.shape[x.ndim - self.ndim :])
+        if any(n == 0 for n in core):
+            raise ValueError(f"{where}{name} has an empty core {core} (shape {tuple(x.shape)})")
+        expected = self.core_shape()
+        if expected is not None and core != tuple(expected):
+            raise ValueError(f"{where}{name} must have trailing shape {tuple(expected)}; got shape {tuple(x.shape)}")
+        wide, narrow = widen(xp, x, name=name, where=where)
+        return xp, wide, narrow
+
+    def _axes(self) -> tuple[int, ...]:
+        return tuple(range(-self.ndim, 0))
+
+
+# -- registry ----------------------------------------------------------------------------------------------------
+def _register(cls: type[Norm], name: str) -> None:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a norm's registry name must be a Python identifier; {cls.__qualname__} has name={name!r}")
+    missing = [m for m in _ABSTRACT_METHODS if getattr(getattr(cls, m), "__isabstractmethod__", False)]
+    if missing:
+        raise TypeError(
+            f"class {cls.__qualname__}(Norm, name={name!r}) does not define {', '.join(missing)}; "
+            f"a registered norm implements {', '.join(_ABSTRACT_METHODS)} (leave out name= for an abstract helper)"
+        )
+    _check_declarations(cls)
+    existing = _REGISTRY.get(name)
+    if existing is not None and _qualified(existing) != _qualified(cls):
+        raise ValueError(
+            f"norm name {name!r} is already registered by {_qualified(existing)}; "
+            f"{_qualified(cls)} needs another name"
+        )
+    cls.name = name
+    _REGISTRY[name] = cls
+
+
+def _check_declarations(cls: type[Norm]) -> None:
+    for attr, ok, rule in (
+        ("ndim", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
+        ("delta", lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]"),
+        ("slack", lambda v: isinstance(v, (int, float)) and v >= 0, ">= 0"),
+    ):
+        value = inspect.getattr_static(cls, attr)
+        if isinstance(value, (property, dataclasses.Field)) or attr in getattr(cls, "__dataclass_fields__", {}):
+            continue  # declared per instance; the property kit checks the values
+        if not ok(value):
+            raise ValueError(f"{cls.__qualname__}.{attr} must be {rule}; got {value!r}")
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+_builtins_loaded = False
+_entry_points_loaded: set[str] = set()
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        importlib.import_module("lmo.geometries")
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> None:
+    if ep.name in _entry_points_loaded:
+        return
+    _entry_points_loaded.add(ep.name)
+    loaded = ep.load()  # importing the module registers its classes through the class keyword
+    if isinstance(loaded, type) and issubclass(loaded, Norm) and ep.name not in _REGISTRY:
+        _register(loaded, ep.name)
+
+
+def norms() -> dict[str, type[Norm]]:
+    """All registered norms by name: the built-ins, subclasses defined so far, and entry-point plugins."""
+    _load_builtins()
+    for ep in _entry_points():
+        _load_entry_point(ep)
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_norm(name: str | Norm, **params: Any) -> Norm:
+    """The registered norm ``name`` built with keyword ``params``: ``get_norm("lp", p=3)``.
+
+    A ``Norm`` instance is returned as it is (with no parameters). An unknown name raises ``ValueError`` that lists
+    the known names; unknown or invalid parameters raise ``ValueError`` that names them.
+    """
+    if isinstance(name, Norm):
+        if params:
+            raise ValueError(f"get_norm got the instance {name!r} and parameters {sorted(params)}; give one or other")
+        return name
+    if not isinstance(name, str):
+        raise ValueError(f"get_norm takes a registry name or a Norm instance; got {name!r}")
+    _load_builtins()
+    if name not in _REGISTRY:
+        for ep in _entry_points():
+            if ep.name == name:
+                _load_entry_point(ep)
+    if name not in _REGISTRY:
+        known = ", ".join(norms())
+        raise ValueError(f"unknown norm {name!r}; known norms: {known}")
+    cls = _REGISTRY[name]
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        accepted = ", ".join(fields) or "no parameters"
+        raise ValueError(f"norm {name!r} got unknown parameter(s) {', '.join(unknown)}; it takes: {accepted}")
+    return cls(**params)
