@@ -5,7 +5,9 @@ Each geometry is one class in one module; :func:`lmo.norms` lists them by regist
 """
 
 from .columns import BiasRMS, ColNorm, RowNorm, ScionSign
+from .manifold import SpectralSphere, Sphere, Stiefel, StiefelInfo
 from .polar import PolarSolver, polar, polar_express_coefficients
+from .product import Product
 from .spectral import Frobenius, Nuclear, Schatten, Spectral, SpectralConv
 from .vector import L1, L2, RMS, Lp, Scaled, Sign, WeightedSign
 
@@ -13,5 +15,6 @@ __all__ = [
     "Sign", "L1", "L2", "Lp", "RMS", "WeightedSign", "Scaled",
     "Spectral", "SpectralConv", "Nuclear", "Schatten", "Frobenius",
     "ColNorm", "RowNorm", "ScionSign", "BiasRMS",
+    "Product", "Sphere", "Stiefel", "StiefelInfo", "SpectralSphere",
     "polar", "PolarSolver", "polar_express_coefficients",
 ]
