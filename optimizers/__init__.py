@@ -48,7 +48,17 @@ from .driver import (
     flatten_tree,
 )
 
-_TORCH_NAMES = ("LMOOptimizer", "Muon", "SignSGD", "Signum", "Lion", "Scion", "muon_with_adamw", "MuonWithAdamW")
+_TORCH_NAMES = (
+    "LMOOptimizer",
+    "Muon",
+    "SignSGD",
+    "Signum",
+    "Lion",
+    "Scion",
+    "muon_with_adamw",
+    "split_muon_params",
+    "OptimizerInputs",
+)
 
 __all__ = [
     "Driver",

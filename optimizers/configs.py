@@ -257,6 +257,7 @@ def muon(
     adjust_lr: str | None = "original",
     view: str = "auto",
     method: str = "newton_schulz",
+    norm: Norm | str | None = None,
     **driver: Any,
 ) -> Driver:
     """Muon (Jordan et al., 2024), exactly as torch.optim.Muon computes it, in this package's sign convention::
@@ -268,17 +269,22 @@ def muon(
     i.e. the driver with ``(beta1, beta2) = (b^2, b)`` (Nesterov) or ``(b, b)``, the spectral geometry
     ``get_norm("spectral", method="newton_schulz", steps=ns_steps, coefficients=ns_coefficients, eps=eps)``
     and the radius ``adjust(A, B)`` of :class:`MuonGeometry` (conv kernels and batches of matrices included).
-    ``method="svd"`` (or any other spectral method) replaces Newton-Schulz by that polar solver.
+    ``method="svd"`` (or any other spectral method) replaces Newton-Schulz by that polar solver; ``norm`` (a matrix
+    ``Norm`` or registry name) replaces the geometry altogether (then ``ns_*``, ``eps`` and ``method`` are unused).
     """
     beta = _check_beta("beta", beta)
-    if method == "newton_schulz":
+    if adjust_lr not in (None, *_ADJUST):
+        raise ValueError(f"adjust_lr must be one of {_ADJUST} or None; got adjust_lr={adjust_lr!r}")
+    if view not in _VIEWS:
+        raise ValueError(f"view must be one of {_VIEWS}; got view={view!r}")
+    if norm is not None:
+        norm = get_norm(norm)
+    elif method == "newton_schulz":
         if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
             raise ValueError(f"ns_steps must be an int >= 1; got ns_steps={ns_steps!r}")
         norm = get_norm("spectral", method=method, steps=ns_steps, coefficients=tuple(ns_coefficients), eps=eps)
     else:
         norm = get_norm("spectral", method=method)
-    if adjust_lr not in (None, *_ADJUST):
-        raise ValueError(f"adjust_lr must be one of {_ADJUST} or None; got adjust_lr={adjust_lr!r}")
     geometry = MuonGeometry(norm, adjust=adjust_lr, view=view)
     beta1 = beta * beta if nesterov else beta
     return Driver(geometry=geometry, lr=lr, beta1=beta1, beta2=beta, decay=weight_decay, **driver)
