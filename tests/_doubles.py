@@ -117,8 +117,8 @@ def to_backend(name: str, a: np.ndarray, dtype: str = "float64"):
 
 
 def to_numpy(x) -> np.ndarray:
-    if isinstance(x, np.ndarray):
-        return x
+    if isinstance(x, (np.ndarray, np.generic, float, int)):
+        return np.asarray(x)
     if type(x).__module__.startswith("torch"):
         return x.detach().cpu().numpy()
     return np.from_dlpack(x)
