@@ -63,9 +63,14 @@ class TorchNewtonSchulz(Norm):
         if tall:
             x = x.mT
         x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=self.eps)
-        for _ in range(self.steps):
+        for _ in range(self.steps):  # torch.optim.Muon's fused addmm steps (baddbmm for batches)
             gram = x @ x.mT
-            x = a * x + (b * gram + c * gram @ gram) @ x
+            if x.ndim == 2:
+                x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+            else:
+                flat = x.reshape(-1, *x.shape[-2:])
+                gr = gram.reshape(flat.shape[0], *gram.shape[-2:])
+                x = torch.baddbmm(flat, torch.baddbmm(gr, gr, gr, beta=b, alpha=c), flat, beta=a).reshape(x.shape)
         if tall:
             x = x.mT
         return -x.to(g.dtype)
