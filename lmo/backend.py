@@ -12,7 +12,8 @@ No backend is imported here; array-api-compat imports the one that the array com
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import array_api_compat
 

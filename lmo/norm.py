@@ -70,7 +70,7 @@ class Norm(abc.ABC):
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        dataclasses.dataclass(frozen=True)(cls)
+        dataclasses.dataclass(frozen=True, kw_only=True)(cls)
         if name is not None:
             _register(cls, name)
 

@@ -1,0 +1,3 @@
+from lmo.cli import main
+
+raise SystemExit(main())
