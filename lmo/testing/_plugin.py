@@ -150,16 +150,21 @@ def check_backend(norm: Norm, backend: Backend, *, max_examples: int = 50) -> in
         for _, g in hard_inputs(norm):
             check_norm(norm, backend.asarray(g, dtype))
             cases += 1
-        count = max_examples if dtype not in _HALF else max(5, max_examples // 5)
+        cases += _search(norm, backend, dtype, max_examples if dtype not in _HALF else max(5, max_examples // 5))
+    return cases
 
-        @_settings(count)
-        @given(numpy_inputs(norm, dtype=dtype))
-        def search(g: np.ndarray, dtype: str = dtype) -> None:
-            nonlocal cases
-            check_norm(norm, backend.asarray(g, dtype))
-            cases += 1
 
-        search()
+def _search(norm: Norm, backend: Backend, dtype: str, max_examples: int) -> int:
+    cases = 0
+
+    @_settings(max_examples)
+    @given(numpy_inputs(norm, dtype=dtype))
+    def search(g: np.ndarray) -> None:
+        nonlocal cases
+        check_norm(norm, backend.asarray(g, dtype))
+        cases += 1
+
+    search()
     return cases
 
 
