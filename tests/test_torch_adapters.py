@@ -167,7 +167,8 @@ def _muon_pair(make, steps=20, **kwargs):
     ours = make(our_model.parameters(), **kwargs)
     _train(ref_model, ref, steps)
     _train(our_model, ours, steps)
-    diffs = [float((a - b).detach().abs().max() / b.detach().abs().max()) for a, b in zip(our_model.parameters(), ref_model.parameters())]
+    pairs = zip(our_model.parameters(), ref_model.parameters())
+    diffs = [float((a - b).detach().abs().max() / b.detach().abs().max()) for a, b in pairs]
     return max(diffs), ref, ours
 
 
@@ -229,7 +230,8 @@ def test_muon_is_a_drop_in_for_torch_muon(kwargs):
     # the same state key as torch.optim.Muon: a torch.optim.Muon checkpoint loads into lo.Muon
     fresh = lo.Muon([torch.nn.Parameter(t.clone()) for t in init], **kwargs)
     fresh.load_state_dict(ref.state_dict())
-    assert torch.equal(fresh.state_dict()["state"][0]["momentum_buffer"], ref.state_dict()["state"][0]["momentum_buffer"])
+    theirs_buf = ref.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(fresh.state_dict()["state"][0]["momentum_buffer"], theirs_buf)
 
 
 @skip_without("spectral")
