@@ -1,3 +1,100 @@
-"""Optimizers: the generic stochastic LMO driver and its configurations (see DESIGN.md, "Driver layer")."""
+"""Optimizers: the generic stochastic LMO driver and its configurations (see DESIGN.md, "Driver layer").
 
-__all__: list[str] = []
+Functional (numpy, CuPy, torch, any array-API namespace)::
+
+    from lmo.optimizers import signum
+    opt = signum(lr=1e-3, beta=0.9)              # a Driver: a frozen dataclass
+    state = opt.init(params)                     # params: an array, or a dict / list / tuple of arrays
+    params, state = opt.step(params, grads, state)
+
+torch (``torch.optim.Optimizer`` subclasses; torch is imported only when one of these names is used)::
+
+    from lmo.optimizers import Muon, Scion, Lion, Signum, SignSGD, LMOOptimizer, muon_with_adamw
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .configs import (
+    NS_COEFFICIENTS,
+    SCION_NORMS,
+    Configuration,
+    MuonGeometry,
+    ScionGeometry,
+    ScionRecipe,
+    configuration,
+    configurations,
+    lion,
+    muon,
+    scion,
+    scion_geometry,
+    sign_sgd,
+    signum,
+    spectral_descent,
+    uscion,
+)
+from .driver import (
+    DirectionTransform,
+    Driver,
+    ErrorFeedback,
+    GradientPoint,
+    GradientTransform,
+    Hook,
+    NonFiniteGradientError,
+    ParamGeometry,
+    Retraction,
+    StepInfo,
+    flatten_tree,
+)
+
+_TORCH_NAMES = (
+    "LMOOptimizer",
+    "Muon",
+    "SignSGD",
+    "Signum",
+    "Lion",
+    "Scion",
+    "muon_with_adamw",
+    "split_muon_params",
+    "OptimizerInputs",
+)
+
+__all__ = [
+    "Driver",
+    "ParamGeometry",
+    "StepInfo",
+    "Hook",
+    "GradientPoint",
+    "GradientTransform",
+    "DirectionTransform",
+    "ErrorFeedback",
+    "Retraction",
+    "NonFiniteGradientError",
+    "flatten_tree",
+    "sign_sgd",
+    "signum",
+    "lion",
+    "muon",
+    "scion",
+    "uscion",
+    "spectral_descent",
+    "MuonGeometry",
+    "ScionGeometry",
+    "ScionRecipe",
+    "SCION_NORMS",
+    "scion_geometry",
+    "NS_COEFFICIENTS",
+    "Configuration",
+    "configuration",
+    "configurations",
+    *_TORCH_NAMES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        from . import torch as _torch_adapters
+
+        return getattr(_torch_adapters, name)
+    raise AttributeError(f"module 'lmo.optimizers' has no attribute {name!r}")

@@ -1,0 +1,542 @@
+"""Optimizers as configurations of the one :class:`~lmo.optimizers.Driver`.
+
+Each function returns a ``Driver``; none implements an update of its own. Each is registered with the test inputs
+that the generic optimizer suite runs it on (:func:`configuration`), so a new configuration is tested by defining it
+here, with no list to edit.
+
+=============  =============================================  ==============================  ===========  =========
+configuration  geometry (lmo of the estimator c)              (beta1, beta2)                  decay        radius
+=============  =============================================  ==============================  ===========  =========
+sign_sgd       sign (l-inf): -sign(g)                          (0, 0)                          wd           1
+signum         sign                                           (b, b)                          wd           1
+lion           sign                                           (b1, b2) = (0.9, 0.99)          wd           1
+muon           spectral (Newton-Schulz): -UV^T                 (b^2, b) Nesterov / (b, b)      wd           adjust(A, B)
+scion          per parameter (Spectral, Sign, ColNorm, ...)    (b, b)                          1            per group
+uscion         as scion                                       (b, b)                          0            per group
+=============  =============================================  ==============================  ===========  =========
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from lmo.norm import Norm, get_norm, norms
+
+from .driver import Driver, ParamGeometry
+
+__all__ = [
+    "sign_sgd",
+    "signum",
+    "lion",
+    "muon",
+    "scion",
+    "uscion",
+    "spectral_descent",
+    "MuonGeometry",
+    "ScionGeometry",
+    "ScionRecipe",
+    "SCION_NORMS",
+    "scion_geometry",
+    "Configuration",
+    "configuration",
+    "configurations",
+    "NS_COEFFICIENTS",
+]
+
+NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)  # Keller Jordan's quintic Newton-Schulz coefficients (torch.optim.Muon)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry of configurations and their test inputs
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """A registered configuration and the inputs the generic test suite runs it on.
+
+    ``cases``: keyword sets that build working drivers; on the suite's quadratic each must reduce the loss.
+    ``bad``: ``(kwargs, name)`` pairs that must raise ``ValueError`` at construction, mentioning ``name``.
+    ``shapes``: parameter shapes of the suite's quadratic (matrix methods need matrices).
+    ``needs``: registry names of norms the configuration needs; the suite skips it (saying so) while one is missing.
+    """
+
+    name: str
+    factory: Callable[..., Driver]
+    cases: tuple[Mapping[str, Any], ...]
+    bad: tuple[tuple[Mapping[str, Any], str], ...]
+    shapes: Mapping[str, tuple[int, ...]]
+    needs: tuple[str, ...] = ()
+
+    def missing(self) -> tuple[str, ...]:
+        """The norms this configuration needs that are not registered (yet)."""
+        known = norms()
+        return tuple(n for n in self.needs if n not in known)
+
+
+_CONFIGURATIONS: dict[str, Configuration] = {}
+
+
+def configuration(
+    *,
+    cases: Sequence[Mapping[str, Any]],
+    bad: Sequence[tuple[Mapping[str, Any], str]] = (),
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    needs: Sequence[str] = (),
+) -> Callable[[Callable[..., Driver]], Callable[..., Driver]]:
+    """Register a configuration function with its test inputs (see :class:`Configuration`)."""
+
+    def register(factory: Callable[..., Driver]) -> Callable[..., Driver]:
+        name = factory.__name__
+        _CONFIGURATIONS[name] = Configuration(
+            name=name,
+            factory=factory,
+            cases=tuple(dict(c) for c in cases),
+            bad=tuple((dict(k), str(p)) for k, p in bad),
+            shapes=dict(shapes or {"w": (6, 4), "b": (5,)}),
+            needs=tuple(needs),
+        )
+        return factory
+
+    return register
+
+
+def configurations() -> dict[str, Configuration]:
+    """Every registered configuration by name."""
+    return dict(_CONFIGURATIONS)
+
+
+_MATRICES = {"w": (6, 4), "v": (3, 5), "e": (2, 3, 3)}
+
+
+def _check_beta(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1); got {name}={value!r}")
+    return float(value)
+
+
+def _check_nonneg(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0; got {name}={value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sign methods
+# ---------------------------------------------------------------------------------------------------------------
+@configuration(
+    cases=[{"lr": 0.05}, {"lr": 0.05, "weight_decay": 0.01}],
+    bad=[({"lr": -1.0}, "lr"), ({"weight_decay": -0.1}, "decay")],
+)
+def sign_sgd(lr: float | Callable[[int], float] = 1e-3, *, weight_decay: float = 0.0, **driver: Any) -> Driver:
+    """SignSGD (Bernstein et al., 2018): ``x <- (1 - lr wd) x - lr sign(g)``; the LMO of the l-inf ball."""
+    return Driver(geometry=get_norm("sign"), lr=lr, decay=weight_decay, **driver)
+
+
+@configuration(
+    cases=[{"lr": 0.05}, {"lr": 0.05, "beta": 0.5, "weight_decay": 0.01}],
+    bad=[({"beta": 1.0}, "beta"), ({"beta": -0.5}, "beta"), ({"lr": float("nan")}, "lr")],
+)
+def signum(
+    lr: float | Callable[[int], float] = 1e-3, *, beta: float = 0.9, weight_decay: float = 0.0, **driver: Any
+) -> Driver:
+    """Signum (Bernstein et al., 2018): ``m <- b m + (1 - b) g``, ``x <- (1 - lr wd) x - lr sign(m)``."""
+    beta = _check_beta("beta", beta)
+    return Driver(geometry=get_norm("sign"), lr=lr, beta1=beta, beta2=beta, decay=weight_decay, **driver)
+
+
+@configuration(
+    cases=[{"lr": 0.05}, {"lr": 0.05, "betas": (0.95, 0.98), "weight_decay": 0.1}],
+    bad=[({"betas": (0.9, 1.0)}, "beta2"), ({"betas": (0.9,)}, "betas"), ({"weight_decay": -1.0}, "decay")],
+)
+def lion(
+    lr: float | Callable[[int], float] = 1e-4,
+    *,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float = 0.0,
+    **driver: Any,
+) -> Driver:
+    """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms")::
+
+        c = b1 m + (1 - b1) g;   x <- (1 - lr wd) x - lr sign(c);   m <- b2 m + (1 - b2) g
+    """
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be a pair (beta1, beta2); got betas={betas!r}") from None
+    return Driver(geometry=get_norm("sign"), lr=lr, beta1=beta1, beta2=beta2, decay=weight_decay, **driver)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Muon
+# ---------------------------------------------------------------------------------------------------------------
+_ADJUST = ("original", "match_rms_adamw", "none")
+_VIEWS = ("auto", "batch", "flatten")
+
+
+@dataclasses.dataclass(frozen=True)
+class MuonGeometry:
+    """Muon's per-parameter geometry: a matrix norm (spectral) and the shape-dependent radius of the update.
+
+    Shapes (``view``):
+
+    - ``(A, B)``: one matrix.
+    - ``(E, A, B)`` (``view="auto"`` or ``"batch"``): ``E`` matrices, each orthogonalised on its own (stacked experts,
+      fused heads). Leading axes of higher-dimensional parameters are batch axes under ``view="batch"``.
+    - ``(O, I, k1, ...)`` with 4 or more axes (``view="auto"``), or any parameter with 3 or more axes under
+      ``view="flatten"``: a convolution kernel, flattened to the matrix ``(O, I * k1 * ...)``. The radius is then
+      computed from that matrix: ``A = O``, ``B = I * k1 * ...``
+      (so ``original`` gives ``sqrt(max(1, O / (I k1 ...)))``).
+      Use ``view="flatten"`` for Conv1d kernels ``(O, I, k)``, which ``"auto"`` would read as ``O`` matrices.
+
+    Radius (``adjust``, torch.optim.Muon's ``adjust_lr_fn``) from the matrix shape ``(A, B)``:
+    ``"original"`` ``sqrt(max(1, A / B))`` (Keller Jordan), ``"match_rms_adamw"`` ``0.2 sqrt(max(A, B))`` (Moonshot),
+    ``"none"`` 1. Vectors and scalars are rejected: optimise them with AdamW (see
+    :func:`lmo.optimizers.torch.muon_with_adamw`).
+    """
+
+    norm: Norm
+    adjust: str = "original"
+    view: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", get_norm(self.norm))
+        if self.norm.ndim != 2:
+            raise ValueError(f"MuonGeometry: norm must be a matrix norm (ndim=2); got {self.norm!r}")
+        adjust = "original" if self.adjust is None else self.adjust
+        if adjust not in _ADJUST:
+            raise ValueError(f"MuonGeometry: adjust must be one of {_ADJUST} (or None); got adjust={self.adjust!r}")
+        object.__setattr__(self, "adjust", adjust)
+        if self.view not in _VIEWS:
+            raise ValueError(f"MuonGeometry: view must be one of {_VIEWS}; got view={self.view!r}")
+
+    def ratio(self, rows: int, cols: int) -> float:
+        """The radius of an ``(rows, cols)`` matrix's update under this geometry's ``adjust``."""
+        if self.adjust == "original":
+            return math.sqrt(max(1.0, rows / cols))
+        if self.adjust == "match_rms_adamw":
+            return 0.2 * math.sqrt(max(rows, cols))
+        return 1.0
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+        if len(shape) < 2:
+            raise ValueError(
+                f"Muon acts on matrices; parameter {name!r} has shape {tuple(shape)}. Optimise vectors and scalars "
+                f"with AdamW (lmo.optimizers.torch.muon_with_adamw splits a model for you)"
+            )
+        flatten = len(shape) >= 3 and (self.view == "flatten" or (self.view == "auto" and len(shape) >= 4))
+        if flatten:
+            view = (shape[0], math.prod(shape[1:]))
+            return ParamGeometry(self.norm, self.ratio(*view), view)
+        return ParamGeometry(self.norm, self.ratio(shape[-2], shape[-1]))
+
+
+@configuration(
+    cases=[
+        {"lr": 0.1, "weight_decay": 0.0},
+        {"lr": 0.1, "nesterov": False, "weight_decay": 0.01, "adjust_lr": "match_rms_adamw"},
+    ],
+    bad=[
+        ({"beta": 1.5}, "beta"),
+        ({"weight_decay": -0.1}, "decay"),
+        ({"adjust_lr": "bogus"}, "adjust"),
+        ({"ns_steps": 0}, "steps"),
+    ],
+    shapes=_MATRICES,
+    needs=("spectral",),
+)
+def muon(
+    lr: float | Callable[[int], float] = 1e-3,
+    *,
+    beta: float = 0.95,
+    nesterov: bool = True,
+    weight_decay: float = 0.1,
+    ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    ns_steps: int = 5,
+    eps: float = 1e-7,
+    adjust_lr: str | None = "original",
+    view: str = "auto",
+    method: str = "newton_schulz",
+    norm: Norm | str | None = None,
+    **driver: Any,
+) -> Driver:
+    """Muon (Jordan et al., 2024), exactly as torch.optim.Muon computes it, in this package's sign convention::
+
+        m <- b m + (1 - b) g                                   (buf.lerp_(g, 1 - b))
+        c  = b m + (1 - b) g = b^2 m_old + (1 - b^2) g         (Nesterov: g.lerp(buf, b); else c = m)
+        x <- (1 - lr wd) x + lr * adjust(A, B) * lmo(c),       lmo(c) = -NS(c) ~ -U V^T  (c = U S V^T)
+
+    i.e. the driver with ``(beta1, beta2) = (b^2, b)`` (Nesterov) or ``(b, b)``, the spectral geometry
+    ``get_norm("spectral", method="newton_schulz", steps=ns_steps, coefficients=ns_coefficients, eps=eps)``
+    and the radius ``adjust(A, B)`` of :class:`MuonGeometry` (conv kernels and batches of matrices included).
+    ``method="svd"`` (or any other spectral method) replaces Newton-Schulz by that polar solver; ``norm`` (a matrix
+    ``Norm`` or registry name) replaces the geometry altogether (then ``ns_*``, ``eps`` and ``method`` are unused).
+    """
+    beta = _check_beta("beta", beta)
+    if adjust_lr not in (None, *_ADJUST):
+        raise ValueError(f"adjust_lr must be one of {_ADJUST} or None; got adjust_lr={adjust_lr!r}")
+    if view not in _VIEWS:
+        raise ValueError(f"view must be one of {_VIEWS}; got view={view!r}")
+    if norm is not None:
+        norm = get_norm(norm)
+    elif method == "newton_schulz":
+        if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
+            raise ValueError(f"ns_steps must be an int >= 1; got ns_steps={ns_steps!r}")
+        norm = get_norm("spectral", method=method, steps=ns_steps, coefficients=tuple(ns_coefficients), eps=eps)
+    else:
+        norm = get_norm("spectral", method=method)
+    geometry = MuonGeometry(norm, adjust=adjust_lr, view=view)
+    beta1 = beta * beta if nesterov else beta
+    return Driver(geometry=geometry, lr=lr, beta1=beta1, beta2=beta, decay=weight_decay, **driver)
+
+
+@configuration(
+    cases=[{"lr": 0.5}],
+    bad=[({"lr": -0.5}, "lr")],
+    shapes=_MATRICES,
+    needs=("spectral",),
+)
+def spectral_descent(
+    lr: float | Callable[[int], float] = 0.1, *, beta: float = 0.0, method: str = "svd", **driver: Any
+) -> Driver:
+    """Stochastic spectral descent (Carlson et al., 2015): the sharp step ``x <- x - lr ||c||_nuc U V^T``.
+
+    The driver with the spectral geometry and ``rule="sharp"``: the step is scaled by the dual (nuclear) norm.
+    """
+    beta = _check_beta("beta", beta)
+    geometry = MuonGeometry(get_norm("spectral", method=method), adjust="none", view="batch")
+    return Driver(geometry=geometry, lr=lr, beta1=beta, beta2=beta, rule="sharp", **driver)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scion
+# ---------------------------------------------------------------------------------------------------------------
+def _scion_spectral(name: str, shape: tuple[int, ...], *, max: bool = False, normalized: bool = True,
+                    steps: int = 5) -> ParamGeometry:
+    if len(shape) != 2:
+        raise ValueError(f"Scion norm 'Spectral' acts on matrices; parameter {name!r} has shape {shape} "
+                         f"(use 'SpectralConv' for conv kernels, 'BiasRMS' for vectors)")
+    d_out, d_in = shape
+    factor = math.sqrt(d_out / d_in) if normalized else math.sqrt(d_out)
+    if max:
+        factor = builtins_max(1.0, factor)
+    return ParamGeometry(_ns(steps), factor)
+
+
+def _scion_spectral_conv(name: str, shape: tuple[int, ...], *, steps: int = 5) -> ParamGeometry:
+    if len(shape) not in (3, 4):
+        raise ValueError(f"Scion norm 'SpectralConv' acts on conv kernels (3 or 4 axes); {name!r} has shape {shape}")
+    out_channels, in_channels, k = shape[:3]
+    factor = math.sqrt(out_channels / in_channels) / k ** (len(shape) - 2)
+    return ParamGeometry(_ns(steps), factor, (out_channels, math.prod(shape[1:])))
+
+
+def _scion_sign(name: str, shape: tuple[int, ...], *, normalized: bool = True, zero_init: bool = False
+                ) -> ParamGeometry:
+    if len(shape) != 2:
+        raise ValueError(f"Scion norm 'Sign' acts on matrices; parameter {name!r} has shape {shape}")
+    return ParamGeometry(get_norm("sign", ndim=2), 1.0 / shape[1] if normalized else 1.0)
+
+
+def _scion_bias_rms(name: str, shape: tuple[int, ...]) -> ParamGeometry:
+    # Scion: g / rms(g) along axis 0. A vector (the usual case) is one unit-RMS vector; a matrix, unit-RMS columns.
+    if len(shape) > 2:
+        raise ValueError(f"Scion norm 'BiasRMS' acts on vectors; parameter {name!r} has shape {shape}")
+    if len(shape) == 2:
+        return ParamGeometry(get_norm("rms"), 1.0, transpose=True)
+    return ParamGeometry(get_norm("rms"), 1.0, None if shape else (1,))
+
+
+def _scion_colnorm(name: str, shape: tuple[int, ...], *, normalized: bool = False, transpose: bool = False
+                   ) -> ParamGeometry:
+    # Scion: columns (rows when transposed: embeddings stored (vocab, dim)) of unit RMS, / (other dim) if normalized
+    if len(shape) != 2:
+        raise ValueError(f"Scion norm 'ColNorm' acts on matrices; parameter {name!r} has shape {shape}")
+    other = shape[0] if transpose else shape[1]
+    return ParamGeometry(get_norm("rms"), 1.0 / other if normalized else 1.0, transpose=not transpose)
+
+
+def _scion_rownorm(name: str, shape: tuple[int, ...], *, normalized: bool = True, transpose: bool = False
+                   ) -> ParamGeometry:
+    # Scion: rows (columns when transposed) of unit l2 norm, / sqrt(their length) if normalized
+    if len(shape) != 2:
+        raise ValueError(f"Scion norm 'RowNorm' acts on matrices; parameter {name!r} has shape {shape}")
+    length = shape[0] if transpose else shape[1]
+    return ParamGeometry(get_norm("l2"), 1.0 / math.sqrt(length) if normalized else 1.0, transpose=transpose)
+
+
+def _scion_auto(name: str, shape: tuple[int, ...]) -> ParamGeometry:
+    if len(shape) in (3, 4):
+        return _scion_spectral_conv(name, shape)
+    if len(shape) == 2:
+        return _scion_spectral(name, shape)
+    if len(shape) <= 1:
+        return _scion_bias_rms(name, shape)
+    raise ValueError(f"Scion norm 'Auto' has no geometry for parameter {name!r} of shape {shape}")
+
+
+builtins_max = max
+
+
+def _ns(steps: int) -> Norm:
+    return get_norm("spectral", method="newton_schulz", steps=steps, coefficients=NS_COEFFICIENTS, eps=1e-7)
+
+
+SCION_NORMS: dict[str, Callable[..., ParamGeometry]] = {
+    "Spectral": _scion_spectral,
+    "SpectralConv": _scion_spectral_conv,
+    "Sign": _scion_sign,
+    "BiasRMS": _scion_bias_rms,
+    "ColNorm": _scion_colnorm,
+    "RowNorm": _scion_rownorm,
+    "Auto": _scion_auto,
+}
+"""Scion's norm names (LIONS-EPFL/scion) -> ``fn(name, shape, **norm_kwargs) -> ParamGeometry`` in our registry's
+terms: the same oracle (Scion's ascent direction negated, without its ``1e-8`` in denominators) with Scion's shape
+factors in the radius. ``Spectral``/``SpectralConv``: ``spectral`` (Newton-Schulz, Scion's coefficients) times
+``sqrt(d_out/d_in)`` (``SpectralConv``: ``/ k`` or ``/ k**2``); ``Sign``: the max-entry norm ``sign(ndim=2)`` times
+``1/d_in``; ``ColNorm``/``RowNorm``/``BiasRMS``: ``rms``/``l2`` on each column or row (``ParamGeometry.transpose``
+selects columns), whose oracle is that of the max-of-column (row) norms."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScionGeometry:
+    """A Scion parameter group's geometry: ``norm`` (a Scion name, a registry name, or a ``Norm``) with
+    ``norm_kwargs``, and the group's ``scale`` (radius). Scion names get Scion's shape factors (:data:`SCION_NORMS`);
+    registry names and ``Norm`` instances are used as they are."""
+
+    norm: str | Norm = "Auto"
+    norm_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        kwargs = dict(self.norm_kwargs or {})
+        object.__setattr__(self, "norm_kwargs", tuple(sorted(kwargs.items())))  # hashable
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale < math.inf:
+            raise ValueError(f"scale must be a finite number > 0; got scale={self.scale!r}")
+        if isinstance(self.norm, str) and self.norm in SCION_NORMS:
+            fn = SCION_NORMS[self.norm]
+            import inspect
+
+            accepted = [p for p in inspect.signature(fn).parameters if p not in ("name", "shape")]
+            unknown = sorted(set(kwargs) - set(accepted))
+            if unknown:
+                raise ValueError(
+                    f"norm_kwargs {unknown} are not accepted by Scion norm {self.norm!r}; it takes {accepted or 'none'}"
+                )
+        elif isinstance(self.norm, (str, Norm)):
+            object.__setattr__(self, "norm", get_norm(self.norm, **kwargs))
+            object.__setattr__(self, "norm_kwargs", ())
+        else:
+            raise ValueError(
+                f"norm must be a Scion norm name ({', '.join(SCION_NORMS)}), a registry name or a Norm; "
+                f"got norm={self.norm!r}"
+            )
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+        if isinstance(self.norm, Norm):
+            return ParamGeometry(self.norm, self.scale)
+        geo = SCION_NORMS[self.norm](name, tuple(shape), **dict(self.norm_kwargs))
+        return dataclasses.replace(geo, radius=geo.radius * self.scale)
+
+
+def scion_geometry(norm: str | Norm = "Auto", norm_kwargs: Mapping[str, Any] | None = None, scale: float = 1.0
+                   ) -> ScionGeometry:
+    """The geometry rule of one Scion group (see :class:`ScionGeometry`)."""
+    return ScionGeometry(norm, dict(norm_kwargs or {}), scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScionRecipe:
+    """Scion's recipe for a transformer (LIONS-EPFL/scion README and paper), assigned by parameter name and shape:
+
+    - output layer (a name component containing one of ``output``, e.g. ``lm_head.weight``): ``Sign`` (normalised,
+      ``1/d_in``), radius ``output_radius`` (README: ``50 * 60``);
+    - embeddings (a name component containing one of ``embedding``, e.g. ``wte.weight``, stored ``(vocab, dim)``):
+      ``ColNorm`` transposed (each embedding vector of unit RMS), radius ``embedding_radius``;
+    - vectors and scalars (biases, gains): ``BiasRMS``, radius ``bias_radius``;
+    - other matrices (hidden layers): ``Spectral`` (``sqrt(d_out / d_in)`` normalised), radius ``radius``;
+    - conv kernels: ``SpectralConv``, radius ``radius``.
+    """
+
+    radius: float = 50.0
+    output_radius: float = 3000.0
+    embedding_radius: float = 1.0
+    bias_radius: float = 1.0
+    output: tuple[str, ...] = ("lm_head", "head", "output", "classifier")
+    embedding: tuple[str, ...] = ("embed", "wte", "wpe")
+    steps: int = 5
+
+    def __post_init__(self) -> None:
+        for field in ("radius", "output_radius", "embedding_radius", "bias_radius"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"ScionRecipe: {field} must be a finite number > 0; got {field}={value!r}")
+        object.__setattr__(self, "output", tuple(self.output))
+        object.__setattr__(self, "embedding", tuple(self.embedding))
+
+    def _matches(self, name: str, patterns: tuple[str, ...]) -> bool:
+        return any(p in part for part in name.split(".") for p in patterns)
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+        shape = tuple(shape)
+        if len(shape) <= 1:
+            geo, r = _scion_bias_rms(name, shape), self.bias_radius
+        elif len(shape) == 2 and self._matches(name, self.output):
+            geo, r = _scion_sign(name, shape), self.output_radius
+        elif len(shape) == 2 and self._matches(name, self.embedding):
+            geo, r = _scion_colnorm(name, shape, transpose=True), self.embedding_radius
+        elif len(shape) == 2:
+            geo, r = _scion_spectral(name, shape, steps=self.steps), self.radius
+        else:
+            geo, r = _scion_spectral_conv(name, shape, steps=self.steps), self.radius
+        return dataclasses.replace(geo, radius=geo.radius * r)
+
+
+def _scion_driver(lr: Any, beta: float, geometry: Any, constrained: bool, driver: dict[str, Any]) -> Driver:
+    beta = _check_beta("beta", beta)
+    if geometry is None:
+        geometry = ScionRecipe()
+    return Driver(geometry=geometry, lr=lr, beta1=beta, beta2=beta, decay=1.0 if constrained else 0.0, **driver)
+
+
+@configuration(
+    cases=[{"lr": 0.1, "geometry": ScionRecipe(radius=10.0, output_radius=10.0, bias_radius=10.0)}],
+    bad=[({"lr": 1.5}, "lr"), ({"beta": 1.0}, "beta")],
+    shapes={"w": (6, 4), "b": (5,), "lm_head": (3, 6)},
+    needs=("spectral",),
+)
+def scion(
+    lr: float | Callable[[int], float] = 2.0**-12,
+    *,
+    beta: float = 0.9,
+    geometry: Any = None,
+    **driver: Any,
+) -> Driver:
+    """Constrained Scion (Pethick et al., 2025, "Training Deep Learning Models with Norm-Constrained LMOs")::
+
+        m <- b m + (1 - b) g;   x <- (1 - lr) x + lr * rho * lmo(m)        (a Frank-Wolfe step, lr <= 1)
+
+    per parameter geometry and radius ``rho`` from ``geometry`` (default :class:`ScionRecipe`: hidden Spectral,
+    lm_head Sign, embeddings ColNorm, biases BiasRMS). Iterates that start in the radius ball stay in it.
+    ``beta`` is the usual momentum (Scion's own ``momentum`` is ``1 - beta``; README default 0.1, i.e. beta 0.9).
+    """
+    return _scion_driver(lr, beta, geometry, True, driver)
+
+
+@configuration(
+    cases=[{"lr": 0.1, "geometry": ScionRecipe(radius=1.0, output_radius=1.0)}],
+    bad=[({"beta": -0.1}, "beta"), ({"radius": 0.0}, "radius")],
+    shapes={"w": (6, 4), "b": (5,), "lm_head": (3, 6)},
+    needs=("spectral",),
+)
+def uscion(
+    lr: float | Callable[[int], float] = 2.0**-12,
+    *,
+    beta: float = 0.9,
+    geometry: Any = None,
+    **driver: Any,
+) -> Driver:
+    """Unconstrained Scion: as :func:`scion` with ``x <- x + lr * rho * lmo(m)`` (no shrinking of ``x``)."""
+    return _scion_driver(lr, beta, geometry, False, driver)

@@ -1,0 +1,644 @@
+"""The generic stochastic LMO driver: one implementation behind every optimizer of this package.
+
+For each parameter ``x`` with gradient ``g``, one step of :class:`Driver` computes (all operations per parameter,
+``lr = lr(t)`` for step index ``t = 0, 1, ...``)::
+
+    g  <- grad_transform(g)                          # hook, optional (DP clipping and noise, ...)
+    c  =  beta1 * m + (1 - beta1) * g                # the estimator that the oracle sees
+    m  <- beta2 * m + (1 - beta2) * g                # the state that is carried
+    c  <- error_feedback.before(c)                   # hook, optional (c + e)
+    d  =  lmo(c) = argmin_{||d|| <= 1} <c, d>        # the geometry of this parameter (batched over same shapes)
+    d  <- direction_transform(d)                     # hook, optional (row normalisation, ...)
+    u  =  lr * rho * d                               # rule "lmo"   (rho = radius of this parameter)
+    u  =  lr * rho * ||c||_* * d                     # rule "sharp" (steepest descent: sharp(c) = -||c||_* lmo(c))
+    e  <- error_feedback.after(c, u)                 # hook, optional
+    x  <- (1 - lr * decay) * x + u                   # decoupled weight decay / Frank-Wolfe
+    x  <- retraction(x)                              # hook, optional (manifolds)
+
+Choices of ``(beta1, beta2)``: ``(0, 0)`` plain (no state), ``(b, b)`` an exponential moving average (Signum,
+Scion, Muon without Nesterov), ``(b**2, b)`` Nesterov's EMA exactly as torch.optim.Muon computes it
+(``buf.lerp_(g, 1 - b)``; ``g.lerp(buf, b) = b**2 m + (1 - b**2) g``), ``(0.9, 0.99)`` Lion.
+
+With ``decay = 0`` the method is unconstrained (Muon, uScion, SignSGD). With ``decay = 1`` and ``lr <= 1`` the
+step is a Frank-Wolfe step ``x <- (1 - lr) x + lr * rho * d`` onto the ball ``{||x|| <= rho}``: an iterate that
+starts in the ball stays in it (constrained Scion). Other ``decay`` values are decoupled weight decay
+(AdamW/Muon convention: the factor is ``1 - lr * decay``, with the *unadjusted* ``lr``).
+
+The driver is pure: :meth:`Driver.init` returns a state and :meth:`Driver.step` returns new parameters and a new
+state, leaving its inputs untouched, over any array-API namespace (numpy, torch, CuPy, array-api-strict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, Literal, Union
+
+from lmo.backend import Array, device, namespace
+from lmo.norm import Norm, get_norm
+
+__all__ = [
+    "Driver",
+    "ParamGeometry",
+    "StepInfo",
+    "Hook",
+    "GradientPoint",
+    "GradientTransform",
+    "DirectionTransform",
+    "ErrorFeedback",
+    "Retraction",
+    "NonFiniteGradientError",
+    "flatten_tree",
+]
+
+
+class NonFiniteGradientError(ValueError):
+    """A gradient held NaN or Inf and the driver's policy is ``nonfinite="raise"``; nothing was changed."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-parameter geometry
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ParamGeometry:
+    """The geometry given to one parameter: its norm, its radius ``rho`` and the shape the oracle sees.
+
+    ``view``: the shape the parameter (and its estimator) is reshaped to before the oracle, and reshaped back from
+    after it; ``None`` keeps the parameter's own shape. A conv kernel ``(O, I, kh, kw)`` is given
+    ``view=(O, I * kh * kw)`` for a matrix norm. Leading axes of the view are batch axes of the norm (a norm with
+    ``ndim = 2`` treats a ``(E, A, B)`` view as ``E`` matrices, each with its own oracle).
+
+    ``transpose``: swap the trailing two axes of the view before the oracle (and back after it), so that a norm of
+    rows acts on columns (Scion's ``ColNorm`` is the ``rms`` vector norm with ``transpose=True``).
+
+    ``radius``: the per-parameter radius factor ``rho`` (multiplied by the driver's ``radius``).
+    """
+
+    norm: Norm
+    radius: float = 1.0
+    view: tuple[int, ...] | None = None
+    transpose: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", get_norm(self.norm))
+        if isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) or not (
+            0 < self.radius < math.inf
+        ):
+            raise ValueError(f"ParamGeometry: radius must be a finite number > 0; got radius={self.radius!r}")
+        object.__setattr__(self, "radius", float(self.radius))
+        if self.view is not None:
+            view = tuple(self.view)
+            if not view or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in view):
+                raise ValueError(f"ParamGeometry: view must be a tuple of positive ints; got view={self.view!r}")
+            object.__setattr__(self, "view", view)
+        if not isinstance(self.transpose, bool):
+            raise ValueError(f"ParamGeometry: transpose must be a bool; got transpose={self.transpose!r}")
+
+
+GeometryRule = Callable[[str, tuple[int, ...]], Union[Norm, str, ParamGeometry]]
+"""A rule assigning a geometry to each parameter from its name (dotted path) and shape."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hooks
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """What a hook learns about the step in progress."""
+
+    step: int  # 0-based index of the step being taken
+    lr: float  # the learning rate of this step
+    names: tuple[str, ...]  # parameter names, aligned with every list a hook receives
+
+
+class Hook:
+    """Base of the driver's hooks. A hook may keep per-parameter state ("slots").
+
+    ``init(name, param)`` returns the hook's slots for one parameter: a dict of arrays (default: none). The driver
+    stores them with the parameter's other state under the keys ``"<stage>.<key>"`` (so torch's ``state_dict``
+    saves them) and hands each hook its own slots back as a list of dicts aligned with the parameters.
+    Every list a hook returns must keep that alignment. Hooks must not modify their inputs in place.
+    """
+
+    def init(self, name: str, param: Array) -> dict[str, Array]:
+        return {}
+
+
+class GradientPoint(Hook):
+    """Where gradients are taken (IGT, schedule-free, lookahead): ``g = grad f(point(x))``.
+
+    ``point(params, slots, info)`` returns the points at which the next gradients are evaluated; ``update(params,
+    slots, info)`` runs after each step with the new parameters and returns the new slots.
+    """
+
+    def point(self, params: list[Array], slots: list[dict[str, Array]], info: StepInfo) -> list[Array]:
+        raise NotImplementedError(f"{type(self).__name__} must define point(params, slots, info)")
+
+    def update(
+        self, params: list[Array], slots: list[dict[str, Array]], info: StepInfo
+    ) -> list[dict[str, Array]]:
+        return slots
+
+
+class GradientTransform(Hook):
+    """A transform of the gradients before the estimator (DP clipping and noise, gradient clipping, ...):
+    ``__call__(grads, slots, params, info) -> (grads, slots)``."""
+
+    def __call__(
+        self, grads: list[Array], slots: list[dict[str, Array]], params: list[Array], info: StepInfo
+    ) -> tuple[list[Array], list[dict[str, Array]]]:
+        raise NotImplementedError(f"{type(self).__name__} must define __call__(grads, slots, params, info)")
+
+
+class DirectionTransform(Hook):
+    """A transform of the oracle's directions ``d`` before they are scaled (row normalisation, NorMuon, ...):
+    ``__call__(directions, slots, params, info) -> (directions, slots)``."""
+
+    def __call__(
+        self, directions: list[Array], slots: list[dict[str, Array]], params: list[Array], info: StepInfo
+    ) -> tuple[list[Array], list[dict[str, Array]]]:
+        raise NotImplementedError(f"{type(self).__name__} must define __call__(directions, slots, params, info)")
+
+
+class ErrorFeedback(Hook):
+    """Error feedback around the oracle: ``before(c, slots, info)`` returns the oracle's input (e.g. ``c + e``);
+    ``after(inputs, updates, slots, info)`` sees that input and the update ``u`` that is added to the parameters and
+    returns the new slots (e.g. ``e <- lr * inputs - u`` in EF-SignSGD's form)."""
+
+    def before(self, estimates: list[Array], slots: list[dict[str, Array]], info: StepInfo) -> list[Array]:
+        raise NotImplementedError(f"{type(self).__name__} must define before(estimates, slots, info)")
+
+    def after(
+        self, inputs: list[Array], updates: list[Array], slots: list[dict[str, Array]], info: StepInfo
+    ) -> list[dict[str, Array]]:
+        raise NotImplementedError(f"{type(self).__name__} must define after(inputs, updates, slots, info)")
+
+
+class Retraction(Hook):
+    """A map applied to the new parameters after each step (e.g. back onto a manifold):
+    ``__call__(params, geometries, info) -> params``; ``geometries`` are the parameters' :class:`ParamGeometry`."""
+
+    def __call__(self, params: list[Array], geometries: list[ParamGeometry], info: StepInfo) -> list[Array]:
+        raise NotImplementedError(f"{type(self).__name__} must define __call__(params, geometries, info)")
+
+
+_HOOKS: dict[str, type[Hook]] = {
+    "point": GradientPoint,
+    "grad_transform": GradientTransform,
+    "direction_transform": DirectionTransform,
+    "error_feedback": ErrorFeedback,
+    "retraction": Retraction,
+}
+
+MOMENTUM = "momentum_buffer"  # the slot name of the estimator state (the same key as torch.optim.Muon/SGD)
+_NONFINITE = ("raise", "skip", "ignore")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trees of parameters
+# ---------------------------------------------------------------------------------------------------------------
+def flatten_tree(tree: Any) -> tuple[list[str], list[Array], Callable[[list[Any]], Any]]:
+    """``(names, leaves, rebuild)`` for a parameter tree.
+
+    A tree is an array, or a (nested) mapping with string keys, list or tuple of trees. Names are dotted paths
+    (``"layers.0.weight"``; a bare array is named ``""``). ``rebuild(leaves)`` builds a tree of the same structure.
+    """
+    names: list[str] = []
+    leaves: list[Array] = []
+
+    def walk(node: Any, prefix: str) -> Callable[[Any], Any]:
+        if isinstance(node, Mapping):
+            keys = list(node.keys())
+            builders = [walk(node[k], f"{prefix}.{k}" if prefix else str(k)) for k in keys]
+            cls = type(node) if type(node) in (dict,) else dict
+            return lambda it: cls((k, b(it)) for k, b in zip(keys, builders))
+        if isinstance(node, (list, tuple)):
+            builders = [walk(v, f"{prefix}.{i}" if prefix else str(i)) for i, v in enumerate(node)]
+            kind = type(node)
+            if kind not in (list, tuple):  # a namedtuple
+                return lambda it: kind(*(b(it) for b in builders))
+            return lambda it: kind(b(it) for b in builders)
+        names.append(prefix)
+        leaves.append(node)
+        return lambda it: next(it)
+
+    build = walk(tree, "")
+
+    def rebuild(values: list[Any]) -> Any:
+        if len(values) != len(leaves):
+            raise ValueError(f"rebuild expected {len(leaves)} leaves; got {len(values)}")
+        return build(iter(values))
+
+    return names, leaves, rebuild
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------------------------
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Driver:
+    r"""The stochastic LMO method; every optimizer of this package is a configuration of it.
+
+    One step, per parameter ``x`` with gradient ``g``, state ``m`` and step index ``t`` (0-based)::
+
+        c  = beta1 * m + (1 - beta1) * g
+        m <- beta2 * m + (1 - beta2) * g
+        d  = lmo(c) = argmin_{||d|| <= 1} <c, d>
+        x <- (1 - lr(t) * decay) * x + lr(t) * rho * d                 (rule="lmo")
+        x <- (1 - lr(t) * decay) * x + lr(t) * rho * ||c||_* * d       (rule="sharp")
+
+    with ``rho = radius * ParamGeometry.radius`` and the optional hooks of the module docstring around these lines.
+
+    Fields
+    ------
+    geometry
+        A :class:`~lmo.Norm` (or registry name, or :class:`ParamGeometry`) for every parameter, or a rule
+        ``rule(name, shape) -> Norm | str | ParamGeometry`` that assigns one per parameter from its dotted name and
+        shape. A rule is called once per parameter and step; it should be cheap and deterministic.
+    lr
+        The learning rate: a number ``>= 0`` or a schedule ``lr(t)`` of the 0-based step index.
+    beta1, beta2
+        The two-beta estimator, each in ``[0, 1)``. ``beta1 = 0`` needs no state (``c = g``).
+    rule
+        ``"lmo"`` (normalised step of length ``lr * rho`` in the norm) or ``"sharp"`` (steepest descent: the step
+        is scaled by the dual norm of ``c``, i.e. ``-lr * rho * sharp(c)``).
+    decay
+        Decoupled weight decay ``>= 0``: ``x <- (1 - lr * decay) x + ...``. ``decay = 1`` with ``lr <= 1`` is a
+        Frank-Wolfe step that keeps iterates in the ball of radius ``rho`` (constrained Scion).
+        ``lr * decay > 1`` is rejected (the factor would flip the sign of ``x``).
+    radius
+        A global radius factor ``> 0`` (multiplies every parameter's ``ParamGeometry.radius``).
+    point, grad_transform, direction_transform, error_feedback, retraction
+        Optional hooks (:class:`GradientPoint`, :class:`GradientTransform`, :class:`DirectionTransform`,
+        :class:`ErrorFeedback`, :class:`Retraction`).
+    nonfinite
+        Policy for a gradient with NaN or Inf: ``"raise"`` (default) raises :class:`NonFiniteGradientError` (a
+        ``ValueError``) naming the parameter, and nothing changes; ``"skip"`` returns the parameters and state
+        unchanged (the step counter does not advance), as loss-scaling AMP does; ``"ignore"`` performs no check
+        (no host synchronisation on accelerators; NaN then propagates into the parameters).
+    batch
+        Whether parameters whose oracle inputs have the same core shape, dtype, device and norm are stacked and
+        sent to the oracle in one batched call (one Newton-Schulz chain for all same-shape matrices). The result
+        is the same as one call per parameter; only matrix norms (``ndim >= 2``) are batched.
+    """
+
+    geometry: Norm | str | ParamGeometry | GeometryRule
+    lr: float | Callable[[int], float] = 0.02
+    beta1: float = 0.0
+    beta2: float = 0.0
+    rule: Literal["lmo", "sharp"] = "lmo"
+    decay: float = 0.0
+    radius: float = 1.0
+    point: GradientPoint | None = None
+    grad_transform: GradientTransform | None = None
+    direction_transform: DirectionTransform | None = None
+    error_feedback: ErrorFeedback | None = None
+    retraction: Retraction | None = None
+    nonfinite: Literal["raise", "skip", "ignore"] = "raise"
+    batch: bool = True
+
+    # -- validation ----------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        geometry = self.geometry
+        if isinstance(geometry, (str, Norm)):
+            object.__setattr__(self, "geometry", ParamGeometry(get_norm(geometry)))
+        elif not isinstance(geometry, ParamGeometry) and not callable(geometry):
+            raise ValueError(
+                "Driver: geometry must be a Norm, a registry name, a ParamGeometry or a rule "
+                f"(name, shape) -> Norm | ParamGeometry; got geometry={geometry!r}"
+            )
+        if callable(self.lr):
+            pass
+        elif not _number(self.lr) or not (0 <= self.lr < math.inf):
+            raise ValueError(f"Driver: lr must be a finite number >= 0 or a schedule lr(step); got lr={self.lr!r}")
+        for field in ("beta1", "beta2"):
+            value = getattr(self, field)
+            if not _number(value) or not (0 <= value < 1):
+                raise ValueError(f"Driver: {field} must be a number in [0, 1); got {field}={value!r}")
+        if self.rule not in ("lmo", "sharp"):
+            raise ValueError(f"Driver: rule must be 'lmo' or 'sharp'; got rule={self.rule!r}")
+        if not _number(self.decay) or not (0 <= self.decay < math.inf):
+            raise ValueError(f"Driver: decay must be a finite number >= 0; got decay={self.decay!r}")
+        if not _number(self.radius) or not (0 < self.radius < math.inf):
+            raise ValueError(f"Driver: radius must be a finite number > 0; got radius={self.radius!r}")
+        if not callable(self.lr) and self.lr * self.decay > 1:
+            raise ValueError(
+                f"Driver: lr * decay must be <= 1 (the factor 1 - lr * decay would flip x); got lr={self.lr!r}, "
+                f"decay={self.decay!r}"
+            )
+        for field, kind in _HOOKS.items():
+            hook = getattr(self, field)
+            if hook is not None and not isinstance(hook, kind):
+                raise ValueError(f"Driver: {field} must be a {kind.__name__} instance or None; got {hook!r}")
+        if self.nonfinite not in _NONFINITE:
+            raise ValueError(f"Driver: nonfinite must be one of {_NONFINITE}; got nonfinite={self.nonfinite!r}")
+        if not isinstance(self.batch, bool):
+            raise ValueError(f"Driver: batch must be a bool; got batch={self.batch!r}")
+
+    def replace(self, **changes: Any) -> Driver:
+        """A copy with some fields changed (validated like a new driver)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- small pieces --------------------------------------------------------------------------------------------
+    @property
+    def stateful(self) -> bool:
+        """Whether the estimator keeps a momentum buffer (``beta1 > 0``)."""
+        return self.beta1 > 0
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based), validated."""
+        lr = self.lr(step) if callable(self.lr) else self.lr
+        try:
+            lr = float(lr)
+        except (TypeError, ValueError):
+            raise ValueError(f"Driver: the schedule lr({step}) returned {lr!r}, not a number") from None
+        if not (0 <= lr < math.inf):
+            raise ValueError(f"Driver: lr({step}) = {lr!r}; a learning rate must be finite and >= 0")
+        if lr * self.decay > 1:
+            raise ValueError(f"Driver: lr({step}) * decay = {lr * self.decay!r} > 1 (1 - lr * decay would flip x)")
+        return lr
+
+    def geometry_for(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+        """The :class:`ParamGeometry` of the parameter ``name`` with shape ``shape``."""
+        geometry = self.geometry
+        if not isinstance(geometry, ParamGeometry):
+            geometry = geometry(name, tuple(shape))
+            if not isinstance(geometry, ParamGeometry):
+                geometry = ParamGeometry(get_norm(geometry))
+        if geometry.view is not None and math.prod(geometry.view) != math.prod(shape):
+            raise ValueError(
+                f"parameter {name!r}: its geometry views shape {tuple(shape)} as {geometry.view}, which has "
+                f"a different number of entries"
+            )
+        rows = len(geometry.view) if geometry.view is not None else len(shape)
+        if geometry.transpose and rows < 2:
+            raise ValueError(f"parameter {name!r} has shape {tuple(shape)}; transpose=True needs 2 or more axes")
+        if rows < geometry.norm.ndim:
+            raise ValueError(
+                f"parameter {name!r} has shape {tuple(shape)}, but its geometry {geometry.norm!r} acts on "
+                f"{geometry.norm.ndim} trailing axes; give it a vector geometry or a view"
+            )
+        return geometry
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def init_slots(self, name: str, param: Array) -> dict[str, Array]:
+        """The state of one parameter: the momentum buffer (zeros) if ``beta1 > 0``, and the hooks' slots."""
+        self.geometry_for(name, tuple(param.shape))  # reject an unfit geometry now, not at the first step
+        slots: dict[str, Array] = {}
+        if self.stateful:
+            xp = namespace(param)
+            slots[MOMENTUM] = xp.zeros_like(param)
+        for stage in _HOOKS:
+            hook = getattr(self, stage)
+            if hook is not None:
+                for key, value in hook.init(name, param).items():
+                    slots[f"{stage}.{key}"] = value
+        return slots
+
+    def init(self, params: Any) -> dict[str, Any]:
+        """The initial state for the parameter tree ``params``: ``{"step": 0, "slots": {name: {key: array}}}``."""
+        names, leaves, _ = flatten_tree(params)
+        _check_names(names)
+        return {"step": 0, "slots": {n: self.init_slots(n, x) for n, x in zip(names, leaves)}}
+
+    # -- the gradient point --------------------------------------------------------------------------------------
+    def gradient_point(self, params: Any, state: Mapping[str, Any]) -> Any:
+        """Where the next gradient must be taken: ``params`` itself unless the driver has a :class:`GradientPoint`.
+
+        A training loop with such a hook reads ``g = grad(f)(driver.gradient_point(params, state))``.
+        """
+        if self.point is None:
+            return params
+        names, leaves, rebuild = flatten_tree(params)
+        slots = [state["slots"][n] for n in names]
+        return rebuild(self.point_list(names, leaves, slots, int(state["step"])))
+
+    def point_list(
+        self, names: Sequence[str], params: Sequence[Array], slots: Sequence[Mapping[str, Array]], step: int
+    ) -> list[Array]:
+        """:meth:`gradient_point` over aligned lists."""
+        if self.point is None:
+            return list(params)
+        info = StepInfo(step, self.learning_rate(step), tuple(names))
+        return list(self.point.point(list(params), _hook_slots([dict(s) for s in slots], "point"), info))
+
+    # -- the step ------------------------------------------------------------------------------------------------
+    def step(self, params: Any, grads: Any, state: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """One step: returns ``(new_params, new_state)``; ``params``, ``grads`` and ``state`` are left unchanged.
+
+        ``grads`` must have the structure of ``params``. See the class docstring for the update.
+        """
+        names, leaves, rebuild = flatten_tree(params)
+        gnames, gleaves, _ = flatten_tree(grads)
+        if gnames != names:
+            raise ValueError(f"grads must have the structure of params; params have {names}, grads have {gnames}")
+        try:
+            slots = [state["slots"][n] for n in names]
+            step = int(state["step"])
+        except (KeyError, TypeError):
+            raise ValueError("state does not belong to these params; build it with driver.init(params)") from None
+        new_leaves, new_slots, taken = self.apply(names, leaves, gleaves, slots, step)
+        new_state = {"step": step + 1 if taken else step, "slots": dict(zip(names, new_slots))}
+        return rebuild(new_leaves), new_state
+
+    def apply(
+        self,
+        names: Sequence[str],
+        params: Sequence[Array],
+        grads: Sequence[Array],
+        slots: Sequence[Mapping[str, Array]],
+        step: int,
+    ) -> tuple[list[Array], list[dict[str, Array]], bool]:
+        """The step over aligned lists (what :meth:`step` and the torch adapters call).
+
+        Returns ``(new_params, new_slots, taken)``; ``taken`` is False when ``nonfinite="skip"`` skipped the step.
+        """
+        names = tuple(names)
+        params, grads = list(params), list(grads)
+        slots = [dict(s) for s in slots]
+        for name, x, g in zip(names, params, grads):
+            if tuple(g.shape) != tuple(x.shape):
+                raise ValueError(f"parameter {name!r}: gradient shape {tuple(g.shape)} != shape {tuple(x.shape)}")
+        lr = self.learning_rate(step)
+        info = StepInfo(step, lr, names)
+        if self.nonfinite != "ignore":
+            bad = _nonfinite(names, grads)
+            if bad is not None:
+                if self.nonfinite == "skip":
+                    return params, slots, False
+                raise NonFiniteGradientError(
+                    f"gradient of parameter {bad!r} holds NaN or Inf; nothing was changed (set nonfinite='skip' to "
+                    f"skip such steps, as loss-scaled mixed precision does)"
+                )
+
+        if self.grad_transform is not None:
+            grads, hs = self.grad_transform(grads, _hook_slots(slots, "grad_transform"), params, info)
+            _set_hook_slots(slots, "grad_transform", hs)
+
+        # the two-beta estimator
+        if self.stateful:
+            b1, b2 = self.beta1, self.beta2
+            estimates = []
+            for s, g in zip(slots, grads):
+                m = s[MOMENTUM]
+                c = b1 * m + (1 - b1) * g
+                s[MOMENTUM] = c if b2 == b1 else b2 * m + (1 - b2) * g
+                estimates.append(c)
+        else:
+            estimates = grads
+
+        if self.error_feedback is not None:
+            estimates = self.error_feedback.before(estimates, _hook_slots(slots, "error_feedback"), info)
+
+        geometries = [self.geometry_for(n, tuple(x.shape)) for n, x in zip(names, params)]
+        directions, duals = self._oracle(geometries, estimates)
+
+        if self.direction_transform is not None:
+            directions, hs = self.direction_transform(
+                directions, _hook_slots(slots, "direction_transform"), params, info
+            )
+            _set_hook_slots(slots, "direction_transform", hs)
+
+        updates = []
+        for geo, d, dual in zip(geometries, directions, duals):
+            scale = lr * self.radius * geo.radius
+            updates.append(scale * d if dual is None else (scale * dual) * d)
+
+        if self.error_feedback is not None:
+            hs = self.error_feedback.after(estimates, updates, _hook_slots(slots, "error_feedback"), info)
+            _set_hook_slots(slots, "error_feedback", hs)
+
+        shrink = 1 - lr * self.decay
+        new_params = [(x * shrink if shrink != 1 else x) + u for x, u in zip(params, updates)]
+
+        if self.retraction is not None:
+            new_params = list(self.retraction(new_params, geometries, info))
+        if self.point is not None:
+            hs = self.point.update(new_params, _hook_slots(slots, "point"), info)
+            _set_hook_slots(slots, "point", hs)
+        return new_params, slots, True
+
+    # -- the oracle, batched -------------------------------------------------------------------------------------
+    def _oracle(
+        self, geometries: list[ParamGeometry], estimates: list[Array]
+    ) -> tuple[list[Array], list[Array | None]]:
+        """``d_i = lmo_i(c_i)`` for every parameter (and ``||c_i||_*`` for the sharp rule, shaped to broadcast)."""
+        n = len(estimates)
+        directions: list[Array] = [None] * n  # type: ignore[list-item]
+        duals: list[Array | None] = [None] * n
+        sharp = self.rule == "sharp"
+        views = [_to_oracle(geo, c) for geo, c in zip(geometries, estimates)]
+
+        groups: dict[Hashable, list[int]] = {}
+        for i, (geo, v) in enumerate(zip(geometries, views)):
+            if self.batch and geo.norm.ndim >= 2:
+                core = tuple(v.shape[v.ndim - geo.norm.ndim :])
+                key = (geo.norm, core, str(v.dtype), str(device(v)), type(v))
+                groups.setdefault(key, []).append(i)
+            else:
+                groups[("single", i)] = [i]
+
+        for members in groups.values():
+            norm = geometries[members[0]].norm
+            k = norm.ndim
+            if len(members) == 1:
+                v = views[members[0]]
+                outs = [norm.lmo(v)]
+                dual_outs = [norm.dual_norm(v) if sharp else None]
+            else:
+                xp = namespace(views[members[0]])
+                core = tuple(views[members[0]].shape[-k:])
+                stacked = xp.concat([xp.reshape(views[i], (-1, *core)) for i in members], axis=0)
+                d_all = norm.lmo(stacked)
+                dual_all = norm.dual_norm(stacked) if sharp else None
+                outs, dual_outs, start = [], [], 0
+                for i in members:
+                    v = views[i]
+                    batch = tuple(v.shape[: v.ndim - k])
+                    count = math.prod(batch)
+                    outs.append(xp.reshape(d_all[start : start + count, ...], tuple(v.shape)))
+                    dual_outs.append(None if dual_all is None else xp.reshape(dual_all[start : start + count], batch))
+                    start += count
+            for i, d, dual in zip(members, outs, dual_outs):
+                geo, c, v = geometries[i], estimates[i], views[i]
+                directions[i] = _from_oracle(geo, d, c)
+                if dual is not None:
+                    xp = namespace(c)
+                    dual = xp.reshape(dual, tuple(dual.shape) + (1,) * k)
+                    if geo.view is not None or geo.transpose:
+                        dual = _from_oracle(geo, dual * xp.ones_like(v), c)
+                    duals[i] = dual
+        return directions, duals
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------
+def _to_oracle(geo: ParamGeometry, c: Array) -> Array:
+    """``c`` as the oracle sees it: reshaped to the geometry's view, then transposed if asked."""
+    if geo.view is None and not geo.transpose:
+        return c
+    xp = namespace(c)
+    v = c if geo.view is None else xp.reshape(c, geo.view)
+    return xp.matrix_transpose(v) if geo.transpose else v
+
+
+def _from_oracle(geo: ParamGeometry, d: Array, like: Array) -> Array:
+    """Undo :func:`_to_oracle`: back to the shape of ``like``."""
+    if geo.view is None and not geo.transpose:
+        return d
+    xp = namespace(d)
+    if geo.transpose:
+        d = xp.matrix_transpose(d)
+    return xp.reshape(d, tuple(like.shape))
+
+
+def _check_names(names: list[str]) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"parameter name {n!r} occurs twice in the tree")
+        seen.add(n)
+
+
+def _hook_slots(slots: list[dict[str, Array]], stage: str) -> list[dict[str, Array]]:
+    prefix = stage + "."
+    return [{k[len(prefix) :]: v for k, v in s.items() if k.startswith(prefix)} for s in slots]
+
+
+def _set_hook_slots(slots: list[dict[str, Array]], stage: str, hook_slots: list[dict[str, Array]]) -> None:
+    hook_slots = list(hook_slots)
+    if len(hook_slots) != len(slots):
+        raise ValueError(f"the {stage} hook returned {len(hook_slots)} slot dicts for {len(slots)} parameters")
+    prefix = stage + "."
+    for s, h in zip(slots, hook_slots):
+        for k in [k for k in s if k.startswith(prefix)]:
+            del s[k]
+        for k, v in h.items():
+            s[prefix + k] = v
+
+
+def _nonfinite(names: Sequence[str], grads: Sequence[Array]) -> str | None:
+    """The name of the first parameter whose gradient is not finite, or None; one host sync when all are finite."""
+    if not grads:
+        return None
+    flags = []
+    for g in grads:
+        xp = namespace(g)
+        flags.append(xp.all(xp.isfinite(g)))
+    try:
+        xp = namespace(flags[0])
+        ok = bool(xp.all(xp.stack(flags)))
+    except Exception:  # flags on different devices
+        ok = all(bool(f) for f in flags)
+    if ok:
+        return None
+    for name, f in zip(names, flags):
+        if not bool(f):
+            return name
+    return None

@@ -1,0 +1,409 @@
+"""torch.optim adapters: bookkeeping, drop-in behaviour of Muon (vs torch.optim.Muon) and Scion."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import lmo  # noqa: E402
+import lmo.optimizers as lo  # noqa: E402
+from _doubles import PolarSVD, TorchNewtonSchulz, skip_without  # noqa: E402
+
+HAS_SPECTRAL = "spectral" in lmo.norms()
+
+
+def _mlp(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 16, bias=False), torch.nn.Tanh(), torch.nn.Linear(16, 16, bias=False), torch.nn.Tanh(),
+        torch.nn.Linear(16, 4, bias=False),
+    ).to(dtype)
+
+
+def _batch(seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 8, generator=g, dtype=dtype)
+    return x, torch.sin(x[:, :4] * 2)
+
+
+def _train(model, opt, steps, seed=1):
+    x, y = _batch(seed, next(model.parameters()).dtype)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+# -- bookkeeping -----------------------------------------------------------------------------------------------------
+def test_grad_is_never_mutated_and_state_never_shares_its_storage():
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    for opt in (lo.LMOOptimizer([w], lo.signum(lr=0.1, beta=0.5)), lo.Lion([w], lr=0.1),
+                lo.LMOOptimizer([w], lo.muon(lr=0.1, norm=PolarSVD()))):
+        g = torch.randn(4, 3)
+        w.grad = g.clone()
+        opt.step()
+        opt.step()
+        assert torch.equal(w.grad, g)
+        for state in opt.state.values():
+            for v in state.values():
+                if isinstance(v, torch.Tensor):
+                    assert v.untyped_storage().data_ptr() != w.grad.untyped_storage().data_ptr()
+                    assert v.untyped_storage().data_ptr() != w.untyped_storage().data_ptr()
+
+
+def test_sparse_and_complex_rejected_with_clear_errors():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = lo.SignSGD(emb.parameters(), lr=0.1)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+    with pytest.raises(ValueError, match="complex"):
+        lo.SignSGD([torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))])
+
+
+def test_nonfinite_gradient_raises_naming_the_parameter_and_changes_nothing():
+    model = torch.nn.Linear(3, 2)
+    opt = lo.Signum([{"params": [model.weight], "param_names": ["weight"]},
+                     {"params": [model.bias], "param_names": ["bias"]}], lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state_before = {k: v["momentum_buffer"].clone() for k, v in zip("wb", opt.state.values())}
+    model.weight.grad = torch.ones_like(model.weight)  # group 0 finite: it must not move either
+    model.bias.grad = torch.tensor([1.0, float("nan")])
+    with pytest.raises(lo.NonFiniteGradientError, match="'bias'"):
+        opt.step()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    for k, v in zip("wb", opt.state.values()):
+        assert torch.equal(v["momentum_buffer"], state_before[k]) and v["step"] == 1
+    skipping = lo.Signum(model.parameters(), lr=0.1, nonfinite="skip")
+    skipping.step()
+    assert torch.equal(model.bias, before["bias"])
+
+
+def test_closure_is_evaluated_with_grad_and_its_loss_returned():
+    model = _mlp()
+    opt = lo.LMOOptimizer(model.parameters(), lo.sign_sgd(0.01))
+    x, y = _batch()
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    first = opt.step(closure)
+    second = opt.step(closure)
+    assert isinstance(first, torch.Tensor) and float(second.detach()) < float(first.detach())
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_param_names_reach_geometry_rules():
+    seen = []
+
+    def rule(name, shape):
+        seen.append(name)
+        return "l2" if name.endswith("bias") else "sign"
+
+    model = torch.nn.Linear(3, 2)
+    opt = lo.LMOOptimizer(model.named_parameters(), lo.Driver(rule, lr=1.0))
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    model.weight.grad = torch.tensor([[1.0, -1, 0], [2, 0, 0]])
+    model.bias.grad = torch.tensor([3.0, 4.0])
+    opt.step()
+    assert {"weight", "bias"} <= set(seen)
+    assert torch.allclose(model.weight - w0, -torch.sign(model.weight.grad))
+    assert torch.allclose(model.bias - b0, torch.tensor([-0.6, -0.8]))
+
+
+def test_bad_group_added_later_is_rejected_and_not_kept():
+    opt = lo.Lion([torch.nn.Parameter(torch.randn(2))], lr=0.1)
+    with pytest.raises(ValueError, match="beta1"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "betas": (1.5, 0.9)})
+    assert len(opt.param_groups) == 1
+
+
+def test_gradient_point_hook_through_the_adapter_matches_the_functional_loop():
+    class Extrapolate(lo.GradientPoint):
+        def init(self, name, param):
+            return {"prev": param.detach().clone()}
+
+        def point(self, params, slots, info):
+            return [x + 0.5 * (x - s["prev"]) for x, s in zip(params, slots)]
+
+        def update(self, params, slots, info):
+            return [{"prev": x} for x in params]  # prev := the newest iterate (a lagged extrapolation)
+
+    driver = lo.Driver("l2", lr=0.1, beta1=0.5, beta2=0.5, point=Extrapolate())
+    target = torch.tensor([1.0, -2.0, 0.5])
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = lo.LMOOptimizer([w], driver)
+    x = torch.zeros(3)
+    state = driver.init({"w": x})
+    for _ in range(5):
+        y = driver.gradient_point({"w": x}, state)["w"]
+        assert torch.allclose(w.detach(), y)  # the parameter holds the gradient point
+        w.grad = 2 * (w.detach() - target)
+        opt.step()
+        x, state = driver.step({"w": x}, {"w": 2 * (y - target)}, state)
+        assert torch.allclose(opt.state[w]["iterate"], x["w"])
+        x = x["w"]
+
+
+# -- Muon: drop-in for torch.optim.Muon ------------------------------------------------------------------------------
+def _muon_pair(make, steps=20, **kwargs):
+    ref_model, our_model = _mlp(), _mlp()
+    ref = torch.optim.Muon(ref_model.parameters(), **kwargs)
+    ours = make(our_model.parameters(), **kwargs)
+    _train(ref_model, ref, steps)
+    _train(our_model, ours, steps)
+    pairs = zip(our_model.parameters(), ref_model.parameters())
+    diffs = [float((a - b).detach().abs().max() / b.detach().abs().max()) for a, b in pairs]
+    return max(diffs), ref, ours
+
+
+MUON_KWARGS = [
+    dict(lr=0.02),
+    dict(lr=0.02, weight_decay=0.01, momentum=0.9, nesterov=False),
+    dict(lr=0.05, adjust_lr_fn="match_rms_adamw", ns_steps=4, ns_coefficients=(3.0, -3.2, 1.2), eps=1e-6),
+]
+
+
+@pytest.mark.parametrize("kwargs", MUON_KWARGS)
+def test_muon_driver_matches_torch_muon_with_its_own_iteration(kwargs):
+    """The driver's Muon configuration with torch's bf16 Newton-Schulz (a test double) follows torch.optim.Muon."""
+
+    def make(params, **kw):
+        norm = TorchNewtonSchulz(coefficients=tuple(kw.get("ns_coefficients", (3.4445, -4.775, 2.0315))),
+                                 steps=kw.get("ns_steps", 5), eps=kw.get("eps", 1e-7))
+        driver = lo.muon(lr=kw["lr"], beta=kw.get("momentum", 0.95), nesterov=kw.get("nesterov", True),
+                         weight_decay=kw.get("weight_decay", 0.1), adjust_lr=kw.get("adjust_lr_fn"), norm=norm)
+        return lo.LMOOptimizer(params, driver)
+
+    # the same bf16 iteration on fp32 estimators that differ only in fp32 rounding (torch's two lerps vs
+    # b^2 m + (1 - b^2) g): fp32-level agreement over the first steps; later a bf16 rounding flip (2^-8 relative
+    # in one entry of one update) appears and the training loop compounds it, to about 1% after 20 steps
+    diff, _, _ = _muon_pair(make, steps=5, **kwargs)
+    assert diff < 1e-6, diff
+    diff, _, _ = _muon_pair(make, steps=20, **kwargs)
+    assert diff < 3e-2, diff
+
+
+@skip_without("spectral")
+@pytest.mark.parametrize("kwargs", MUON_KWARGS)
+def test_muon_is_a_drop_in_for_torch_muon(kwargs):
+    """lo.Muon vs torch.optim.Muon on the same gradient sequence (well-conditioned Gaussian gradients).
+
+    torch iterates Newton-Schulz in bf16 with fused addmm; the registry's spectral geometry scales first by the
+    largest entry and iterates in the device's dtype (fp32, or bf16 where bf16 matrix products are fast). The same
+    polynomial in a different rounding moves each update by about 1% here (ill-conditioned gradients, whose small
+    singular values the iteration amplifies ~3.4^5-fold, differ more: see the report); the driver's own math is
+    pinned exactly to torch's by test_muon_driver_matches_torch_muon_with_its_own_iteration.
+    """
+    shapes = [(32, 8), (8, 24), (12, 4)]
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    theirs = [torch.nn.Parameter(t.clone()) for t in init]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref, opt = torch.optim.Muon(theirs, **kwargs), lo.Muon(ours, **kwargs)
+    for _ in range(10):
+        for p, q in zip(theirs, ours):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = g.clone(), g.clone()
+        ref.step()
+        opt.step()
+    for p, q, p0 in zip(theirs, ours, init):
+        moved = float((p.detach() - p0).norm())
+        assert moved > 0.05
+        assert float((q.detach() - p.detach()).norm()) < 0.04 * moved
+    assert set(opt.state_dict()["param_groups"][0]) >= set(ref.state_dict()["param_groups"][0])
+    # the same state key as torch.optim.Muon: a torch.optim.Muon checkpoint loads into lo.Muon
+    fresh = lo.Muon([torch.nn.Parameter(t.clone()) for t in init], **kwargs)
+    fresh.load_state_dict(ref.state_dict())
+    theirs_buf = ref.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(fresh.state_dict()["state"][0]["momentum_buffer"], theirs_buf)
+
+
+@skip_without("spectral")
+def test_muon_accepts_every_torch_muon_argument_positionally_and_by_name():
+    import inspect
+
+    ref_params = list(inspect.signature(torch.optim.Muon.__init__).parameters)[1:]
+    ours = inspect.signature(lo.Muon.__init__).parameters
+    for name in ref_params:
+        assert name in ours
+        ref_default = inspect.signature(torch.optim.Muon.__init__).parameters[name].default
+        assert ours[name].default == ref_default or name == "params", name
+    assert list(ours)[1 : len(ref_params) + 1] == ref_params  # same positional order
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    lo.Muon([w], 0.02, 0.1, 0.95, True, (3.4445, -4.775, 2.0315), 1e-7, 5, "original")
+
+
+def test_muon_batches_and_conv_kernels_are_orthogonalised_per_matrix():
+    rng = np.random.default_rng(3)
+    batch = torch.nn.Parameter(torch.from_numpy(rng.standard_normal((3, 4, 6))))
+    conv = torch.nn.Parameter(torch.from_numpy(rng.standard_normal((4, 2, 3, 3))))
+    conv1d = torch.nn.Parameter(torch.from_numpy(rng.standard_normal((5, 2, 3))))
+    gb, gc, g1 = (torch.from_numpy(rng.standard_normal(p.shape)) for p in (batch, conv, conv1d))
+    b0, c0, d0 = batch.detach().clone(), conv.detach().clone(), conv1d.detach().clone()
+    driver = lo.muon(lr=0.1, beta=0.0, weight_decay=0.0, norm=PolarSVD())
+    opt = lo.LMOOptimizer([{"params": [batch, conv]}, {"params": [conv1d], "geometry": lo.MuonGeometry(
+        PolarSVD(), view="flatten")}], driver)
+    batch.grad, conv.grad, conv1d.grad = gb, gc, g1
+
+    def polar(a):
+        u, _, vh = torch.linalg.svd(a, full_matrices=False)
+        return u @ vh
+
+    opt.step()
+    assert torch.allclose(batch.detach(), b0 - 0.1 * polar(gb) * 1.0, atol=1e-12)  # 4x6: sqrt(max(1, 4/6)) = 1
+    assert torch.allclose(conv.detach(), c0 - 0.1 * polar(gc.reshape(4, 18)).reshape(4, 2, 3, 3), atol=1e-12)
+    # Conv1d (5, 2, 3) flattened to (5, 6): ratio sqrt(max(1, 5/6)) = 1
+    assert torch.allclose(conv1d.detach(), d0 - 0.1 * polar(g1.reshape(5, 6)).reshape(5, 2, 3), atol=1e-12)
+
+
+def test_split_muon_params_sends_vectors_embeddings_and_output_to_adamw():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 8)
+            self.conv = torch.nn.Conv1d(8, 8, 3)
+            self.block = torch.nn.Linear(8, 8)
+            self.norm = torch.nn.LayerNorm(8)
+            self.lm_head = torch.nn.Linear(8, 10, bias=False)
+
+    net = Net()
+    muon, conv1d, adamw = lo.split_muon_params(net)
+    assert [n for n, _ in muon] == ["block.weight"]
+    assert [n for n, _ in conv1d] == ["conv.weight"]
+    assert {n for n, _ in adamw} == {"embed.weight", "conv.bias", "block.bias", "norm.weight", "norm.bias",
+                                     "lm_head.weight"}
+    net.lm_head.weight = net.embed.weight  # tied: to AdamW once
+    muon, _, adamw = lo.split_muon_params(net)
+    assert [n for n, _ in adamw].count("embed.weight") == 1 and "block.weight" in [n for n, _ in muon]
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    muon, _, adamw = lo.split_muon_params(plain)
+    assert [n for n, _ in muon] == ["0.weight"] and "1.weight" in [n for n, _ in adamw]  # last Linear = output
+
+
+@skip_without("spectral")
+def test_muon_with_adamw_trains_a_model():
+    model = _mlp()
+    opts = lo.muon_with_adamw(model, lr=0.02, adamw_lr=3e-3)
+    assert isinstance(opts[0], lo.Muon) and isinstance(opts[1], torch.optim.AdamW)
+    x, y = _batch()
+    losses = []
+    for _ in range(30):
+        for o in opts:
+            o.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        for o in opts:
+            o.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+# -- Scion: drop-in for the reference implementation -------------------------------------------------------------------
+def _scion_reference_lmo(norm, g, **kw):
+    """Scion's update direction written from its formulas (the ascent direction, as the reference returns)."""
+    if norm == "Sign":
+        return torch.sign(g) / (g.shape[1] if kw.get("normalized", True) else 1)
+    if norm == "ColNorm":
+        h = g.T if kw.get("transpose", False) else g
+        d = h * math.sqrt(h.shape[0]) / h.norm(dim=0, keepdim=True)
+        d = d / (h.shape[1] if kw.get("normalized", False) else 1)
+        return d.T if kw.get("transpose", False) else d
+    if norm == "RowNorm":
+        h = g.T if kw.get("transpose", False) else g
+        d = h / h.norm(dim=-1, keepdim=True)
+        d = d / (math.sqrt(h.shape[-1]) if kw.get("normalized", True) else 1)
+        return d.T if kw.get("transpose", False) else d
+    if norm == "BiasRMS":
+        return g / torch.sqrt(torch.mean(g**2, dim=0, keepdim=True))
+    raise AssertionError(norm)
+
+
+SCION_GROUPS = [
+    ("Sign", {}, (5, 4)),
+    ("Sign", {"normalized": False}, (3, 6)),
+    ("ColNorm", {}, (5, 4)),
+    ("ColNorm", {"transpose": True, "normalized": True}, (7, 3)),
+    ("RowNorm", {}, (4, 6)),
+    ("RowNorm", {"normalized": False, "transpose": True}, (4, 6)),
+    ("BiasRMS", {}, (6,)),
+]
+
+
+@pytest.mark.parametrize("unconstrained", [False, True])
+@pytest.mark.parametrize("norm,kw,shape", SCION_GROUPS)
+def test_scion_follows_the_reference_trajectory(norm, kw, shape, unconstrained):
+    rng = np.random.default_rng(4)
+    lr, momentum, scale = 0.05, 0.1, 3.0
+    w = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(shape)))
+    ref = w.detach().clone()
+    buf = torch.zeros_like(ref)
+    opt = lo.Scion([{"params": [w], "norm": norm, "norm_kwargs": kw, "scale": scale}], lr=lr, momentum=momentum,
+                   unconstrained=unconstrained)
+    for _ in range(8):
+        g = torch.from_numpy(rng.standard_normal(shape))
+        w.grad = g
+        opt.step()
+        buf = (1 - momentum) * buf + momentum * g
+        update = scale * _scion_reference_lmo(norm, buf, **kw)
+        ref = ref if unconstrained else ref * (1 - lr)
+        ref = ref - lr * update
+        assert torch.allclose(w.detach(), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_scion_accepts_registry_names_and_norm_instances_in_groups():
+    a = torch.nn.Parameter(torch.zeros(4, 3))
+    b = torch.nn.Parameter(torch.zeros(4, 3))
+    opt = lo.Scion([{"params": [a], "norm": "l2", "scale": 2.0},
+                    {"params": [b], "norm": lmo.get_norm("lp", p=3.0), "norm_kwargs": {}}], lr=0.5, momentum=1.0)
+    g = torch.arange(12.0).reshape(4, 3) - 5
+    a.grad, b.grad = g, g
+    opt.step()
+    assert torch.allclose(a.detach(), 0.5 * 2.0 * lmo.get_norm("l2").lmo(g))
+    assert torch.allclose(b.detach(), 0.5 * lmo.get_norm("lp", p=3.0).lmo(g))
+    with pytest.raises(ValueError, match="ONE MINUS"):
+        lo.Scion([a], momentum=0.0)
+
+
+@skip_without("spectral")
+@pytest.mark.parametrize("norm,kw,shape", [("Spectral", {}, (6, 4)), ("Spectral", {"max": True}, (3, 5)),
+                                           ("SpectralConv", {}, (4, 2, 3, 3)), ("Auto", {}, (6, 4)),
+                                           ("Auto", {}, (5,))])
+def test_scion_spectral_groups_follow_the_reference_up_to_polar_rounding(norm, kw, shape):
+    rng = np.random.default_rng(5)
+    lr, momentum, scale = 0.05, 0.5, 2.0
+    w = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(shape)).float())
+    ref = w.detach().clone()
+    buf = torch.zeros_like(ref)
+    opt = lo.Scion([{"params": [w], "norm": norm, "norm_kwargs": kw, "scale": scale}], lr=lr, momentum=momentum)
+    ns = TorchNewtonSchulz()
+    for _ in range(5):
+        g = torch.from_numpy(rng.standard_normal(shape)).float()
+        w.grad = g
+        opt.step()
+        buf = (1 - momentum) * buf + momentum * g
+        if len(shape) == 1:
+            d = _scion_reference_lmo("BiasRMS", buf)
+        elif len(shape) == 2:
+            factor = math.sqrt(shape[0] / shape[1])
+            d = -ns.lmo(buf) * (max(1.0, factor) if kw.get("max") else factor)
+        else:
+            o, i, k = shape[:3]
+            d = -ns.lmo(buf.reshape(o, -1)).reshape(shape) * math.sqrt(o / i) / k**2
+        ref = ref * (1 - lr) - lr * scale * d
+    assert torch.allclose(w.detach(), ref, rtol=0.05, atol=0.02 * float(ref.abs().max()))
