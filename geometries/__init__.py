@@ -6,7 +6,7 @@ Each geometry is one class in one module; :func:`lmo.norms` lists them by regist
 
 from .columns import BiasRMS, ColNorm, RowNorm, ScionSign
 from .manifold import SpectralSphere, Sphere, Stiefel, StiefelInfo
-from .polar import PolarSolver, polar, polar_express_coefficients
+from .polar_solvers import PolarSolver, polar, polar_express_coefficients
 from .product import Product
 from .spectral import Frobenius, Nuclear, Schatten, Spectral, SpectralConv
 from .vector import L1, L2, RMS, Lp, Scaled, Sign, WeightedSign

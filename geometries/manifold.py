@@ -27,7 +27,7 @@ from typing import Any
 from lmo.backend import Array, Namespace, device, namespace, safe_divide, vdot, widen
 from lmo.norm import Norm
 
-from .polar import PolarSolver
+from .polar_solvers import PolarSolver
 from .spectral import Spectral, _svdvals
 from .vector import L2
 
@@ -73,7 +73,16 @@ class Sphere(L2, name="sphere"):
         return narrow(g - self._expand(xp, vdot(xp, u, g, self.ndim)) * u)
 
     def lmo_at(self, x: Array, g: Array) -> Array:
-        return self.lmo(self.tangent_component(x, g))
+        """``-P g / ||P g||``; 0 when ``P g`` is rounding noise (``||P g|| <= 16 n eps ||g||``): ``g`` normal to the
+        sphere has no descent direction, and normalising the noise would return an arbitrary one."""
+        _check_pair(self, x, g)
+        xp, g, narrow = self._prepare(g)
+        _, u = self._length(xp, widen(xp, x)[0])
+        pg = g - self._expand(xp, vdot(xp, u, g, self.ndim)) * u
+        n = self._size(g)
+        noise = 16 * n * xp.finfo(g.dtype).eps * self._length(xp, g)[0]
+        live = xp.astype(self._length(xp, pg)[0] > noise, g.dtype)
+        return narrow(-self._length(xp, pg)[1] * live)
 
     def retract(self, x: Array, step: Array) -> Array:
         _check_pair(self, x, step, "step")

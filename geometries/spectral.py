@@ -18,7 +18,7 @@ from typing import Any
 from lmo.backend import Array, Namespace, device, safe_divide
 from lmo.norm import Norm
 
-from .polar import BOUND_RANK, PolarSolver
+from .polar_solvers import BOUND_RANK, PolarSolver
 from .vector import L2
 
 __all__ = ["Spectral", "SpectralConv", "Nuclear", "Schatten", "Frobenius", "SCALES"]
@@ -57,9 +57,9 @@ class Spectral(Norm, name="spectral"):
     scaling and Scion's ``Spectral(max=True)``), ``"l2_rms"`` (``f = sqrt(d_out)``: l2 -> RMS for input layers,
     Scion's ``Spectral(normalized=False)``), or a number ``f > 0`` (a fixed radius).
 
-    The oracle's polar factor comes from :class:`lmo.geometries.polar.PolarSolver` with ``method``, ``steps``,
+    The oracle's polar factor comes from :class:`lmo.geometries.polar_solvers.PolarSolver` with ``method``, ``steps``,
     ``coefficients``, ``eps``, ``dtype`` and ``scaling`` (``method="svd"``, the default, is exact; see
-    :func:`lmo.geometries.polar.polar` for the others). ``get_norm("spectral", method="newton_schulz", steps=5,
+    :func:`lmo.geometries.polar_solvers.polar` for the others). ``get_norm("spectral", method="newton_schulz", steps=5,
     coefficients=(3.4445, -4.775, 2.0315), eps=1e-7)`` is the oracle of ``torch.optim.Muon``.
 
     Ties and zero: the oracle is unique on the range (``-U_r V_r^T``) and set-valued on the null spaces of a

@@ -73,10 +73,11 @@ PE_SAFETY = 0.01
 #: Declared bounds of the iterative solvers hold for every input whose smaller side is at most this (see ``bounds``).
 BOUND_RANK = 4096
 
-# Rounding allowance added to the exact-arithmetic bounds, per iterate dtype: measured by
-# benchmarks/polar_accuracy.py on the hard inputs (condition number 1e6, rank-deficient, 1e-30/1e30 scales), with a
-# factor of 2 on top of the worst deviation seen from the exact scalar map.
-_ROUNDING = {"float64": 1e-6, "float32": 2e-3, "bfloat16": 0.08, "float16": 0.02}
+# Rounding allowance added to the exact-arithmetic bounds, per iterate dtype: benchmarks/polar_accuracy.py measures the
+# loss against exact arithmetic on the same hard inputs (condition number 1e6, rank-deficient, 1e-30/1e30 scales);
+# the worst seen is 4e-5 in float32 and 0.10 in bfloat16 (Polar Express cut to 5 steps), and the allowance is at least
+# twice that. float16 (unmeasured; 3 more mantissa bits than bfloat16) is taken as 0.05.
+_ROUNDING = {"float64": 1e-6, "float32": 2e-3, "bfloat16": 0.2, "float16": 0.05}
 
 
 def _coefficient_schedule(method: str, steps: int | None, coefficients: Any) -> tuple[tuple[float, ...], ...]:
