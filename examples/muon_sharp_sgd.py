@@ -81,7 +81,7 @@ def run(n: int = 256, m: int = 32, k: int = 16, steps: int = 400, show: bool = T
         W = prob["W0"].copy()
         state = driver.init(W)
         nuc, fro, gaps = [], [], []
-        for _ in _repro.progress(range(steps), desc=name.split(",")[0], disable=not show):
+        for _ in _repro.progress(range(steps), desc=name.split(", lr")[0], disable=not show):
             G = grad(W, X, Y)
             nuc.append(float(np.linalg.norm(G, "nuc")))
             fro.append(float(np.linalg.norm(G)))
@@ -130,7 +130,7 @@ def plot(res: dict, path: Path) -> Path:
     ax.legend(fontsize=7)
     ax = axes[1]
     for name, color in zip(res["names"], colors):
-        ax.plot(T, np.maximum(res["curves"][name]["gap"], 1e-16), color=color, label=name.split(",")[0])
+        ax.plot(T, np.maximum(res["curves"][name]["gap"], 1e-16), color=color, label=name.split(", lr")[0])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("step")

@@ -121,6 +121,7 @@ def plot(res: dict, path: Path) -> Path:
                         label=f"{method} (best lr {r['best_lr']:.2g}): {r['best_steps']} steps")
         ax.axhline(1.0, color="gray", ls="--", lw=1)
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("mean loss E f(x_t)" if key == "noisy_coordinate" else "loss f(x_t)")
