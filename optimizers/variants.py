@@ -53,7 +53,7 @@ def _with_lr(driver: Driver, lr: Schedule | None, wrapper: str) -> Driver:
 # 1. spectral steepest descent, version A (version B, the sharp step, is configs.spectral_descent)
 # ---------------------------------------------------------------------------------------------------------------
 @configuration(
-    cases=[{"lr": 0.2}, {"lr": 0.2, "beta": 0.5, "weight_decay": 0.01}],
+    cases=[{"lr": 0.2, "beta": 0.5, "weight_decay": 0.01}],
     bad=[({"beta": 1.0}, "beta"), ({"lr": -0.1}, "lr")],
     shapes=_MATRICES,
     needs=("spectral",),
@@ -77,7 +77,6 @@ def exact_muon(lr: Schedule = 0.02, *, beta: float = 0.9, weight_decay: float = 
 # ---------------------------------------------------------------------------------------------------------------
 @configuration(
     cases=[
-        {"driver": sign_sgd(), "lr": 0.1},
         {"driver": signum(beta=0.5), "lr": 0.1},
         {"driver": muon(beta=0.5, norm="spectral", weight_decay=0.0), "lr": 0.3},
     ],
@@ -107,7 +106,7 @@ def error_feedback(driver: Driver, *, lr: Schedule | None = None) -> Driver:
 # 3. implicit gradient transport
 # ---------------------------------------------------------------------------------------------------------------
 @configuration(
-    cases=[{"driver": signum(beta=0.5), "lr": 0.05}, {"driver": muon(beta=0.5, weight_decay=0.0), "lr": 0.1}],
+    cases=[{"driver": muon(beta=0.5, weight_decay=0.0), "lr": 0.1}],
     bad=[({"driver": sign_sgd(), "lr": 0.1}, "beta"), ({"driver": signum(), "lr": 0.1, "gamma": -1.0}, "gamma")],
     shapes=_MATRICES,
     needs=("spectral",),
@@ -137,7 +136,7 @@ def igt(driver: Driver, *, lr: Schedule | None = None, gamma: float | None = Non
 # 4. schedule-free and NorMuon
 # ---------------------------------------------------------------------------------------------------------------
 @configuration(
-    cases=[{"driver": sign_sgd(), "lr": 0.1}, {"driver": sign_sgd(), "lr": 0.1, "beta": 0.5, "power": 0.0}],
+    cases=[{"driver": sign_sgd(weight_decay=0.01), "lr": 0.1, "beta": 0.5, "power": 0.0}],
     bad=[({"driver": sign_sgd(), "lr": 0.1, "beta": 1.5}, "beta"), ({"driver": None}, "Driver")],
 )
 def schedule_free(driver: Driver, *, lr: Schedule | None = None, beta: float = 0.9, power: float = 2.0) -> Driver:
@@ -157,7 +156,7 @@ def schedule_free(driver: Driver, *, lr: Schedule | None = None, beta: float = 0
 
 
 @configuration(
-    cases=[{"lr": 0.1, "weight_decay": 0.0}, {"lr": 0.1, "beta2": 0.5, "nesterov": False, "weight_decay": 0.01}],
+    cases=[{"lr": 0.1, "beta2": 0.5, "nesterov": False, "weight_decay": 0.01}],
     bad=[({"beta2": 1.0}, "beta2"), ({"beta": -0.1}, "beta"), ({"eps": -1.0}, "eps")],
     shapes=_MATRICES,
     needs=("spectral",),
@@ -230,7 +229,7 @@ def _dion(lr: Schedule, right: str, rank: int | None, rank_fraction: float | Non
 
 
 @configuration(
-    cases=[{"lr": 0.1}, {"lr": 0.1, "rank": 2, "mu": 0.5, "weight_decay": 0.01}],
+    cases=[{"lr": 0.1, "rank": 2, "mu": 0.5, "weight_decay": 0.01}],
     bad=[({"rank": 0}, "rank"), ({"rank_fraction": 1.5}, "rank_fraction"), ({"mu": 1.0}, "mu"),
          ({"adjust_lr": "bogus"}, "adjust")],
     shapes=_MATRICES,
@@ -261,7 +260,7 @@ def dion(
 
 
 @configuration(
-    cases=[{"lr": 0.1}, {"lr": 0.1, "rank": 2, "mu": 0.5}],
+    cases=[{"lr": 0.1, "rank_fraction": 0.5, "mu": 0.5}],
     bad=[({"rank": 2, "rank_fraction": 0.5}, "rank"), ({"mu": -0.5}, "mu")],
     shapes=_MATRICES,
     needs=("spectral",),
@@ -294,7 +293,7 @@ def _randomized(lr: Schedule, norm: RandomizedPolar, beta: float, nesterov: bool
 
 
 @configuration(
-    cases=[{"lr": 0.1, "rank": 2}, {"lr": 0.1, "rank_fraction": 0.5, "sketch": "uniform", "weight_decay": 0.01}],
+    cases=[{"lr": 0.1, "rank": 2, "weight_decay": 0.01}],
     bad=[({"rank": -1}, "rank"), ({"sketch": "bogus"}, "sketch"), ({"ns_steps": 0}, "steps")],
     shapes=_MATRICES,
     needs=("spectral",),
@@ -337,7 +336,7 @@ def low_rank_muon(
 
 
 @configuration(
-    cases=[{"lr": 0.1, "rank": 2}, {"lr": 0.1, "rank": 3, "sketch": "norm", "power_steps": 0, "oversample": 0}],
+    cases=[{"lr": 0.1, "rank": 2}],
     bad=[({"oversample": -1}, "oversample"), ({"power_steps": 1.5}, "power_steps"), ({"sketch": "x"}, "sketch")],
     shapes=_MATRICES,
     needs=("spectral",),
@@ -459,7 +458,7 @@ class ManifoldGeometry:
 
 
 @configuration(
-    cases=[{"lr": 0.3, "manifold": "sphere"}, {"lr": 0.3, "manifold": "sphere", "beta": 0.5}],
+    cases=[{"lr": 0.3, "manifold": "sphere", "beta": 0.5}],
     bad=[({"manifold": "torus"}, "manifold"), ({"beta": 1.0}, "beta"), ({"radius": -1.0}, "radius"),
          ({"retraction": "cayley"}, "retraction")],
     shapes={"w": (6, 4), "v": (4, 8), "b": (9,)},

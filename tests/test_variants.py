@@ -314,14 +314,14 @@ def test_manifold_muon_sphere_reference():
         _close(got, w, 1e-12)
 
 
-@pytest.mark.parametrize("manifold,shape", [("stiefel", (8, 3)), ("stiefel", (3, 8)), ("sphere", (6, 4)),
-                                            ("spectral_sphere", (5, 4))])
-def test_manifold_muon_stays_on_the_manifold_and_solves_procrustes(manifold, shape):
+@pytest.mark.parametrize("manifold,shape,steps", [("stiefel", (6, 3), 60), ("stiefel", (3, 6), 60),
+                                                  ("sphere", (6, 4), 300), ("spectral_sphere", (5, 4), 200)])
+def test_manifold_muon_stays_on_the_manifold_and_solves_procrustes(manifold, shape, steps):
     target = RNG.standard_normal(shape)
-    driver = lo.manifold_muon(lambda k: 0.2 * (1 - k / 300), manifold=manifold, beta=0.5, radius=2.0)
-    x, state = RNG.standard_normal(shape), None
+    driver = lo.manifold_muon(lambda k: 0.3 * (1 - k / steps), manifold=manifold, beta=0.5, radius=2.0)
+    x = RNG.standard_normal(shape)
     state = driver.init(x)
-    for _ in range(300):
+    for _ in range(steps):
         x, state = driver.step(x, x - target, state)  # f = ||x - T||^2 / 2
         if manifold == "stiefel":
             w = x if shape[0] >= shape[1] else x.T
