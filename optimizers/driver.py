@@ -15,6 +15,10 @@ For each parameter ``x`` with gradient ``g``, one step of :class:`Driver` comput
     x  <- (1 - lr * decay) * x + u                   # decoupled weight decay / Frank-Wolfe
     x  <- retraction(x)                              # hook, optional (manifolds)
 
+A geometry may be a stateful or point-dependent oracle (:func:`stateful_oracle`: low-rank bases, random seeds,
+the tangent space at ``x``): ``d, s = geometry.lmo_stateful(x, c, s, t)``, with its state ``s`` kept in the slots.
+An error-feedback hook may replace the rule's update by its own (``error_feedback.compress``: a compressor).
+
 Choices of ``(beta1, beta2)``: ``(0, 0)`` plain (no state), ``(b, b)`` an exponential moving average (Signum,
 Scion, Muon without Nesterov), ``(b**2, b)`` Nesterov's EMA exactly as torch.optim.Muon computes it
 (``buf.lerp_(g, 1 - b)``; ``g.lerp(buf, b) = b**2 m + (1 - b**2) g``), ``(0.9, 0.99)`` Lion.
@@ -50,6 +54,7 @@ __all__ = [
     "Retraction",
     "NonFiniteGradientError",
     "flatten_tree",
+    "stateful_oracle",
 ]
 
 
@@ -140,6 +145,11 @@ class GradientPoint(Hook):
     ) -> list[dict[str, Array]]:
         return slots
 
+    def evaluation_point(self, params: list[Array], slots: list[dict[str, Array]], info: StepInfo) -> list[Array]:
+        """The points at which to evaluate the model (``optimizer.eval()``): the iterates themselves by default;
+        schedule-free returns its average."""
+        return list(params)
+
 
 class GradientTransform(Hook):
     """A transform of the gradients before the estimator (DP clipping and noise, gradient clipping, ...):
@@ -174,6 +184,19 @@ class ErrorFeedback(Hook):
     ) -> list[dict[str, Array]]:
         raise NotImplementedError(f"{type(self).__name__} must define after(inputs, updates, slots, info)")
 
+    def compress(
+        self,
+        inputs: list[Array],
+        directions: list[Array],
+        updates: list[Array],
+        geometries: list[ParamGeometry],
+        info: StepInfo,
+    ) -> list[Array]:
+        """The updates actually added to the parameters, from the oracle's ``inputs``, its ``directions``, the
+        rule's ``updates`` and the parameters' geometries (default: the rule's updates). Runs before :meth:`after`,
+        which sees its result."""
+        return updates
+
 
 class Retraction(Hook):
     """A map applied to the new parameters after each step (e.g. back onto a manifold):
@@ -190,6 +213,21 @@ _HOOKS: dict[str, type[Hook]] = {
     "error_feedback": ErrorFeedback,
     "retraction": Retraction,
 }
+
+GEOMETRY = "geometry"  # the slot prefix of a stateful geometry's state ("geometry.<key>")
+
+
+def stateful_oracle(norm: Norm) -> bool:
+    """Whether ``norm`` is a stateful (or point-dependent) oracle: it defines ``init_state(name, x)`` and
+    ``lmo_stateful(x, g, state, step) -> (d, state)``.
+
+    The driver calls such a geometry once per parameter (not batched), with the parameter ``x`` and the estimator
+    ``g`` in the oracle's view, its state (the slots ``"geometry.<key>"``, created by ``init_state``) and the step
+    index; it stores the returned state. Low-rank oracles keep their bases there (Dion), randomized ones their seed,
+    manifold oracles use ``x`` (the tangent space at the parameter).
+    """
+    return callable(getattr(norm, "lmo_stateful", None)) and callable(getattr(norm, "init_state", None))
+
 
 MOMENTUM = "momentum_buffer"  # the slot name of the estimator state (the same key as torch.optim.Muon/SGD)
 _NONFINITE = ("raise", "skip", "ignore")
@@ -388,11 +426,14 @@ class Driver:
     # -- state ---------------------------------------------------------------------------------------------------
     def init_slots(self, name: str, param: Array) -> dict[str, Array]:
         """The state of one parameter: the momentum buffer (zeros) if ``beta1 > 0``, and the hooks' slots."""
-        self.geometry_for(name, tuple(param.shape))  # reject an unfit geometry now, not at the first step
+        geo = self.geometry_for(name, tuple(param.shape))  # reject an unfit geometry now, not at the first step
         slots: dict[str, Array] = {}
         if self.stateful:
             xp = namespace(param)
             slots[MOMENTUM] = xp.zeros_like(param)
+        if stateful_oracle(geo.norm):
+            for key, value in geo.norm.init_state(name, _to_oracle(geo, param)).items():
+                slots[f"{GEOMETRY}.{key}"] = value
         for stage in _HOOKS:
             hook = getattr(self, stage)
             if hook is not None:
@@ -496,7 +537,11 @@ class Driver:
             estimates = self.error_feedback.before(estimates, _hook_slots(slots, "error_feedback"), info)
 
         geometries = [self.geometry_for(n, tuple(x.shape)) for n, x in zip(names, params)]
-        directions, duals = self._oracle(geometries, estimates)
+        stateful = [stateful_oracle(geo.norm) for geo in geometries]
+        if any(stateful):
+            directions, duals = self._stateful_oracles(names, params, geometries, estimates, slots, stateful, step)
+        else:
+            directions, duals = self._oracle(geometries, estimates)
 
         if self.direction_transform is not None:
             directions, hs = self.direction_transform(
@@ -510,6 +555,7 @@ class Driver:
             updates.append(scale * d if dual is None else (scale * dual) * d)
 
         if self.error_feedback is not None:
+            updates = list(self.error_feedback.compress(estimates, directions, updates, geometries, info))
             hs = self.error_feedback.after(estimates, updates, _hook_slots(slots, "error_feedback"), info)
             _set_hook_slots(slots, "error_feedback", hs)
 
@@ -522,6 +568,38 @@ class Driver:
             hs = self.point.update(new_params, _hook_slots(slots, "point"), info)
             _set_hook_slots(slots, "point", hs)
         return new_params, slots, True
+
+    # -- stateful oracles ----------------------------------------------------------------------------------------
+    def _stateful_oracles(
+        self,
+        names: Sequence[str],
+        params: list[Array],
+        geometries: list[ParamGeometry],
+        estimates: list[Array],
+        slots: list[dict[str, Array]],
+        stateful: list[bool],
+        step: int,
+    ) -> tuple[list[Array], list[Array | None]]:
+        """The stateless oracles batched by :meth:`_oracle`, the stateful ones (:func:`stateful_oracle`) one by one."""
+        plain = [i for i, s in enumerate(stateful) if not s]
+        d_plain, dual_plain = self._oracle([geometries[i] for i in plain], [estimates[i] for i in plain])
+        directions: list[Array] = [None] * len(params)  # type: ignore[list-item]
+        duals: list[Array | None] = [None] * len(params)
+        for i, d, dual in zip(plain, d_plain, dual_plain):
+            directions[i], duals[i] = d, dual
+        for i in (i for i, s in enumerate(stateful) if s):
+            geo, c = geometries[i], estimates[i]
+            x, v = _to_oracle(geo, params[i]), _to_oracle(geo, c)
+            state = _hook_slots([slots[i]], GEOMETRY)[0] or geo.norm.init_state(names[i], x)
+            d, state = geo.norm.lmo_stateful(x, v, dict(state), step)
+            _set_hook_slots([slots[i]], GEOMETRY, [state])
+            directions[i] = _from_oracle(geo, d, c)
+            if self.rule == "sharp":
+                xp = namespace(c)
+                dual = geo.norm.dual_norm(v)
+                dual = xp.reshape(dual, tuple(dual.shape) + (1,) * geo.norm.ndim) * xp.ones_like(v)
+                duals[i] = _from_oracle(geo, dual, c)
+        return directions, duals
 
     # -- the oracle, batched -------------------------------------------------------------------------------------
     def _oracle(

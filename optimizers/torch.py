@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, sign_sgd, signum
-from .driver import Driver, NonFiniteGradientError, _nonfinite
+from .driver import Driver, NonFiniteGradientError, StepInfo, _hook_slots, _nonfinite
 
 __all__ = [
     "LMOOptimizer",
@@ -132,8 +132,46 @@ class _DriverOptimizer(torch.optim.Optimizer):
                     p.copy_(y)
 
     @torch.no_grad()
+    def _place(self, evaluation: bool) -> None:
+        """Put into the parameters the evaluation points (``eval()``) or the gradient points (``train()``)."""
+        for gi, group in enumerate(self.param_groups):
+            driver = self._driver(group)
+            names, params = self._names(gi, group), list(group["params"])
+            live = [(n, p) for n, p in zip(names, params) if _ITERATE in self.state.get(p, {})]
+            if driver.point is None or not live:
+                continue
+            for step in sorted({int(self.state[p]["step"]) for _, p in live}):
+                sub = [(n, p) for n, p in live if int(self.state[p]["step"]) == step]
+                xs = [self.state[p][_ITERATE] for _, p in sub]
+                slots = [_slots(self.state[p]) for _, p in sub]
+                sub_names = [n for n, _ in sub]
+                if evaluation:
+                    info = StepInfo(step, driver.learning_rate(step), tuple(sub_names))
+                    ys = driver.point.evaluation_point(xs, _hook_slots(slots, "point"), info)
+                else:
+                    ys = driver.point_list(sub_names, xs, slots, step)
+                for (_, p), y in zip(sub, ys):
+                    p.copy_(y)
+
+    def eval(self) -> None:
+        """Evaluation mode (as schedule-free optimizers have): with a gradient-point hook (IGT, schedule-free) the
+        parameters hold the points at which gradients are taken; ``eval()`` puts the evaluation points there instead
+        (the iterate; schedule-free: its average) until :meth:`train`. A no-op for other drivers."""
+        if not getattr(self, "_evaluating", False):
+            self._place(True)
+            self._evaluating = True
+
+    def train(self) -> None:
+        """Back to training mode after :meth:`eval`: the parameters hold the gradient points again."""
+        if getattr(self, "_evaluating", False):
+            self._place(False)
+            self._evaluating = False
+
+    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step of every param group; returns the closure's loss if a closure is given."""
+        if getattr(self, "_evaluating", False):
+            raise RuntimeError("the optimizer is in eval() mode; call optimizer.train() before step()")
         loss = None
         if closure is not None:
             with torch.enable_grad():
