@@ -94,8 +94,8 @@ def per_sample_grads(
         Compute at most this many examples at once (bounds the memory of the activations and of the
         intermediate results to that of a micro-batch; the result itself holds ``B`` gradients).
     method
-        ``"functorch"`` (``torch.func``; a ``GradSampleModule`` is unwrapped), ``"opacus"`` (the
-        ``GradSampleModule``'s hooks; the model must be one) or ``"auto"`` (``"opacus"`` for a
+        ``"functorch"`` (``torch.func``; not for a ``GradSampleModule``, whose backward hooks cannot run under it),
+        ``"opacus"`` (the ``GradSampleModule``'s hooks; the model must be one) or ``"auto"`` (``"opacus"`` for a
         ``GradSampleModule``, else ``"functorch"``).
 
     Returns the per-example losses, a tensor of shape ``(B,)`` (detached).
@@ -109,6 +109,10 @@ def per_sample_grads(
         method = "opacus" if gsm else "functorch"
     if method == "opacus" and not gsm:
         raise ValueError("method='opacus' needs a model wrapped in opacus.GradSampleModule")
+    if method == "functorch" and gsm:
+        raise ValueError("a GradSampleModule computes per-example gradients with its own hooks (method='opacus'); its "
+                         "backward hooks cannot run under torch.func: pass the model without the wrapper for "
+                         "method='functorch'")
     xs, ys = _as_tuple(inputs), _as_tuple(targets)
     if not xs:
         raise ValueError("inputs must be a tensor or a non-empty tuple of tensors")
@@ -120,7 +124,7 @@ def per_sample_grads(
         isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1
     ):
         raise ValueError(f"micro_batch_size must be an int >= 1; got micro_batch_size={micro_batch_size!r}")
-    module = model._module if (gsm and method == "functorch") else model
+    module = model
     named = [(n, p) for n, p in module.named_parameters()]
     if params is None:
         chosen = [p for _, p in named if p.requires_grad]
@@ -132,7 +136,7 @@ def per_sample_grads(
     if not chosen:
         raise ValueError("no parameter to differentiate (none requires grad)")
     _check_no_batchnorm(module)
-    step = batch if micro_batch_size is None else micro_batch_size
+    step = max(batch, 1) if micro_batch_size is None else micro_batch_size
     outs = {p: torch.zeros((batch, *p.shape), dtype=p.dtype, device=p.device) for p in chosen}
     losses = torch.zeros((batch,), dtype=torch.float32, device=xs[0].device)
     run = _opacus_chunk if method == "opacus" else _functorch_chunk

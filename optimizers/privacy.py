@@ -34,7 +34,7 @@ from lmo.backend import Array, namespace, safe_divide
 from lmo.norm import Norm, norms
 from lmo.random import RandomSource
 
-from .configs import _MATRICES, configuration, muon, scion, sign_sgd
+from .configs import _MATRICES, ScionRecipe, configuration, muon, scion, sign_sgd
 from .driver import DirectionTransform, Driver, GradientTransform, ParamGeometry, StepInfo, _from_oracle, _to_oracle
 
 __all__ = [
@@ -78,7 +78,7 @@ def _squared_norms(xp: Any, g: Array) -> tuple[Array, Any]:
     Returns ``(squares, dtype)``: the accumulation dtype tells the rounding bound. Float64 squares of float32 (or
     half) entries are exact and cannot overflow; float64 gradients are scaled by their largest entry first.
     """
-    flat = xp.reshape(g, (g.shape[0], -1))
+    flat = xp.reshape(g, (g.shape[0], math.prod(g.shape[1:])))
     try:
         wide = xp.astype(flat, xp.float64)
     except Exception:  # a device without float64 (Apple MPS): accumulate in float32, with the bound that implies
@@ -502,7 +502,7 @@ def dp_sign_sgd(
 
 
 @configuration(
-    cases=[{"lr": 0.1, "beta": 0.5, **_NOISE_FREE}],
+    cases=[{"lr": 0.1, "geometry": ScionRecipe(radius=10.0, output_radius=10.0, bias_radius=10.0), **_NOISE_FREE}],
     bad=_BAD_PRIVACY,
     shapes={"w": (6, 4), "b": (5,), "lm_head": (3, 6)},
     needs=("spectral",),
