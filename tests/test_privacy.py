@@ -589,3 +589,29 @@ def test_bias_correction_hook_in_the_driver_and_the_noise_it_assumes():
     c = b1 * state["slots"]["w"]["momentum_buffer"] + (1 - b1) * torch.randn(20000, generator=g)
     assert c.var().item() == pytest.approx(noise_variance_factor(t, b1, b2), rel=0.05)
     assert noise_variance_factor(0, 0.0, 0.0) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# docs/privacy.md
+# ---------------------------------------------------------------------------------------------------------------
+def _page_blocks():
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "privacy.md").read_text()
+    return re.findall(r"```python\n(.*?)```", page, flags=re.S)
+
+
+def test_privacy_page_code_runs():
+    blocks = _page_blocks()
+    assert len(blocks) == 3
+    for block in blocks[1:]:
+        exec(compile(block, "docs/privacy.md", "exec"), {})
+
+
+@needs_spectral
+def test_privacy_page_quick_start_spends_at_most_its_target():
+    namespace: dict = {}
+    exec(compile(_page_blocks()[0], "docs/privacy.md", "exec"), namespace)
+    spent = namespace["opt"].epsilon(namespace["delta"])
+    assert 0.8 * namespace["target_epsilon"] < spent <= namespace["target_epsilon"]
