@@ -1,3 +1,6 @@
+"""``python -m lmo``: see :mod:`lmo.cli`."""
+
 from lmo.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -186,7 +186,8 @@ class MuonGeometry:
       fused heads). Leading axes of higher-dimensional parameters are batch axes under ``view="batch"``.
     - ``(O, I, k1, ...)`` with 4 or more axes (``view="auto"``), or any parameter with 3 or more axes under
       ``view="flatten"``: a convolution kernel, flattened to the matrix ``(O, I * k1 * ...)``. The radius is then
-      computed from that matrix: ``A = O``, ``B = I * k1 * ...`` (so ``original`` gives ``sqrt(max(1, O / (I k1 ...)))``).
+      computed from that matrix: ``A = O``, ``B = I * k1 * ...``
+      (so ``original`` gives ``sqrt(max(1, O / (I k1 ...)))``).
       Use ``view="flatten"`` for Conv1d kernels ``(O, I, k)``, which ``"auto"`` would read as ``O`` matrices.
 
     Radius (``adjust``, torch.optim.Muon's ``adjust_lr_fn``) from the matrix shape ``(A, B)``:

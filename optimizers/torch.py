@@ -154,9 +154,9 @@ class _DriverOptimizer(torch.optim.Optimizer):
                 if g is None:
                     continue
                 if g.is_sparse:
-                    raise ValueError(f"parameter {name!r} has a sparse gradient; {type(self).__name__} needs dense ones")
+                    raise ValueError(f"parameter {name!r} has a sparse gradient; {type(self).__name__} needs dense")
                 if torch.is_complex(g) or torch.is_complex(p):
-                    raise ValueError(f"parameter {name!r} has a complex gradient; {type(self).__name__} needs real ones")
+                    raise ValueError(f"parameter {name!r} has a complex gradient; {type(self).__name__} needs real")
                 names.append(name)
                 params.append(p)
                 grads.append(g)

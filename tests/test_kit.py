@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 from lmo import Norm
 from lmo.backend import safe_divide
-from lmo.geometries import L1, L2, Sign, WeightedSign
-from lmo.testing import ContractViolation, check_norm, check_plugin
+from lmo.geometries import L1, L2, Lp, Sign, WeightedSign
+from lmo.testing import ContractViolation, arrays_for, check_norm, check_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,3 +252,26 @@ def test_cli_help_and_bad_targets():
     assert done.returncode == 0 and "check" in done.stdout and "demo" in done.stdout
     done = _cli("check", "no_such_norm")
     assert done.returncode != 0 and "registered norm" in done.stderr
+
+
+@settings(max_examples=20, deadline=None)
+@given(g=arrays_for(Lp(p=3.0), xp="torch", dtype="float32"))
+def test_arrays_for_draws_backend_arrays_that_fit(g):
+    import torch
+
+    assert isinstance(g, torch.Tensor) and g.dtype == torch.float32 and g.ndim >= 1
+    check_norm(Lp(p=3.0), g)
+
+
+@settings(max_examples=10, deadline=None)
+@given(g=arrays_for(WeightedSign(weights=(1.0, 2.0, 3.0)), xp="array_api_strict", shape=(2, 3)))
+def test_arrays_for_respects_fixed_shapes(g):
+    assert tuple(g.shape) == (2, 3)
+
+
+def test_demo_checks_the_catalogue():
+    done = _cli("demo", "--max-examples", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK: every property holds" in done.stdout
+    for name in ("L1(", "L2(", "Lp(", "Sign(", "RMS(", "WeightedSign(", "Scaled("):
+        assert name in done.stdout

@@ -1,0 +1,472 @@
+"""Polar-factor solvers: ``polar(G) = U V^T`` for ``G = U S V^T`` (reduced SVD), batched over leading axes.
+
+One interface, :func:`polar` (and the reusable, hashable :class:`PolarSolver` behind it), with these methods:
+
+``"svd"``
+    Exact: ``U_r V_r^T`` over the numerical rank ``r`` (singular values above ``max(m, n) * eps * s_max``), so a
+    rank-deficient input gives the minimum-Frobenius polar factor, zero on the null spaces.
+``"newton_schulz"``
+    The odd polynomial iteration ``X <- c0 X + c1 (X X^T) X + c2 (X X^T)^2 X + ...`` with Keller Jordan's quintic
+    coefficients ``(3.4445, -4.7750, 2.0315)`` and 5 steps by default (the Muon iteration): the input is transposed
+    so that the Gram matrix is the small side, and divided by its Frobenius norm (floored at ``eps``) as
+    ``torch.optim.Muon`` does. ``coefficients`` may be one tuple (used at every step) or one tuple per step.
+``"cubic"``, ``"quintic"``
+    The classical Newton-Schulz family: ``(3/2, -1/2)`` and ``(15/8, -10/8, 3/8)`` (the Taylor polynomials of
+    ``(1 - t)^(-1/2)``), which converge to ``U V^T`` for singular values in ``(0, sqrt(3))`` resp. ``(0, ...)``.
+``"polar_express"``
+    Per-step minimax ("Polar Express", Amsel, Persson, Musco, Gower 2025, arXiv 2505.16932) coefficients, made by
+    :func:`polar_express_coefficients` from the interval ``[1e-3, 1]`` (8 steps by default); pass
+    ``coefficients=polar_express_coefficients(lower, steps, ...)`` for your own schedule.
+``"gram_newton_schulz"``
+    The same polynomial iteration run on the Gram matrix ``A = X X^T`` of the small side only:
+    ``Q <- h(R) Q``, ``R <- R h(R)^2`` with ``h(R) = c0 + c1 R + c2 R^2``, and ``X = Q X0`` once at the end. For an
+    ``m x n`` input with ``m << n`` each step costs ``O(m^3)`` instead of ``O(m^2 n)``. The recursion has no
+    self-correction, so it iterates in at least float32. Polar Express coefficients by default.
+``"auto"``
+    Polar Express coefficients; the Gram variant when the aspect ratio is at least 4, the plain one otherwise.
+
+Scale safety: every input is first divided by its largest entry (in the input's wide dtype), so ``1e-30`` and
+``1e30`` matrices give the same factor as unit ones and nothing overflows; a zero matrix gives zero. Then the input is
+divided by a bound on its spectral norm (``scaling="frobenius"``: ``||X||_F``; ``scaling="gram"``:
+``||X X^T||_F^(1/2) = (sum s^4)^(1/4)``, tighter, from the Gram matrix that the first step needs anyway).
+
+Each iterative solver maps every singular value ``s`` (after scaling) through the scalar composition ``p(s)`` of its
+step polynomials, exactly in exact arithmetic. :meth:`PolarSolver.bounds` turns that map into the ``delta``
+(optimality) and ``slack`` (feasibility) that the spectral-norm oracle declares; see its docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lmo.backend import Array, Namespace, device, namespace, safe_divide, widen
+
+from .precision import DTYPES, iterate_dtype
+
+__all__ = [
+    "polar",
+    "PolarSolver",
+    "polar_express_coefficients",
+    "METHODS",
+    "KELLER",
+    "CUBIC",
+    "QUINTIC",
+    "BOUND_RANK",
+]
+
+METHODS = ("svd", "newton_schulz", "cubic", "quintic", "polar_express", "gram_newton_schulz", "auto")
+SCALINGS = ("frobenius", "gram")
+KELLER = (3.4445, -4.7750, 2.0315)
+CUBIC = (1.5, -0.5)
+QUINTIC = (15 / 8, -10 / 8, 3 / 8)
+PE_LOWER = 1e-3
+PE_STEPS = 8
+PE_CUSHION = 0.02407327424182761
+PE_SAFETY = 0.01
+
+#: Declared bounds of the iterative solvers hold for every input whose smaller side is at most this (see ``bounds``).
+BOUND_RANK = 4096
+
+# Rounding allowance added to the exact-arithmetic bounds, per iterate dtype: benchmarks/polar_accuracy.py measures the
+# loss against exact arithmetic on the same hard inputs (condition number 1e6, rank-deficient, 1e-30/1e30 scales);
+# the worst seen is 4e-5 in float32 and 0.10 in bfloat16 (Polar Express cut to 5 steps), and the allowance is at least
+# twice that. float16 (unmeasured; 3 more mantissa bits than bfloat16) is taken as 0.05.
+_ROUNDING = {"float64": 1e-6, "float32": 2e-3, "bfloat16": 0.2, "float16": 0.05}
+
+
+def _coefficient_schedule(method: str, steps: int | None, coefficients: Any) -> tuple[tuple[float, ...], ...]:
+    """Resolve ``(method, steps, coefficients)`` to one coefficient tuple per step.
+
+    Defaults: Keller's quintic x 5 steps (``newton_schulz``), ``(15/8, -10/8, 3/8)`` x 5 (``quintic``),
+    ``(3/2, -1/2)`` x 10 (``cubic``), Polar Express from ``[1e-3, 1]`` x 8 (the others). Given ``coefficients``: one
+    tuple repeats ``steps`` (default 5) times; a sequence runs as given (``steps`` truncates it, or repeats its last
+    tuple).
+    """
+    if coefficients is None:
+        if method in ("newton_schulz", "quintic", "cubic"):
+            seq = _as_schedule({"newton_schulz": KELLER, "quintic": QUINTIC, "cubic": CUBIC}[method])
+            default = 10 if method == "cubic" else 5
+        else:  # polar_express, gram_newton_schulz, auto
+            seq = polar_express_coefficients(PE_LOWER, steps if steps is not None else PE_STEPS)
+            default = len(seq)
+    else:
+        seq = _as_schedule(coefficients)
+        default = 5 if len(seq) == 1 else len(seq)
+    steps = default if steps is None else steps
+    seq = seq[:steps]
+    return tuple(seq) + (seq[-1],) * (steps - len(seq))
+
+
+def _as_schedule(coefficients: Any) -> tuple[tuple[float, ...], ...]:
+    """One tuple ``(c0, c1, ...)`` or a sequence of them -> a tuple of float tuples (validated)."""
+    bad = ValueError(
+        f"coefficients must be a tuple (c0, c1, ...) of an odd polynomial c0 x + c1 x^3 + ..., or a sequence of "
+        f"such tuples (one per step); got {coefficients!r}"
+    )
+    if isinstance(coefficients, (str, bytes)) or not isinstance(coefficients, Sequence) or not coefficients:
+        raise bad
+    if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefficients):
+        seq = [coefficients]
+    else:
+        seq = list(coefficients)
+    out = []
+    for c in seq:
+        if isinstance(c, (str, bytes)) or not isinstance(c, Sequence) or len(c) < 2:
+            raise bad
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in c):
+            raise bad
+        out.append(tuple(float(v) for v in c))
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolarSolver:
+    """A configured polar-factor solver; ``solver(g)`` returns ``U V^T`` with ``g``'s namespace, dtype and shape.
+
+    Parameters are those of :func:`polar`. Instances are immutable and hashable, so a norm can hold one.
+    """
+
+    method: str = "svd"
+    steps: int | None = None
+    coefficients: Any = None
+    eps: float = 1e-7
+    dtype: str | None = None
+    scaling: str = "frobenius"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"polar: unknown method={self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.steps is not None and (
+            isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 100
+        ):
+            raise ValueError(f"polar: steps must be an int in [1, 100] or None; got steps={self.steps!r}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 < self.eps < 1:
+            raise ValueError(f"polar: eps must be a number in (0, 1); got eps={self.eps!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"polar: dtype must be None or one of {', '.join(DTYPES)}; got dtype={self.dtype!r}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"polar: scaling must be one of {', '.join(SCALINGS)}; got scaling={self.scaling!r}")
+        if self.method == "svd":
+            if self.steps is not None or self.coefficients is not None:
+                raise ValueError("polar: method='svd' is exact and takes neither steps nor coefficients")
+            return
+        object.__setattr__(self, "eps", float(self.eps))
+        if self.coefficients is not None:
+            object.__setattr__(self, "coefficients", _as_schedule(self.coefficients))
+        object.__setattr__(self, "_schedule", _coefficient_schedule(self.method, self.steps, self.coefficients))
+
+    @property
+    def schedule(self) -> tuple[tuple[float, ...], ...]:
+        """The coefficient tuple of each step (empty for ``"svd"``)."""
+        return getattr(self, "_schedule", ())
+
+    @property
+    def exact(self) -> bool:
+        return self.method == "svd"
+
+    # -- declared accuracy -----------------------------------------------------------------------------------
+    def bounds(self, rank: int = BOUND_RANK) -> tuple[float, float]:
+        """``(delta, slack)`` that this solver honours on every matrix whose smaller side is at most ``rank``.
+
+        With ``P = polar_approx(G)``: ``<G, P> >= delta * ||G||_nuclear`` and ``||P||_2 <= 1 + slack``. In exact
+        arithmetic every singular value ``s`` of the scaled input becomes ``p(s)``, the composition of the step
+        polynomials, so ``||P||_2 = max p`` on ``[0, 1]`` and ``<G, P> / ||G||_* = sum s p(s) / sum s``. The slack
+        is the maximum of ``p`` on a fine grid of ``[0, 1]``; delta is the minimum of the ratio over all spectra of
+        rank ``<= rank`` with the scaling constraint (``sum s^2 = 1`` or ``sum s^4 = 1``): by a Lagrange argument the
+        worst spectrum has at most two distinct non-zero values, which are searched exhaustively (levels on a grid,
+        multiplicities over all splits). Fixed-step polynomials cannot lift arbitrarily small singular values, so
+        the bound necessarily decays with the rank; ``BOUND_RANK`` (4096) is the rank the norms declare for. A
+        rounding allowance for the iterate dtype (float32 unless the solver is pinned to another) is then
+        subtracted from delta and added to the slack.
+        """
+        if self.exact:
+            return 1.0, 0.0
+        delta, slack = _polynomial_bounds(self.schedule, 2 if self.scaling == "frobenius" else 4, int(rank))
+        worst = max(_ROUNDING[d] for d in self._possible_dtypes())
+        return delta - worst, slack + worst
+
+    def _possible_dtypes(self) -> tuple[str, ...]:
+        if self.method in ("gram_newton_schulz", "auto"):
+            gram = ("float64",) if self.dtype == "float64" else ("float32",)
+        else:
+            gram = ()
+        if self.method == "gram_newton_schulz":
+            return gram
+        plain = (self.dtype,) if self.dtype is not None else ("float32", "bfloat16")
+        return plain + gram
+
+    # -- the solver ------------------------------------------------------------------------------------------
+    def __call__(self, g: Array) -> Array:
+        xp = namespace(g)
+        if g.ndim < 2:
+            raise ValueError(f"polar: g must have at least 2 axes (a matrix or a stack); got shape {tuple(g.shape)}")
+        if any(n == 0 for n in g.shape[-2:]):
+            raise ValueError(f"polar: g has an empty matrix core {tuple(g.shape[-2:])} (shape {tuple(g.shape)})")
+        x, narrow = widen(xp, g, name="g", where="polar: ")
+        if self.method == "svd":
+            return narrow(_svd_polar(xp, x))
+        m, n = g.shape[-2], g.shape[-1]
+        method = self.method
+        if method == "auto":
+            method = "gram_newton_schulz" if max(m, n) >= 4 * min(m, n) else "polar_express"
+        return narrow(self._iterate(xp, x, gram=method == "gram_newton_schulz"))
+
+    def _iterate(self, xp: Namespace, x: Array, *, gram: bool) -> Array:
+        out_dtype = x.dtype
+        tall = x.shape[-2] > x.shape[-1]
+        if tall:
+            x = xp.matrix_transpose(x)
+        # scale safety: divide by the largest entry in the wide dtype, then by a spectral-norm bound
+        peak = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)
+        x = safe_divide(xp, x, peak)
+        if gram:  # the Gram recursion does not self-correct: at least float32
+            work = xp.float64 if self.dtype == "float64" else xp.float32
+        else:
+            work = iterate_dtype(xp, x, self.dtype)
+        if self.scaling == "frobenius":
+            bound = xp.sqrt(xp.sum(x * x, axis=(-2, -1), keepdims=True))
+        else:
+            a0 = xp.matmul(x, xp.matrix_transpose(x))
+            bound = xp.sqrt(xp.sqrt(xp.sum(a0 * a0, axis=(-2, -1), keepdims=True)))
+        x = x / xp.maximum(bound, xp.asarray(self.eps, dtype=bound.dtype, device=device(bound)))
+        x = xp.astype(x, work)
+        if gram:
+            x = _gram_newton_schulz(xp, x, self.schedule)
+        else:
+            x = _newton_schulz(xp, x, self.schedule)
+        x = xp.astype(x, out_dtype)
+        return xp.matrix_transpose(x) if tall else x
+
+
+def polar(
+    g: Array,
+    method: str = "svd",
+    *,
+    steps: int | None = None,
+    coefficients: Any = None,
+    eps: float = 1e-7,
+    dtype: str | None = None,
+    scaling: str = "frobenius",
+) -> Array:
+    """The orthogonal polar factor ``U V^T`` of ``g`` (shape ``(*batch, m, n)``), batched over leading axes.
+
+    ``method``: one of ``"svd"`` (exact), ``"newton_schulz"``, ``"cubic"``, ``"quintic"``, ``"polar_express"``,
+    ``"gram_newton_schulz"``, ``"auto"`` (see the module docstring). ``steps``: iterations (default: 5 for the
+    Newton-Schulz family, 10 for cubic, 8 for Polar Express, or the length of a per-step ``coefficients``
+    sequence). ``coefficients``: a tuple ``(c0, c1, c2, ...)`` of the odd polynomial
+    ``c0 x + c1 x^3 + c2 x^5 + ...`` used at every step, or one such tuple per step (the last one repeats).
+    ``eps``: floor of the normaliser (only a zero matrix reaches it). ``dtype``: iterate dtype (``None``: the
+    device policy of :mod:`lmo.geometries.precision`). ``scaling``: ``"frobenius"`` or ``"gram"``.
+
+    The result has ``g``'s namespace, device, dtype and shape; ``polar(0) = 0``.
+    """
+    return PolarSolver(method, steps, coefficients, eps, dtype, scaling)(g)
+
+
+# -- the iterations ------------------------------------------------------------------------------------------------
+def _svd_polar(xp: Namespace, x: Array) -> Array:
+    peak = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)
+    x = safe_divide(xp, x, peak)
+    u, s, vh = xp.linalg.svd(x, full_matrices=False)
+    tol = max(x.shape[-2], x.shape[-1]) * xp.finfo(x.dtype).eps
+    keep = s > tol * s[..., :1]
+    u = u * xp.astype(keep, u.dtype)[..., None, :]
+    return xp.matmul(u, vh)
+
+
+def _eye_like(xp: Namespace, a: Array) -> Array:
+    return xp.eye(a.shape[-1], dtype=a.dtype, device=device(a))
+
+
+def _poly_tail(xp: Namespace, a: Array, coeffs: tuple[float, ...]) -> Array:
+    """``c1 A + c2 A^2 + ...`` by Horner's rule (``len(coeffs) - 2`` matrix products)."""
+    p = coeffs[-1] * a
+    if len(coeffs) > 2:
+        eye = _eye_like(xp, a)
+        for c in coeffs[-2:0:-1]:
+            p = xp.matmul(p + c * eye, a)
+    return p
+
+
+def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...]) -> Array:
+    """``X <- c0 X + (c1 A + c2 A^2 + ...) X`` with ``A = X X^T``; ``X`` is wide (``m <= n``)."""
+    for coeffs in schedule:
+        a = xp.matmul(x, xp.matrix_transpose(x))
+        x = coeffs[0] * x + xp.matmul(_poly_tail(xp, a, coeffs), x)
+    return x
+
+
+def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...]) -> Array:
+    """The Newton-Schulz iteration on the Gram side: ``X_k = Q_k X_0`` with ``Q_k`` a polynomial in ``A = X_0 X_0^T``.
+
+    ``R_k = X_k X_k^T = Q_k A Q_k``; ``h_k = c0 + c1 R_k + ...``; ``Q_{k+1} = h_k Q_k``, ``R_{k+1} = R_k h_k^2``
+    (all of them commute). ``R`` is re-symmetrised each step, and every ``_GRAM_RESTART`` steps the iteration
+    restarts from ``X = Q X_0`` with a freshly formed Gram matrix: without restarts, rounding in ``R`` is amplified by
+    the large early slopes (measured in float32 at condition number 1e6: spectral-norm errors up to 0.14 without
+    restarts, 2e-6 with a restart every 4 steps).
+    """
+    q = None
+    for i, coeffs in enumerate(schedule):
+        if q is None or i % _GRAM_RESTART == 0:
+            if q is not None:
+                x = xp.matmul(q, x)
+            r = xp.matmul(x, xp.matrix_transpose(x))
+            eye = _eye_like(xp, r)
+            q = None
+        h = coeffs[0] * eye + _poly_tail(xp, r, coeffs)
+        q = h if q is None else xp.matmul(h, q)
+        r = xp.matmul(r, xp.matmul(h, h))
+        r = 0.5 * (r + xp.matrix_transpose(r))
+    return xp.matmul(q, x)
+
+
+_GRAM_RESTART = 4
+
+
+# -- Polar Express coefficients -------------------------------------------------------------------------------------
+def polar_express_coefficients(
+    lower: float = PE_LOWER,
+    steps: int = PE_STEPS,
+    *,
+    degree: int = 5,
+    cushion: float = PE_CUSHION,
+    safety: float = PE_SAFETY,
+) -> tuple[tuple[float, ...], ...]:
+    """Per-step minimax ("Polar Express") coefficients for singular values in ``[lower, 1]``.
+
+    Greedy optimal composition (arXiv 2505.16932, Thm. 3.1): with the current interval ``[l, u]`` (``[lower, 1]`` at
+    the start) each step takes the odd polynomial ``p`` of ``degree`` (3, 5, 7, ...) that minimises
+    ``max_{x in [l, u]} |1 - p(x)|``, found by the Remez exchange algorithm on the equioscillation points
+    ``l < x_1 < ... < u``; the next interval is the image ``[p(l), 2 - p(l)]``. Two guards from the paper:
+    ``cushion`` fits the polynomial on ``[max(l, cushion * u), u]`` and recentres it on ``[l, u]`` (a polynomial
+    fitted on a tiny ``l`` has a huge slope and amplifies rounding), and ``safety`` replaces ``p(x)`` by
+    ``p(x / (1 + safety))`` on every step but the last, so that singular values pushed slightly above the interval by
+    rounding are still mapped inside it.
+
+    Returns one tuple ``(c0, c1, ...)`` per step, for ``polar(..., coefficients=...)``.
+    """
+    if not (isinstance(lower, (int, float)) and 0 < lower < 1):
+        raise ValueError(f"polar_express_coefficients: lower must be in (0, 1); got lower={lower!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100:
+        raise ValueError(f"polar_express_coefficients: steps must be an int in [1, 100]; got steps={steps!r}")
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 3 or degree % 2 == 0:
+        raise ValueError(f"polar_express_coefficients: degree must be an odd int >= 3; got degree={degree!r}")
+    if not 0 <= cushion < 1:
+        raise ValueError(f"polar_express_coefficients: cushion must be in [0, 1); got cushion={cushion!r}")
+    if not 0 <= safety < 1:
+        raise ValueError(f"polar_express_coefficients: safety must be in [0, 1); got safety={safety!r}")
+    return _pe_coefficients(float(lower), steps, degree, float(cushion), float(safety))
+
+
+@functools.lru_cache(maxsize=64)
+def _pe_coefficients(lower: float, steps: int, degree: int, cushion: float, safety: float) -> tuple:
+    lo, hi = lower, 1.0
+    out = []
+    for _ in range(steps):
+        c = _remez_odd(max(lo, cushion * hi), hi, degree)
+        # recentre on [lo, hi]: scale p so that its image [min p, max p] of [lo, hi] is symmetric about 1
+        vals = _odd_poly(c, np.linspace(lo, hi, 4001))
+        pmin, pmax = float(vals.min()), float(vals.max())
+        c = c * (2.0 / (pmin + pmax))
+        lo, hi = 2.0 * pmin / (pmin + pmax), 2.0 * pmax / (pmin + pmax)
+        out.append(c)
+    damp = [(1.0 + safety) ** -(2 * j + 1) for j in range(len(out[0]))]
+    return tuple(
+        tuple(float(v * (w if k < steps - 1 else 1.0)) for v, w in zip(c, damp)) for k, c in enumerate(out)
+    )
+
+
+def _odd_poly(c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    x2 = x * x
+    acc = np.zeros_like(x)
+    for v in c[::-1]:
+        acc = acc * x2 + v
+    return acc * x
+
+
+def _remez_odd(l: float, u: float, degree: int) -> np.ndarray:
+    """Coefficients of the odd polynomial of ``degree`` best approximating 1 on ``[l, u]`` in the sup norm."""
+    k = (degree + 1) // 2  # number of coefficients
+    if l / u > 1 - 1e-6:  # degenerate interval: the Taylor (Newton-Schulz) polynomial of (1-t)^(-1/2) at u
+        taylor = [1.0]
+        for j in range(1, k):
+            taylor.append(taylor[-1] * (2 * j - 1) / (2 * j))
+        # p(x) = x/u * sum_j binom(-1/2, j)(-1)^j (1 - x^2/u^2)^j, truncated: expand in powers of x^2
+        coeffs = np.zeros(k)
+        for j, t in enumerate(taylor):
+            poly = np.polynomial.polynomial.polypow([1.0, -1.0 / u**2], j)
+            coeffs[: len(poly)] += t * poly
+        return coeffs / u
+    # k coefficients + the level E: k + 1 alternation points l = x_0 < ... < x_k = u
+    pts = l + (u - l) * (1 - np.cos(np.pi * np.arange(k + 1) / k)) / 2
+    signs = -((-1.0) ** np.arange(k + 1))  # p(l) = 1 - E, then alternate
+    coeffs = np.zeros(k)
+    err_prev = math.inf
+    for _ in range(100):
+        lhs = np.empty((k + 1, k + 1))
+        for j in range(k):
+            lhs[:, j] = pts ** (2 * j + 1)
+        lhs[:, k] = -signs
+        sol = np.linalg.solve(lhs, np.ones(k + 1))
+        coeffs, err = sol[:k], sol[k]
+        # new interior points: the critical points of p in (l, u), i.e. roots of p'(x) in x^2
+        dcoef = np.array([(2 * j + 1) * coeffs[j] for j in range(k)])  # p'(x) = sum dcoef_j x^(2j)
+        roots = np.roots(dcoef[::-1])
+        roots = np.sort(roots[(np.abs(roots.imag) < 1e-12) & (roots.real > 0)].real)
+        crit = np.sqrt(roots)
+        crit = crit[(crit > l) & (crit < u)]
+        if len(crit) != k - 1:
+            break
+        pts = np.concatenate(([l], crit, [u]))
+        if abs(err - err_prev) <= 1e-15 * max(1.0, abs(err)):
+            break
+        err_prev = err
+    return coeffs
+
+
+# -- exact-arithmetic bounds of a schedule --------------------------------------------------------------------------
+def _scalar_map(schedule: tuple[tuple[float, ...], ...], x: np.ndarray) -> np.ndarray:
+    """The composition ``p(x)`` of the step polynomials (what each singular value becomes), in float64."""
+    for c in schedule:
+        x = _odd_poly(np.asarray(c), x)
+    return x
+
+
+def _two_level(schedule: tuple, q: int, rank: int, t: np.ndarray, k: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``sum s p(s) / sum s`` for ``k`` singular values at ``s`` and ``m`` at ``t``, ``k s^q + m t^q = 1``."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        rest = 1.0 - m * t**q
+        valid = (rest > 0) & (k + m <= rank)
+        s = np.where(valid, rest / k, 0.0) ** (1.0 / q)
+        ratio = (k * s * _scalar_map(schedule, s) + m * t * _scalar_map(schedule, t)) / (k * s + m * t)
+    return np.where(valid, ratio, np.inf)
+
+
+@functools.lru_cache(maxsize=128)
+def _polynomial_bounds(schedule: tuple[tuple[float, ...], ...], q: int, rank: int) -> tuple[float, float]:
+    """``(delta, slack)`` in exact arithmetic over spectra of rank ``<= rank`` with ``sum s^q = 1`` (see ``bounds``)."""
+    fine = np.unique(np.concatenate((np.geomspace(1e-12, 1.0, 20000), np.linspace(0.0, 1.0, 20001))))
+    slack = max(float(np.max(_scalar_map(schedule, fine))) - 1.0, 0.0)
+    # two levels: k values at s, m values at t, k s^q + m t^q = 1, k + m <= rank; a coarse search, then a fine one
+    # around the best coarse configurations
+    grid = np.unique(np.concatenate((np.geomspace(1e-9, 1.0, 700), np.linspace(0.0, 1.0, 301))))
+    grid = grid[grid > 0]
+    counts = np.unique(np.concatenate((np.arange(1, 9), np.round(np.geomspace(1, rank, 40)))))
+    counts = counts[counts <= rank]
+    others = np.append(0.0, counts)
+    ratio = _two_level(schedule, q, rank, grid[:, None, None], counts[None, :, None], others[None, None, :])
+    delta = float(np.min(ratio))
+    flat = np.argsort(ratio, axis=None)[:8]
+    for i, j, l in zip(*np.unravel_index(flat, ratio.shape)):
+        t0, k0, m0 = grid[i], counts[j], others[l]
+        ts = np.geomspace(t0 / 1.2, min(t0 * 1.2, 1.0), 400)[:, None, None]
+        ks = np.unique(np.round(np.geomspace(max(k0 / 1.6, 1), k0 * 1.6, 60)))[None, :, None]
+        ms = np.unique(np.round(np.concatenate(([0.0], np.geomspace(max(m0 / 1.6, 1), max(m0, 1) * 1.6, 60)))))
+        delta = min(delta, float(np.min(_two_level(schedule, q, rank, ts, ks, ms[None, None, :]))))
+    return delta, slack

@@ -1,0 +1,225 @@
+"""Polar-factor solvers: exactness of SVD, declared bounds of the iterations on hard inputs, the Polar Express
+generator, Gram == plain Newton-Schulz, batching, backends, dtypes, and the dtype policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmo.geometries import polar_solvers as P
+from lmo.geometries.polar_solvers import PolarSolver, polar, polar_express_coefficients
+from lmo.geometries.precision import fast_bf16, iterate_dtype
+from lmo.testing import to_numpy
+
+ITERATIVE = ["newton_schulz", "cubic", "quintic", "polar_express", "gram_newton_schulz", "auto"]
+
+
+def matrix(rng, m, n, cond=1.0, scale=1.0, rank=None, batch=()):
+    """A matrix (or stack) with log-spaced singular values from 1 to 1/cond, optionally of lower rank."""
+    r = min(m, n)
+    s = np.geomspace(1.0, 1.0 / cond, r)
+    if rank is not None:
+        s[rank:] = 0.0
+    u = np.linalg.qr(rng.standard_normal((*batch, m, r)))[0]
+    v = np.linalg.qr(rng.standard_normal((*batch, n, r)))[0]
+    return scale * (u * s[..., None, :]) @ np.swapaxes(v, -1, -2)
+
+
+HARD = [
+    dict(m=12, n=12, cond=1e6),
+    dict(m=6, n=20, cond=1e6, scale=1e-30),
+    dict(m=24, n=7, cond=1e3, scale=1e30),
+    dict(m=10, n=10, cond=10.0, rank=3),
+    dict(m=16, n=40, cond=1e6, rank=9),
+    dict(m=9, n=9, cond=1.0, scale=1e-30),
+]
+
+
+def quality(g, p):
+    """(<g, p> / ||g||_*, ||p||_2) in float64: what delta and slack bound."""
+    g = g / np.abs(g).max()
+    s = np.linalg.svd(g, compute_uv=False)
+    return float(np.sum(g * p) / s.sum()), float(np.linalg.norm(p, 2))
+
+
+def test_svd_is_exact_on_every_backend(backend):
+    rng = np.random.default_rng(0)
+    g = matrix(rng, 5, 3, cond=30.0, batch=(2,))
+    u, _, vh = np.linalg.svd(g, full_matrices=False)
+    out = polar(backend.asarray(g, "float32"), "svd")
+    assert type(out) is type(backend.asarray(g)) and tuple(out.shape) == g.shape
+    np.testing.assert_allclose(to_numpy(out), u @ vh, atol=2e-5)
+
+
+def test_svd_rank_deficient_gives_minimum_frobenius_factor():
+    rng = np.random.default_rng(1)
+    g = matrix(rng, 7, 5, cond=4.0, rank=2)
+    u, _, vh = np.linalg.svd(g)
+    expected = u[:, :2] @ vh[:2]
+    np.testing.assert_allclose(polar(g, "svd"), expected, atol=1e-10)
+    # zero on the null spaces: the pseudo-inverse annihilates it from both sides
+    np.testing.assert_allclose(polar(g, "svd") @ (np.eye(5) - np.linalg.pinv(g) @ g), 0, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ITERATIVE)
+@pytest.mark.parametrize("dtype", [None, "float32", "bfloat16"])
+def test_declared_bounds_hold_on_hard_inputs(method, dtype):
+    import torch
+
+    if method == "gram_newton_schulz" and dtype == "bfloat16":
+        dtype = None
+    solver = PolarSolver(method, dtype=dtype)
+    rng = np.random.default_rng(2)
+    for case in HARD:
+        g = matrix(rng, **case)
+        delta, slack = solver.bounds(min(g.shape))
+        assert (delta, slack) >= (solver.bounds()[0], 0.0)  # small inputs: at least the declared bound
+        inputs = (torch.tensor(g, dtype=torch.float32),) if dtype == "bfloat16" else (g, torch.tensor(g))
+        for x in inputs:
+            value, top = quality(g, to_numpy(solver(x)))
+            assert value >= delta, (method, dtype, case, value, delta)
+            assert top <= 1 + slack, (method, dtype, case, top, slack)
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "polar_express", "cubic"])
+def test_iteration_maps_singular_values_by_the_scalar_composition(method):
+    """In float64 the matrix iteration equals the scalar map on the singular values (what ``bounds`` analyses)."""
+    rng = np.random.default_rng(3)
+    g = matrix(rng, 8, 6, cond=1e4)
+    solver = PolarSolver(method, dtype="float64")
+    s = np.linalg.svd(g, compute_uv=False)
+    expected = P._scalar_map(solver.schedule, s / np.linalg.norm(s))
+    got = np.linalg.svd(solver(g), compute_uv=False)
+    np.testing.assert_allclose(np.sort(got), np.sort(expected), atol=1e-9)
+
+
+def test_two_level_spectra_respect_the_rank_bound_and_it_is_nearly_attained():
+    """The bound for rank r holds on every two-level spectrum of rank r, and some spectrum comes close to it."""
+    solver = PolarSolver("newton_schulz", dtype="float64", steps=3)
+    rank = 32
+    delta = P._polynomial_bounds(solver.schedule, 2, rank)[0]
+    rng = np.random.default_rng(4)
+    worst = np.inf
+    for t in np.geomspace(1e-4, 0.3, 40):
+        for m in (1, 4, 16, 31):
+            s = np.concatenate(([1.0], np.full(m, t)))
+            u = np.linalg.qr(rng.standard_normal((rank, m + 1)))[0]
+            v = np.linalg.qr(rng.standard_normal((rank, m + 1)))[0]
+            g = (u * s) @ v.T
+            worst = min(worst, quality(g, solver(g))[0])
+    assert worst >= delta - 1e-9
+    assert worst <= delta + 0.05
+
+
+def test_keller_iteration_matches_torch_muon(monkeypatch):
+    import torch
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    rng = np.random.default_rng(5)
+    for shape in [(16, 48), (40, 12)]:
+        g = torch.tensor(rng.standard_normal(shape), dtype=torch.float32)
+        ref = _zeropower_via_newtonschulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7).float()
+        ours = polar(g, "newton_schulz", steps=5, coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, dtype="bfloat16")
+        assert ours.dtype == torch.float32
+        assert float(torch.linalg.norm(ours - ref) / torch.linalg.norm(ref)) < 0.08  # two bf16 runs
+    # the same arithmetic: torch's iteration run in float64 (its bf16 cast redirected) equals ours in float64
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self: self.double())
+    g = torch.tensor(rng.standard_normal((24, 10)))
+    ref = _zeropower_via_newtonschulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7)
+    ours = polar(g, "newton_schulz", dtype="float64")
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+
+
+def test_polar_express_generator_reproduces_the_paper_and_equioscillates():
+    # Amsel et al. (2025), Algorithm 1 with l = 1e-3 and no safety factor: the first steps of their published table
+    c = polar_express_coefficients(1e-3, 8, safety=0.0)
+    np.testing.assert_allclose(c[0], (8.28721201814563, -23.595886519098837, 17.300387312530933), rtol=1e-6)
+    np.testing.assert_allclose(c[1], (4.107059111542203, -2.9478499167379106, 0.5448431082926601), rtol=1e-6)
+    np.testing.assert_allclose(c[-1], (1.875, -1.25, 0.375), rtol=1e-6)
+    # a Remez fit equioscillates: |1 - p| reaches its maximum E at l, at two interior points, and at u
+    coeffs = P._remez_odd(0.1, 1.0, 5)
+    x = np.linspace(0.1, 1.0, 200001)
+    err = 1 - P._odd_poly(coeffs, x)
+    e = np.abs(err).max()
+    peaks = x[np.abs(np.abs(err) - e) < 1e-6 * e]
+    assert abs(err[0] - e) < 1e-9 and abs(err[-1] + e) < 1e-9
+    assert len(np.unique(np.round(peaks, 3))) >= 4
+    # composing the 8 steps maps [1e-3, 1] into [1 - 1e-6, 1 + 1e-6]
+    y = P._scalar_map(c, np.geomspace(1e-3, 1, 2000))
+    assert np.abs(y - 1).max() < 1e-6
+    # degree 3 and 7 are supported, and bad arguments are named
+    assert len(polar_express_coefficients(1e-2, 4, degree=3)[0]) == 2
+    assert len(polar_express_coefficients(1e-2, 4, degree=7)[0]) == 4
+    with pytest.raises(ValueError, match="lower"):
+        polar_express_coefficients(0.0)
+    with pytest.raises(ValueError, match="degree"):
+        polar_express_coefficients(1e-3, degree=4)
+
+
+def test_gram_newton_schulz_equals_the_plain_iteration():
+    rng = np.random.default_rng(6)
+    g = matrix(rng, 6, 50, cond=1e3, batch=(3,))
+    plain = polar(g, "polar_express", dtype="float64")
+    gram = polar(g, "gram_newton_schulz", dtype="float64")
+    np.testing.assert_allclose(gram, plain, atol=1e-10)
+    np.testing.assert_allclose(polar(np.swapaxes(g, -1, -2), "gram_newton_schulz", dtype="float64"),
+                               np.swapaxes(plain, -1, -2), atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["svd", "newton_schulz", "polar_express", "gram_newton_schulz"])
+def test_batched_equals_looped_and_inputs_are_left_alone(backend, method):
+    rng = np.random.default_rng(7)
+    g = matrix(rng, 5, 8, cond=100.0, batch=(2, 3))
+    x = backend.asarray(g, "float32")
+    before = to_numpy(x).copy()
+    solver = PolarSolver(method, dtype=None if method == "svd" else "float32")
+    out = to_numpy(solver(x))
+    np.testing.assert_array_equal(to_numpy(x), before)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_allclose(out[i, j], to_numpy(solver(backend.asarray(g[i, j], "float32"))), atol=1e-4)
+
+
+def test_half_precision_zero_and_scaling_options(backend):
+    rng = np.random.default_rng(8)
+    g = matrix(rng, 6, 4, cond=10.0)
+    for dtype in backend.dtypes:
+        out = polar(backend.asarray(g, dtype), "polar_express")
+        assert str(out.dtype).endswith(dtype)
+        assert np.all(np.isfinite(to_numpy(out)))
+        zero = polar(backend.asarray(np.zeros((3, 2)), dtype), "newton_schulz")
+        assert np.all(to_numpy(zero) == 0)
+    gram = PolarSolver("polar_express", scaling="gram", dtype="float32")
+    value, top = quality(g, to_numpy(gram(backend.asarray(g, "float32"))))
+    assert value >= gram.bounds(4)[0] and top <= 1 + gram.bounds(4)[1]
+    assert gram.bounds(4)[0] >= PolarSolver("polar_express", dtype="float32").bounds(4)[0]
+
+
+def test_errors_name_the_parameter():
+    with pytest.raises(ValueError, match="method"):
+        PolarSolver("newton")
+    with pytest.raises(ValueError, match="steps"):
+        PolarSolver("newton_schulz", steps=0)
+    with pytest.raises(ValueError, match="coefficients"):
+        PolarSolver("newton_schulz", coefficients=(1.0,))
+    with pytest.raises(ValueError, match="dtype"):
+        PolarSolver("newton_schulz", dtype="int8")
+    with pytest.raises(ValueError, match="svd"):
+        PolarSolver("svd", steps=3)
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        polar(np.ones(3))
+    with pytest.raises(ValueError, match="bfloat16"):
+        polar(np.ones((2, 2)), "newton_schulz", dtype="bfloat16")  # numpy has no bfloat16
+
+
+def test_dtype_policy_is_decided_per_device():
+    import torch
+
+    assert not fast_bf16(__import__("array_api_compat").array_namespace(np.ones(1)), np.ones(1))
+    t = torch.ones(2, 2)
+    xp = __import__("array_api_compat").array_namespace(t)
+    expected = torch.bfloat16 if P.iterate_dtype(xp, t) == torch.bfloat16 else torch.float32
+    assert iterate_dtype(xp, t) == expected
+    assert iterate_dtype(xp, t, "float64") == torch.float64
+    # the declared bound of an unpinned solver covers both possible iterate dtypes
+    assert PolarSolver("newton_schulz").bounds()[0] <= PolarSolver("newton_schulz", dtype="bfloat16").bounds()[0]
