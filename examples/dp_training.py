@@ -107,9 +107,14 @@ def plot(records: list[dict], path: Path) -> None:
                     label=method.replace("_", "-").upper().replace("MUON", "Muon"))
         for r in rows:
             if not math.isfinite(r["target_epsilon"]):
+                name = method.replace("_", "-").upper().replace("MUON", "Muon")
                 ax.axhline(r["test_accuracy"], ls=":", lw=1, color=ax.lines[-1].get_color() if private else "grey",
-                           label=f"{method} (non-private)")
+                           label=f"{name[3:]} without privacy")
     ax.set_xscale("log")
+    finite = sorted({r["epsilon"] for r in records if math.isfinite(r["epsilon"])})
+    if finite:
+        ax.set_xticks(finite, [f"{e:.3g}" for e in finite])
+        ax.minorticks_off()
     ax.set_xlabel(f"epsilon (delta = {DELTA:g}, dp-accounting RDP)")
     ax.set_ylabel("test accuracy")
     ax.set_title("digits: private training, accuracy against epsilon")

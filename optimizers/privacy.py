@@ -349,8 +349,8 @@ def polar_bias_correction(estimate: Array, direction: Array, variance: float, ma
 
 
 def _is_polar(norm: Norm) -> bool:
-    spectral = norms().get("spectral")
-    return spectral is not None and type(norm) is spectral
+    """Whether ``norm`` is the registry's ``spectral`` norm (its oracle is a polar factor ``-f U V^T``)."""
+    return getattr(type(norm), "name", None) == "spectral"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -615,3 +615,18 @@ def test_privacy_page_quick_start_spends_at_most_its_target():
     exec(compile(_page_blocks()[0], "docs/privacy.md", "exec"), namespace)
     spent = namespace["opt"].epsilon(namespace["delta"])
     assert 0.8 * namespace["target_epsilon"] < spent <= namespace["target_epsilon"]
+
+
+@needs_spectral
+def test_bias_correction_acts_on_spectral_parameters_only():
+    g = torch.Generator().manual_seed(2)
+    grads = {"w": torch.randn(4, 7, generator=g, dtype=torch.float64), "b": torch.randn(5, generator=g,
+                                                                                       dtype=torch.float64)}
+    rule = lambda name, shape: lmo.get_norm("spectral") if len(shape) == 2 else lmo.get_norm("l2")  # noqa: E731
+    x = {k: torch.zeros_like(v) for k, v in grads.items()}
+    with_bc = lo.Driver(geometry=rule, lr=1.0, direction_transform=BiasCorrection(0.4))
+    plain = lo.Driver(geometry=rule, lr=1.0)
+    a, _ = with_bc.step(x, grads, with_bc.init(x))
+    b, _ = plain.step(x, grads, plain.init(x))
+    assert torch.equal(a["b"], b["b"])  # not a polar oracle: unchanged
+    torch.testing.assert_close(a["w"], polar_bias_correction(grads["w"], b["w"], 0.16))
