@@ -292,7 +292,7 @@ def test_dpmuon_torch_without_noise_or_clipping_is_muon_on_the_same_batch():
     twin.load_state_dict(model.state_dict())
     dp = lo.DPMuon(model.parameters(), lr=0.02, noise_multiplier=0.0, max_grad_norm=1e9, expected_batch_size=10)
     ref = lo.Muon(twin.parameters(), lr=0.02)
-    for step in range(3):
+    for _ in range(3):
         x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
         privacy.per_sample_grads(model, torch.nn.functional.cross_entropy, x, y)
         dp.step()
@@ -313,7 +313,7 @@ def test_dp_sgd_step_equals_opacus_dp_sgd_step(clipping):
     twin.load_state_dict(net.state_dict())
     x, y = torch.randn(16, 10) * 3, torch.randint(0, 4, (16,))
     thresholds = [0.3, 0.2, 0.25, 0.1]
-    c = 0.5 if clipping == "flat" else thresholds
+    c = 4.0 if clipping == "flat" else thresholds
     gsm = opacus.GradSampleModule(twin)
     theirs = opacus.optimizers.DPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.7), noise_multiplier=0.0,
                                            max_grad_norm=c, expected_batch_size=16) if clipping == "flat" else \
@@ -326,13 +326,18 @@ def test_dp_sgd_step_equals_opacus_dp_sgd_step(clipping):
         torch.nn.functional.cross_entropy(gsm(x), y).backward()
         theirs.step()
         privacy.per_sample_grads(net, torch.nn.functional.cross_entropy, x, y)
+        norms = [_norms64(p.grad_sample) for p in net.parameters()]
+        if clipping == "flat":  # clipping is active for some examples and not for others
+            total = torch.sqrt(sum(n**2 for n in norms))
+            assert bool(torch.any(total > c)) and bool(torch.any(total < c))
+        else:
+            assert all(bool(torch.any(n > t)) for n, t in zip(norms, thresholds))
         ours.step()
         ours.zero_grad()
-    clipped_some = any(bool(torch.any(_norms64(p.grad_sample) > 0.1)) for p in [])  # noqa: F841 (documentation)
     for p, q in zip(net.parameters(), gsm._module.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=2e-6)  # Opacus divides by (norm + 1e-6)
     # the calibration of the noise is Opacus's: std = noise_multiplier * ||C||_2
-    sens = 0.5 if clipping == "flat" else math.sqrt(sum(t * t for t in thresholds))
+    sens = 4.0 if clipping == "flat" else math.sqrt(sum(t * t for t in thresholds))
     assert Privatize(1.3, c, 16, clipping).noise_std(("a", "b", "c", "d")) == pytest.approx(1.3 * sens)
     gsm._close()
 
@@ -559,7 +564,7 @@ def test_bias_correction_reduces_the_bias_of_the_noisy_polar_factor(shape):
     bias_fixed = torch.linalg.matrix_norm(fixed.mean(0) - target).item()
     mc_error = torch.linalg.matrix_norm(raw.std(0)).item() / math.sqrt(draws)
     assert bias_raw > 10 * mc_error, (bias_raw, mc_error)   # the bias is real, not Monte Carlo noise
-    assert bias_fixed < 0.3 * bias_raw, (bias_raw, bias_fixed)
+    assert bias_fixed < 0.2 * bias_raw, (bias_raw, bias_fixed)  # measured: 0.07-0.09
     # the predicted leading bias is the measured one
     k = torch.tensor([sum(1 / (s[i] + s[j]) ** 2 for j in range(r) if j != i) + abs(shape[0] - shape[1])
                       / (2 * s[i] ** 2) for i in range(r)], dtype=torch.float64)
