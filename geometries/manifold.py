@@ -27,7 +27,6 @@ from typing import Any
 from lmo.backend import Array, Namespace, device, namespace, safe_divide, vdot, widen
 from lmo.norm import Norm
 
-from .polar_solvers import PolarSolver
 from .spectral import Spectral, _svdvals
 from .vector import L2
 

@@ -42,7 +42,7 @@ def fast_bf16(xp: Namespace, x: Array) -> bool:
     return _torch_fast_bf16(str(getattr(dev, "type", dev)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _torch_fast_bf16(device_type: str) -> bool:
     if device_type == "cuda":
         return True

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from lmo.backend import Array, Namespace, device, safe_divide
+from lmo.backend import Array, Namespace, safe_divide
 from lmo.norm import Norm
 
 from .polar_solvers import BOUND_RANK, PolarSolver

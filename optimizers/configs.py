@@ -317,26 +317,22 @@ def _scion_spectral(name: str, shape: tuple[int, ...], *, max: bool = False, nor
     if len(shape) != 2:
         raise ValueError(f"Scion norm 'Spectral' acts on matrices; parameter {name!r} has shape {shape} "
                          f"(use 'SpectralConv' for conv kernels, 'BiasRMS' for vectors)")
-    d_out, d_in = shape
-    factor = math.sqrt(d_out / d_in) if normalized else math.sqrt(d_out)
-    if max:
-        factor = builtins_max(1.0, factor)
-    return ParamGeometry(_ns(steps), factor)
+    # Scion: sqrt(d_out / d_in) (normalized), sqrt(d_out) (not), max(1, .) with max=True
+    scale = ("rms_max" if max else "rms") if normalized else "l2_rms"
+    return ParamGeometry(_ns("spectral", steps, scale=scale))
 
 
 def _scion_spectral_conv(name: str, shape: tuple[int, ...], *, steps: int = 5) -> ParamGeometry:
     if len(shape) not in (3, 4):
         raise ValueError(f"Scion norm 'SpectralConv' acts on conv kernels (3 or 4 axes); {name!r} has shape {shape}")
-    out_channels, in_channels, k = shape[:3]
-    factor = math.sqrt(out_channels / in_channels) / k ** (len(shape) - 2)
-    return ParamGeometry(_ns(steps), factor, (out_channels, math.prod(shape[1:])))
+    return ParamGeometry(_ns("spectral_conv", steps, ndim=len(shape)))
 
 
 def _scion_sign(name: str, shape: tuple[int, ...], *, normalized: bool = True, zero_init: bool = False
                 ) -> ParamGeometry:
     if len(shape) != 2:
         raise ValueError(f"Scion norm 'Sign' acts on matrices; parameter {name!r} has shape {shape}")
-    return ParamGeometry(get_norm("sign", ndim=2), 1.0 / shape[1] if normalized else 1.0)
+    return ParamGeometry(get_norm("scion_sign", normalized=normalized))
 
 
 def _scion_bias_rms(name: str, shape: tuple[int, ...]) -> ParamGeometry:
@@ -344,8 +340,8 @@ def _scion_bias_rms(name: str, shape: tuple[int, ...]) -> ParamGeometry:
     if len(shape) > 2:
         raise ValueError(f"Scion norm 'BiasRMS' acts on vectors; parameter {name!r} has shape {shape}")
     if len(shape) == 2:
-        return ParamGeometry(get_norm("rms"), 1.0, transpose=True)
-    return ParamGeometry(get_norm("rms"), 1.0, None if shape else (1,))
+        return ParamGeometry(get_norm("bias_rms"), 1.0, transpose=True)
+    return ParamGeometry(get_norm("bias_rms"), 1.0, None if shape else (1,))
 
 
 def _scion_colnorm(name: str, shape: tuple[int, ...], *, normalized: bool = False, transpose: bool = False
@@ -353,8 +349,7 @@ def _scion_colnorm(name: str, shape: tuple[int, ...], *, normalized: bool = Fals
     # Scion: columns (rows when transposed: embeddings stored (vocab, dim)) of unit RMS, / (other dim) if normalized
     if len(shape) != 2:
         raise ValueError(f"Scion norm 'ColNorm' acts on matrices; parameter {name!r} has shape {shape}")
-    other = shape[0] if transpose else shape[1]
-    return ParamGeometry(get_norm("rms"), 1.0 / other if normalized else 1.0, transpose=not transpose)
+    return ParamGeometry(get_norm("colnorm", rms=True, normalized=normalized, transpose=transpose))
 
 
 def _scion_rownorm(name: str, shape: tuple[int, ...], *, normalized: bool = True, transpose: bool = False
@@ -362,8 +357,7 @@ def _scion_rownorm(name: str, shape: tuple[int, ...], *, normalized: bool = True
     # Scion: rows (columns when transposed) of unit l2 norm, / sqrt(their length) if normalized
     if len(shape) != 2:
         raise ValueError(f"Scion norm 'RowNorm' acts on matrices; parameter {name!r} has shape {shape}")
-    length = shape[0] if transpose else shape[1]
-    return ParamGeometry(get_norm("l2"), 1.0 / math.sqrt(length) if normalized else 1.0, transpose=transpose)
+    return ParamGeometry(get_norm("rownorm", normalized=normalized, transpose=transpose))
 
 
 def _scion_auto(name: str, shape: tuple[int, ...]) -> ParamGeometry:
@@ -376,11 +370,8 @@ def _scion_auto(name: str, shape: tuple[int, ...]) -> ParamGeometry:
     raise ValueError(f"Scion norm 'Auto' has no geometry for parameter {name!r} of shape {shape}")
 
 
-builtins_max = max
-
-
-def _ns(steps: int) -> Norm:
-    return get_norm("spectral", method="newton_schulz", steps=steps, coefficients=NS_COEFFICIENTS, eps=1e-7)
+def _ns(name: str, steps: int, **params: Any) -> Norm:
+    return get_norm(name, method="newton_schulz", steps=steps, coefficients=NS_COEFFICIENTS, eps=1e-7, **params)
 
 
 SCION_NORMS: dict[str, Callable[..., ParamGeometry]] = {
@@ -393,11 +384,12 @@ SCION_NORMS: dict[str, Callable[..., ParamGeometry]] = {
     "Auto": _scion_auto,
 }
 """Scion's norm names (LIONS-EPFL/scion) -> ``fn(name, shape, **norm_kwargs) -> ParamGeometry`` in our registry's
-terms: the same oracle (Scion's ascent direction negated, without its ``1e-8`` in denominators) with Scion's shape
-factors in the radius. ``Spectral``/``SpectralConv``: ``spectral`` (Newton-Schulz, Scion's coefficients) times
-``sqrt(d_out/d_in)`` (``SpectralConv``: ``/ k`` or ``/ k**2``); ``Sign``: the max-entry norm ``sign(ndim=2)`` times
-``1/d_in``; ``ColNorm``/``RowNorm``/``BiasRMS``: ``rms``/``l2`` on each column or row (``ParamGeometry.transpose``
-selects columns), whose oracle is that of the max-of-column (row) norms."""
+terms: the same oracle (Scion's ascent direction negated, without its ``1e-8`` in denominators) and the same norm, so
+the ``"sharp"`` rule scales by the right dual norm. ``Spectral``: ``spectral`` (Newton-Schulz with Scion's
+coefficients) with ``scale="rms"`` (``sqrt(d_out/d_in)``), ``"rms_max"`` (``max=True``) or ``"l2_rms"``
+(``normalized=False``); ``SpectralConv``: ``spectral_conv`` (``sqrt(c_out/c_in) / K``); ``Sign``: ``scion_sign``;
+``ColNorm``: ``colnorm(rms=True)``; ``RowNorm``: ``rownorm``; ``BiasRMS``: ``bias_rms`` (per column of a matrix).
+See :mod:`lmo.geometries.columns` for the correspondence of each class."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 from lmo.backend import Array, device, namespace
 from lmo.norm import Norm, get_norm
@@ -96,7 +96,7 @@ class ParamGeometry:
             raise ValueError(f"ParamGeometry: transpose must be a bool; got transpose={self.transpose!r}")
 
 
-GeometryRule = Callable[[str, tuple[int, ...]], Union[Norm, str, ParamGeometry]]
+GeometryRule = Callable[[str, tuple[int, ...]], Norm | str | ParamGeometry]
 """A rule assigning a geometry to each parameter from its name (dotted path) and shape."""
 
 

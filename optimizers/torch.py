@@ -25,8 +25,7 @@ geometry (a ``Norm`` or rule) that ``weights_only=True`` does not unpickle: load
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch

@@ -8,11 +8,11 @@ import math
 
 import numpy as np
 import pytest
+from _doubles import BACKENDS, PolarSVD, to_backend, to_numpy
 
 import lmo
 import lmo.optimizers as lo
 from lmo.norm import Norm
-from _doubles import BACKENDS, PolarSVD, to_backend, to_numpy
 
 RNG = np.random.default_rng
 

@@ -11,8 +11,19 @@ from scipy.optimize import linprog
 
 import lmo
 from lmo.geometries import (
-    BiasRMS, ColNorm, Frobenius, Nuclear, Product, RowNorm, Schatten, ScionSign, SpectralSphere, Sphere, Spectral,
-    SpectralConv, Stiefel,
+    BiasRMS,
+    ColNorm,
+    Frobenius,
+    Nuclear,
+    Product,
+    RowNorm,
+    Schatten,
+    ScionSign,
+    Spectral,
+    SpectralConv,
+    SpectralSphere,
+    Sphere,
+    Stiefel,
 )
 from lmo.testing import check_plugin, to_numpy
 

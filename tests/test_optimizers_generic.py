@@ -10,9 +10,9 @@ import io
 
 import numpy as np
 import pytest
+from _doubles import BACKENDS, linear_decay, quadratic, to_backend, to_numpy
 
 import lmo.optimizers as lo
-from _doubles import BACKENDS, linear_decay, quadratic, to_backend, to_numpy
 
 CONFIGS = lo.configurations()
 STEPS = 120

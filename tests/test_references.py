@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _doubles import PolarSVD
 
 import lmo
 import lmo.optimizers as lo
-from _doubles import PolarSVD
 
 STEPS = 6
 

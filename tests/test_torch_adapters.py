@@ -9,9 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from _doubles import PolarSVD, TorchNewtonSchulz, skip_without  # noqa: E402
+
 import lmo  # noqa: E402
 import lmo.optimizers as lo  # noqa: E402
-from _doubles import PolarSVD, TorchNewtonSchulz, skip_without  # noqa: E402
 
 HAS_SPECTRAL = "spectral" in lmo.norms()
 
