@@ -10,6 +10,10 @@ Functional (numpy, CuPy, torch, any array-API namespace)::
 torch (``torch.optim.Optimizer`` subclasses; torch is imported only when one of these names is used)::
 
     from lmo.optimizers import Muon, Scion, Lion, Signum, SignSGD, LMOOptimizer, muon_with_adamw
+
+Differential privacy: the configurations ``dp_muon``, ``dp_sign_sgd``, ``dp_scion``, ``dp_sgd`` (drivers with the
+``Privatize`` hook, taking per-example gradients), and the torch optimizers ``DPMuon`` and ``DPOptimizer``
+(see ``lmo.optimizers.privacy``, ``lmo.privacy`` and docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .configs import (
     spectral_descent,
     uscion,
 )
+from .privacy import BiasCorrection, Privatize, dp_muon, dp_scion, dp_sgd, dp_sign_sgd
 from .driver import (
     DirectionTransform,
     Driver,
@@ -76,6 +81,7 @@ _TORCH_NAMES = (
     "split_muon_params",
     "OptimizerInputs",
 )
+_TORCH_PRIVACY_NAMES = ("DPOptimizer", "DPMuon")
 
 __all__ = [
     "Driver",
@@ -124,7 +130,14 @@ __all__ = [
     "Configuration",
     "configuration",
     "configurations",
+    "dp_muon",
+    "dp_sign_sgd",
+    "dp_scion",
+    "dp_sgd",
+    "Privatize",
+    "BiasCorrection",
     *_TORCH_NAMES,
+    *_TORCH_PRIVACY_NAMES,
 ]
 
 
@@ -133,4 +146,8 @@ def __getattr__(name: str) -> Any:
         from . import torch as _torch_adapters
 
         return getattr(_torch_adapters, name)
+    if name in _TORCH_PRIVACY_NAMES:
+        from . import torch_privacy as _torch_privacy
+
+        return getattr(_torch_privacy, name)
     raise AttributeError(f"module 'lmo.optimizers' has no attribute {name!r}")

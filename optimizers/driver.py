@@ -3,12 +3,12 @@
 For each parameter ``x`` with gradient ``g``, one step of :class:`Driver` computes (all operations per parameter,
 ``lr = lr(t)`` for step index ``t = 0, 1, ...``)::
 
-    g  <- grad_transform(g)                          # hook, optional (DP clipping and noise, ...)
+    g  <- grad_transform(g)                          # hook, optional (gradient clipping; DP: per-example g -> g)
     c  =  beta1 * m + (1 - beta1) * g                # the estimator that the oracle sees
     m  <- beta2 * m + (1 - beta2) * g                # the state that is carried
     c  <- error_feedback.before(c)                   # hook, optional (c + e)
     d  =  lmo(c) = argmin_{||d|| <= 1} <c, d>        # the geometry of this parameter (batched over same shapes)
-    d  <- direction_transform(d)                     # hook, optional (row normalisation, ...)
+    d  <- direction_transform(d)                     # hook, optional (row normalisation, DP bias correction)
     u  =  lr * rho * d                               # rule "lmo"   (rho = radius of this parameter)
     u  =  lr * rho * ||c||_* * d                     # rule "sharp" (steepest descent: sharp(c) = -||c||_* lmo(c))
     e  <- error_feedback.after(c, u)                 # hook, optional
@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from lmo.backend import Array, device, namespace
 from lmo.norm import Norm, get_norm
@@ -110,11 +110,18 @@ GeometryRule = Callable[[str, tuple[int, ...]], Norm | str | ParamGeometry]
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class StepInfo:
-    """What a hook learns about the step in progress."""
+    """What a hook learns about the step in progress.
+
+    ``estimates`` and ``geometries`` are set only for the :class:`DirectionTransform`: the oracle's inputs ``c`` (after
+    error feedback, in the parameters' shapes) and the parameters' :class:`ParamGeometry`, so that a post-LMO
+    transform can use what the oracle saw (DP-MuonBC's bias correction needs the singular values of ``c``).
+    """
 
     step: int  # 0-based index of the step being taken
     lr: float  # the learning rate of this step
     names: tuple[str, ...]  # parameter names, aligned with every list a hook receives
+    estimates: tuple[Array, ...] | None = None  # the oracle's inputs c (direction_transform only)
+    geometries: tuple[ParamGeometry, ...] | None = None  # the parameters' geometries (direction_transform only)
 
 
 class Hook:
@@ -153,7 +160,14 @@ class GradientPoint(Hook):
 
 class GradientTransform(Hook):
     """A transform of the gradients before the estimator (DP clipping and noise, gradient clipping, ...):
-    ``__call__(grads, slots, params, info) -> (grads, slots)``."""
+    ``__call__(grads, slots, params, info) -> (grads, slots)``.
+
+    ``per_example = True`` declares a transform of per-example gradients (differential privacy): it receives one
+    array of shape ``(B, *param.shape)`` per parameter (the same ``B`` for all) and returns gradients of the
+    parameters' shapes. The driver checks both shapes.
+    """
+
+    per_example: ClassVar[bool] = False
 
     def __call__(
         self, grads: list[Array], slots: list[dict[str, Array]], params: list[Array], info: StepInfo
@@ -384,6 +398,11 @@ class Driver:
 
     # -- small pieces --------------------------------------------------------------------------------------------
     @property
+    def per_example(self) -> bool:
+        """Whether :meth:`step` takes per-example gradients ``(B, *shape)`` (a per-example ``grad_transform``)."""
+        return self.grad_transform is not None and bool(self.grad_transform.per_example)
+
+    @property
     def stateful(self) -> bool:
         """Whether the estimator keeps a momentum buffer (``beta1 > 0``)."""
         return self.beta1 > 0
@@ -502,9 +521,10 @@ class Driver:
         names = tuple(names)
         params, grads = list(params), list(grads)
         slots = [dict(s) for s in slots]
-        for name, x, g in zip(names, params, grads):
-            if tuple(g.shape) != tuple(x.shape):
-                raise ValueError(f"parameter {name!r}: gradient shape {tuple(g.shape)} != shape {tuple(x.shape)}")
+        if self.per_example:
+            _check_per_example(names, params, grads, type(self.grad_transform).__name__)
+        else:
+            _check_grad_shapes(names, params, grads)
         lr = self.learning_rate(step)
         info = StepInfo(step, lr, names)
         if self.nonfinite != "ignore":
@@ -520,6 +540,9 @@ class Driver:
         if self.grad_transform is not None:
             grads, hs = self.grad_transform(grads, _hook_slots(slots, "grad_transform"), params, info)
             _set_hook_slots(slots, "grad_transform", hs)
+            grads = list(grads)
+            if self.per_example:
+                _check_grad_shapes(names, params, grads)
 
         # the two-beta estimator
         if self.stateful:
@@ -544,8 +567,9 @@ class Driver:
             directions, duals = self._oracle(geometries, estimates)
 
         if self.direction_transform is not None:
+            seen = dataclasses.replace(info, estimates=tuple(estimates), geometries=tuple(geometries))
             directions, hs = self.direction_transform(
-                directions, _hook_slots(slots, "direction_transform"), params, info
+                directions, _hook_slots(slots, "direction_transform"), params, seen
             )
             _set_hook_slots(slots, "direction_transform", hs)
 
@@ -674,6 +698,30 @@ def _from_oracle(geo: ParamGeometry, d: Array, like: Array) -> Array:
     if geo.transpose:
         d = xp.matrix_transpose(d)
     return xp.reshape(d, tuple(like.shape))
+
+
+def _check_grad_shapes(names: Sequence[str], params: Sequence[Array], grads: Sequence[Array]) -> None:
+    for name, x, g in zip(names, params, grads):
+        if tuple(g.shape) != tuple(x.shape):
+            raise ValueError(f"parameter {name!r}: gradient shape {tuple(g.shape)} != shape {tuple(x.shape)}")
+
+
+def _check_per_example(names: Sequence[str], params: Sequence[Array], grads: Sequence[Array], hook: str) -> None:
+    batch = None
+    for name, x, g in zip(names, params, grads):
+        if g.ndim != x.ndim + 1 or tuple(g.shape[1:]) != tuple(x.shape):
+            raise ValueError(
+                f"parameter {name!r}: the grad_transform {hook} takes per-example gradients of shape "
+                f"(B, *{tuple(x.shape)}); got shape {tuple(g.shape)} (torch: per-example gradients are p.grad_sample, "
+                f"see lmo.privacy.per_sample_grads; a private driver runs in lmo.optimizers.DPOptimizer)"
+            )
+        if batch is None:
+            batch = g.shape[0]
+        elif g.shape[0] != batch:
+            raise ValueError(
+                f"per-example gradients must share one batch size; parameter {name!r} has {g.shape[0]} examples, "
+                f"the first parameter {batch}"
+            )
 
 
 def _check_names(names: list[str]) -> None:

@@ -87,6 +87,11 @@ class _DriverOptimizer(torch.optim.Optimizer):
     def _driver(self, group: dict[str, Any]) -> Driver:
         raise NotImplementedError
 
+    def _gradient(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The gradient that a step hands the driver for ``p`` (``None``: ``p`` sits this step out); ``p.grad`` here,
+        the privatised gradient in :class:`lmo.optimizers.DPOptimizer`."""
+        return p.grad
+
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as torch.optim does); its hyperparameters and geometry are checked now (``ValueError``)."""
@@ -182,9 +187,9 @@ class _DriverOptimizer(torch.optim.Optimizer):
             driver = self._driver(group)
             names, params, grads = [], [], []
             for name, p in zip(self._names(gi, group), group["params"]):
-                if p.grad is None:
+                g = self._gradient(p)
+                if g is None:
                     continue
-                g = p.grad
                 if g.is_sparse:
                     raise ValueError(f"parameter {name!r} has a sparse gradient; {type(self).__name__} needs dense")
                 if torch.is_complex(g) or torch.is_complex(p):
@@ -274,6 +279,11 @@ class LMOOptimizer(_DriverOptimizer):
     def __init__(self, params: Any, driver: Driver, **overrides: Any) -> None:
         if not isinstance(driver, Driver):
             raise ValueError(f"LMOOptimizer needs a Driver; got driver={driver!r}")
+        if driver.per_example:
+            raise ValueError(
+                "LMOOptimizer: this driver privatises per-example gradients (its grad_transform is per-example); "
+                "use lmo.optimizers.DPOptimizer, which privatises all param groups jointly and accounts for privacy"
+            )
         unknown = sorted(set(overrides) - set(_GROUP_FIELDS))
         if unknown:
             raise ValueError(f"LMOOptimizer: unknown hyperparameter(s) {unknown}; groups may set {_GROUP_FIELDS}")
