@@ -98,7 +98,10 @@ def per_sample_grads(
         ``"opacus"`` (the ``GradSampleModule``'s hooks; the model must be one) or ``"auto"`` (``"opacus"`` for a
         ``GradSampleModule``, else ``"functorch"``).
 
-    Returns the per-example losses, a tensor of shape ``(B,)`` (detached).
+    Returns
+    -------
+    torch.Tensor
+        The per-example losses, of shape ``(B,)`` (detached).
     """
     import torch
 
