@@ -25,47 +25,12 @@ import math
 import zlib
 from typing import Any
 
-import array_api_compat
-
 from lmo.backend import Array, Namespace, device, namespace
+from lmo.random import gaussian, uniform
 
 from .spectral import BOUND_RANK, Spectral
 
 __all__ = ["LowRankPolar", "RandomizedPolar", "gaussian", "uniform"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# seeded random numbers in any namespace (torch: its own generator on the array's device; others: numpy's PCG64)
-# ---------------------------------------------------------------------------------------------------------------
-def _draw(xp: Namespace, like: Array, shape: tuple[int, ...], seed: int, kind: str) -> Array:
-    dtype, dev = like.dtype, device(like)
-    seed = int(seed) % (2**63 - 1)
-    if array_api_compat.is_torch_array(like):
-        import torch
-
-        gen = torch.Generator(device=dev)
-        gen.manual_seed(seed)
-        draw = torch.randn if kind == "normal" else torch.rand
-        return draw(shape, generator=gen, device=dev, dtype=dtype)
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    values = rng.standard_normal(shape) if kind == "normal" else rng.random(shape)
-    if array_api_compat.is_cupy_array(like):
-        import cupy
-
-        return cupy.asarray(values, dtype=dtype)
-    return xp.asarray(values, dtype=dtype, device=dev)
-
-
-def gaussian(like: Array, shape: tuple[int, ...], seed: int) -> Array:
-    """Standard normal samples of ``shape`` in the namespace, dtype and device of ``like``, from ``seed``."""
-    return _draw(namespace(like), like, tuple(shape), seed, "normal")
-
-
-def uniform(like: Array, shape: tuple[int, ...], seed: int) -> Array:
-    """Uniform ``[0, 1)`` samples of ``shape`` in the namespace, dtype and device of ``like``, from ``seed``."""
-    return _draw(namespace(like), like, tuple(shape), seed, "uniform")
 
 
 def _mix(*values: int) -> int:

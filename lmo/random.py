@@ -4,7 +4,8 @@ Differential privacy needs Gaussian noise in the namespace, device and dtype of 
 the user can seed (for reproducible research) and that is *not* the library's global generator by default (a
 ``torch.manual_seed`` set for data order or initialisation must not make the privacy noise predictable).
 
-:class:`RandomSource` wraps the generators: ``RandomSource(generator).normal(like, std)``.
+:class:`RandomSource` wraps the generators: ``RandomSource(generator).normal(like, std)``. The stateless
+:func:`gaussian` and :func:`uniform` draw from an explicit seed (the sketches of the randomized polar oracles).
 
 ``generator``:
 
@@ -33,7 +34,7 @@ import array_api_compat
 
 from .backend import Array, device, namespace
 
-__all__ = ["RandomSource"]
+__all__ = ["RandomSource", "gaussian", "uniform"]
 
 
 def _kind(x: Array) -> str:
@@ -146,3 +147,36 @@ class RandomSource:
             with cupy.cuda.Device(where.id if hasattr(where, "id") else where):
                 z = gen.standard_normal(shape, dtype=like.dtype)
         return z * std if std != 1.0 else z
+
+
+# Stateless draws from a seed, for oracles that must give the same sketch for the same (seed, step): torch draws
+# with its own generator on the array's device, every other backend with numpy's PCG64.
+def _draw(xp: Any, like: Array, shape: tuple[int, ...], seed: int, kind: str) -> Array:
+    dtype, dev = like.dtype, device(like)
+    seed = int(seed) % (2**63 - 1)
+    if array_api_compat.is_torch_array(like):
+        import torch
+
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(seed)
+        draw = torch.randn if kind == "normal" else torch.rand
+        return draw(shape, generator=gen, device=dev, dtype=dtype)
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal(shape) if kind == "normal" else rng.random(shape)
+    if array_api_compat.is_cupy_array(like):
+        import cupy
+
+        return cupy.asarray(values, dtype=dtype)
+    return xp.asarray(values, dtype=dtype, device=dev)
+
+
+def gaussian(like: Array, shape: tuple[int, ...], seed: int) -> Array:
+    """Standard normal samples of ``shape`` in the namespace, dtype and device of ``like``, from ``seed``."""
+    return _draw(namespace(like), like, tuple(shape), seed, "normal")
+
+
+def uniform(like: Array, shape: tuple[int, ...], seed: int) -> Array:
+    """Uniform ``[0, 1)`` samples of ``shape`` in the namespace, dtype and device of ``like``, from ``seed``."""
+    return _draw(namespace(like), like, tuple(shape), seed, "uniform")
