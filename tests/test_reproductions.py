@@ -74,6 +74,16 @@ def test_muon_is_signsgd_on_a_diagonal_embedding():
     assert res["svd"]["loss_muon"][-1] < 0.5 * res["svd"]["loss_muon"][0]
 
 
+# -- (c) sign descent fails with adversarial ties; error feedback converges ------------------------------------
+def test_error_feedback_repairs_sign_descent():
+    res = _example("sign_descent_error_feedback").run(lr=0.5, steps=1000, show=False)
+    eps = res["eps"]
+    stuck, benign, fixed = res["best"].values()
+    assert stuck >= 2 * eps * (1 - 1e-9)   # x1 + x2 never moves: f >= eps |x1 + x2| = 2 eps at every step
+    assert benign < 0.01 * eps              # the tie rule is what breaks it
+    assert fixed < 0.1 * eps                # error feedback walks down the valley despite the adversarial ties
+
+
 # -- (e) Li & Hong ----------------------------------------------------------------------------------------------
 @needs_spectral
 def test_li_hong_bounds_hold_and_all_methods_converge():
@@ -155,9 +165,11 @@ def test_demo_command_quick(tmp_path):
     assert set(numbers["runs"]) == {"AdamW", "Muon", "Scion", "Lion", "SignSGD"}
 
 
-@pytest.mark.parametrize("script", ["signsgd_vs_sgd", "muon_diagonal", "muon_sharp_sgd"])
+@pytest.mark.parametrize(
+    "script", ["signsgd_vs_sgd", "muon_diagonal", "muon_sharp_sgd", "sign_descent_error_feedback"]
+)
 def test_scripts_write_plot_and_json(script, tmp_path):
-    if script != "signsgd_vs_sgd" and "spectral" not in lmo.norms():
+    if script in ("muon_diagonal", "muon_sharp_sgd") and "spectral" not in lmo.norms():
         pytest.skip("needs the spectral geometry (geom branch)")
     done = subprocess.run([sys.executable, str(ROOT / "examples" / f"{script}.py"), "--quick", "--no-progress",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
@@ -169,7 +181,8 @@ def test_scripts_write_plot_and_json(script, tmp_path):
 
 def test_examples_use_the_library_optimizers():
     """No reproduction re-implements an optimizer: each builds its methods from lmo.optimizers."""
-    for script in ("signsgd_vs_sgd", "muon_diagonal", "muon_sharp_sgd", "critical_batch_size"):
+    for script in ("signsgd_vs_sgd", "muon_diagonal", "muon_sharp_sgd", "critical_batch_size",
+                   "sign_descent_error_feedback"):
         text = (ROOT / "examples" / f"{script}.py").read_text()
         assert "lmo.optimizers" in text, script
         assert "np.linalg.svd" not in text and "np.sign(g" not in text and "lr * g" not in text, script
