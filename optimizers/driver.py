@@ -38,6 +38,8 @@ from typing import Any, Literal
 from lmo.backend import Array, device, namespace
 from lmo.norm import Norm, get_norm
 
+from . import _foreach
+
 __all__ = [
     "Driver",
     "ParamGeometry",
@@ -483,12 +485,9 @@ class Driver:
         # the two-beta estimator
         if self.stateful:
             b1, b2 = self.beta1, self.beta2
-            estimates = []
-            for s, g in zip(slots, grads):
-                m = s[MOMENTUM]
-                c = b1 * m + (1 - b1) * g
-                s[MOMENTUM] = c if b2 == b1 else b2 * m + (1 - b2) * g
-                estimates.append(c)
+            estimates, new_moments = _foreach.estimator([s[MOMENTUM] for s in slots], grads, b1, b2)
+            for s, m in zip(slots, new_moments):
+                s[MOMENTUM] = m
         else:
             estimates = grads
 
@@ -504,17 +503,14 @@ class Driver:
             )
             _set_hook_slots(slots, "direction_transform", hs)
 
-        updates = []
-        for geo, d, dual in zip(geometries, directions, duals):
-            scale = lr * self.radius * geo.radius
-            updates.append(scale * d if dual is None else (scale * dual) * d)
+        scales = [lr * self.radius * geo.radius for geo in geometries]
+        updates = _foreach.scale(directions, [s if dual is None else s * dual for s, dual in zip(scales, duals)])
 
         if self.error_feedback is not None:
             hs = self.error_feedback.after(estimates, updates, _hook_slots(slots, "error_feedback"), info)
             _set_hook_slots(slots, "error_feedback", hs)
 
-        shrink = 1 - lr * self.decay
-        new_params = [(x * shrink if shrink != 1 else x) + u for x, u in zip(params, updates)]
+        new_params = _foreach.shrink_add(params, 1 - lr * self.decay, updates)
 
         if self.retraction is not None:
             new_params = list(self.retraction(new_params, geometries, info))
