@@ -12,7 +12,8 @@ Configurations:
   machine without fast bfloat16);
 - ``lmo Muon``: ``lmo.optimizers.Muon`` with the same arguments (iterate dtype by the DESIGN policy: bfloat16 on a
   CPU with AVX512-BF16/AMX, same-shape matrices batched);
-- ``lmo Muon, batch=False``: the same driver with batching off (what batching buys);
+- ``lmo Muon, batch=True``: the same driver with same-shape matrices always stacked into one batched chain (the
+  default ``batch="auto"`` stacks only small matrices on a CPU: what stacking costs or buys);
 - ``lmo Muon, 4 steps, gram scaling``: the spectral geometry with 4 Keller steps and the tighter Gram scaling
   ``||X X^T||_F^(1/2)`` instead of ``||X||_F`` (an option of the same solver), which reaches at least the 5-step
   orthogonality on these gradients (see the orthogonality columns).
@@ -107,7 +108,7 @@ def configurations(lr: float, wd: float) -> dict:
         "torch.optim.Muon": lambda ps: torch.optim.Muon(ps, lr=lr, weight_decay=wd),
         "fp32 loop": lambda ps: Fp32Loop(ps, lr=lr, weight_decay=wd),
         "lmo Muon": lambda ps: lo.Muon(ps, lr=lr, weight_decay=wd),
-        "lmo Muon, batch=False": lambda ps: lo.LMOOptimizer(ps, lo.muon(lr, weight_decay=wd, batch=False)),
+        "lmo Muon, batch=True": lambda ps: lo.LMOOptimizer(ps, lo.muon(lr, weight_decay=wd, batch=True)),
         "lmo Muon, 4 steps, gram scaling": lambda ps: lo.LMOOptimizer(ps, lo.muon(lr, weight_decay=wd, norm=gram4)),
     }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["estimator", "scale", "shrink_add"]
+__all__ = ["estimator", "scale", "shrink_add", "shrink_add_scaled"]
 
 Array = Any
 
@@ -70,3 +70,15 @@ def shrink_add(xs: Sequence[Array], shrink: float, updates: Sequence[Array]) -> 
         torch._foreach_add_(out, list(updates))
         return list(out)
     return [(x * shrink if shrink != 1 else x) + u for x, u in zip(xs, updates)]
+
+
+def shrink_add_scaled(xs: Sequence[Array], shrink: float, ds: Sequence[Array], factors: Sequence[Any]) -> list[Array]:
+    """``[shrink * x + f * d]``; for torch with number factors, ``f * d`` is added in place into the new array."""
+    if xs and all(isinstance(f, float) for f in factors) and _torch_list(xs, ds):
+        import torch
+
+        out = torch._foreach_mul(list(xs), float(shrink)) if shrink != 1 else [x.clone() for x in xs]
+        for o, d, f in zip(out, ds, factors):
+            o.add_(d, alpha=f)
+        return out
+    return shrink_add(xs, shrink, scale(ds, factors))

@@ -286,7 +286,10 @@ class Driver:
     batch
         Whether parameters whose oracle inputs have the same core shape, dtype, device and norm are stacked and
         sent to the oracle in one batched call (one Newton-Schulz chain for all same-shape matrices). The result
-        is the same as one call per parameter; only matrix norms (``ndim >= 2``) are batched.
+        is the same as one call per parameter; only matrix norms (``ndim >= 2``) are batched. ``"auto"`` (the
+        default) batches everywhere except large matrices on a CPU: there one stacked chain is measured slower
+        than one chain per matrix (``benchmarks/muon_step.py``: 7-11% on a GPT-shaped set, for the stacking copy
+        and the batched product), while on accelerators and for small matrices the fewer calls pay.
     """
 
     geometry: Norm | str | ParamGeometry | GeometryRule
@@ -302,7 +305,7 @@ class Driver:
     error_feedback: ErrorFeedback | None = None
     retraction: Retraction | None = None
     nonfinite: Literal["raise", "skip", "ignore"] = "raise"
-    batch: bool = True
+    batch: bool | Literal["auto"] = "auto"
 
     # -- validation ----------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -339,8 +342,8 @@ class Driver:
                 raise ValueError(f"Driver: {field} must be a {kind.__name__} instance or None; got {hook!r}")
         if self.nonfinite not in _NONFINITE:
             raise ValueError(f"Driver: nonfinite must be one of {_NONFINITE}; got nonfinite={self.nonfinite!r}")
-        if not isinstance(self.batch, bool):
-            raise ValueError(f"Driver: batch must be a bool; got batch={self.batch!r}")
+        if not isinstance(self.batch, bool) and self.batch != "auto":
+            raise ValueError(f"Driver: batch must be a bool or 'auto'; got batch={self.batch!r}")
 
     def replace(self, **changes: Any) -> Driver:
         """A copy with some fields changed (validated like a new driver)."""
@@ -504,13 +507,14 @@ class Driver:
             _set_hook_slots(slots, "direction_transform", hs)
 
         scales = [lr * self.radius * geo.radius for geo in geometries]
-        updates = _foreach.scale(directions, [s if dual is None else s * dual for s, dual in zip(scales, duals)])
-
+        factors = [s if dual is None else s * dual for s, dual in zip(scales, duals)]
         if self.error_feedback is not None:
+            updates = _foreach.scale(directions, factors)
             hs = self.error_feedback.after(estimates, updates, _hook_slots(slots, "error_feedback"), info)
             _set_hook_slots(slots, "error_feedback", hs)
-
-        new_params = _foreach.shrink_add(params, 1 - lr * self.decay, updates)
+            new_params = _foreach.shrink_add(params, 1 - lr * self.decay, updates)
+        else:  # no hook needs the updates: x' = shrink x + f d without materialising f d (one array less)
+            new_params = _foreach.shrink_add_scaled(params, 1 - lr * self.decay, directions, factors)
 
         if self.retraction is not None:
             new_params = list(self.retraction(new_params, geometries, info))
@@ -532,8 +536,8 @@ class Driver:
 
         groups: dict[Hashable, list[int]] = {}
         for i, (geo, v) in enumerate(zip(geometries, views)):
-            if self.batch and geo.norm.ndim >= 2:
-                core = tuple(v.shape[v.ndim - geo.norm.ndim :])
+            core = tuple(v.shape[v.ndim - geo.norm.ndim :])
+            if geo.norm.ndim >= 2 and (self.batch is True or (self.batch == "auto" and _batch_pays(v, core))):
                 key = (geo.norm, core, str(v.dtype), str(device(v)), type(v))
                 groups.setdefault(key, []).append(i)
             else:
@@ -575,6 +579,17 @@ class Driver:
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
+_CPU_BATCH_LIMIT = 256 * 256  # entries per matrix above which a CPU runs same-shape matrices one by one
+
+
+def _batch_pays(v: Array, core: tuple[int, ...]) -> bool:
+    """``batch="auto"``: stack same-shape matrices unless they are large and on a CPU."""
+    if math.prod(core) <= _CPU_BATCH_LIMIT:
+        return True
+    dev = device(v)
+    return str(getattr(dev, "type", dev)) not in ("cpu",)
+
+
 def _to_oracle(geo: ParamGeometry, c: Array) -> Array:
     """``c`` as the oracle sees it: reshaped to the geometry's view, then transposed if asked."""
     if geo.view is None and not geo.transpose:
