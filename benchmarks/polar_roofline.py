@@ -4,8 +4,9 @@ For every solver of ``lmo.geometries.polar_solvers`` (in the iterate dtype that 
 machine, unless the solver pins one) on one wide matrix with a geometric spectrum (condition number 1e3):
 
 - FLOPs: the matrix-product FLOPs that torch's ``FlopCounterMode`` counts during the call;
-- roofline: those FLOPs at the GEMM rate measured in the same run, in the same dtype, on the solver's own product
-  shapes (``X X^T`` and ``B X``); ``time / roofline`` is the overhead beyond the products;
+- roofline: those FLOPs at the GEMM rate measured in the same run (interleaved with the solvers), in the same
+  dtype, on the solver's own product shapes (``X X^T`` and ``B X``); ``time / roofline`` is the overhead beyond
+  the products;
 - accuracy: ``max |s_i - 1|`` over the output's singular values (the exact polar factor has all of them 1), and the
   same per GFLOP spent;
 - the fastest configuration that reaches Keller's 5-step accuracy on this input, and its time against Keller's.
@@ -61,12 +62,13 @@ def error(p: torch.Tensor) -> float:
     return float((s - 1).abs().max())
 
 
-def gemm_rate(m: int, n: int, dtype: torch.dtype, repeats: int) -> float:
-    """FLOP/s of this run's two product shapes, ``(m, n) x (n, m)`` and ``(m, m) x (m, n)``, in ``dtype``."""
+def gemm_calls(m: int, n: int, dtype: torch.dtype) -> dict:
+    """The solver's two product shapes, ``(m, n) x (n, m)`` and ``(m, m) x (m, n)``, in ``dtype`` (timed together
+    with the solvers, interleaved, so that the rate and the solvers see the same machine load)."""
     x = torch.randn(m, n).to(dtype)
     b = torch.randn(m, m).to(dtype)
-    t = interleaved({"xxt": lambda: x @ x.T, "bx": lambda: b @ x}, repeats)
-    return 4.0 * m * m * n / (t["xxt"] + t["bx"])
+    name = str(dtype).replace("torch.", "")
+    return {f"gemm {name} xxt": lambda: x @ x.T, f"gemm {name} bx": lambda: b @ x}
 
 
 def main() -> None:
@@ -84,8 +86,14 @@ def main() -> None:
         err[name] = error(out)
         gram = solver.method == "gram_newton_schulz"
         dtypes[name] = torch.float32 if gram or solver.exact else iterate_dtype(torch, g, solver.dtype)
-    rates = {dt: gemm_rate(m, n, dt, repeats) for dt in set(dtypes.values())}
-    times = interleaved({name: (lambda s=s: s(g)) for name, s in configs.items()}, repeats)
+    calls = {name: (lambda s=s: s(g)) for name, s in configs.items()}
+    for dt in set(dtypes.values()):
+        calls.update(gemm_calls(m, n, dt))
+    times = interleaved(calls, repeats)
+    rates = {}
+    for dt in set(dtypes.values()):
+        name = str(dt).replace("torch.", "")
+        rates[dt] = 4.0 * m * m * n / (times[f"gemm {name} xxt"] + times[f"gemm {name} bx"])
     keller = "newton_schulz (Keller) x5"
     rows = []
     for name in configs:
