@@ -47,6 +47,7 @@ import numpy as np
 
 from lmo.backend import Array, Namespace, device, namespace, safe_divide, widen
 
+from ._torch import compiled, scaled_add_matmul
 from .precision import DTYPES, iterate_dtype
 
 __all__ = [
@@ -138,8 +139,11 @@ class PolarSolver:
     eps: float = 1e-7
     dtype: str | None = None
     scaling: str = "frobenius"
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"polar: compile must be a bool; got compile={self.compile!r}")
         if self.method not in METHODS:
             raise ValueError(f"polar: unknown method={self.method!r}; choose one of {', '.join(METHODS)}")
         if self.steps is not None and (
@@ -222,24 +226,25 @@ class PolarSolver:
         tall = x.shape[-2] > x.shape[-1]
         if tall:
             x = xp.matrix_transpose(x)
-        # scale safety: divide by the largest entry in the wide dtype, then by a spectral-norm bound
+        # scale safety: divide by the largest entry in the wide dtype, then by a spectral-norm bound; the factors are
+        # formed on the (batch, 1, 1) scalars, so the iterate itself takes three passes (scale, bound, scale + cast)
         peak = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)
-        x = safe_divide(xp, x, peak)
+        x = x / xp.where(peak > 0, peak, xp.ones_like(peak))  # a zero matrix stays zero
         if gram:  # the Gram recursion does not self-correct: at least float32
             work = xp.float64 if self.dtype == "float64" else xp.float32
         else:
             work = iterate_dtype(xp, x, self.dtype)
         if self.scaling == "frobenius":
-            bound = xp.sqrt(xp.sum(x * x, axis=(-2, -1), keepdims=True))
+            bound = xp.linalg.vector_norm(x, axis=(-2, -1), keepdims=True)
         else:
             a0 = xp.matmul(x, xp.matrix_transpose(x))
-            bound = xp.sqrt(xp.sqrt(xp.sum(a0 * a0, axis=(-2, -1), keepdims=True)))
-        x = x / xp.maximum(bound, xp.asarray(self.eps, dtype=bound.dtype, device=device(bound)))
-        x = xp.astype(x, work)
-        if gram:
-            x = _gram_newton_schulz(xp, x, self.schedule)
-        else:
-            x = _newton_schulz(xp, x, self.schedule)
+            bound = xp.sqrt(xp.linalg.vector_norm(a0, axis=(-2, -1), keepdims=True))
+        x = xp.astype(x * (1 / xp.maximum(bound, xp.asarray(self.eps, dtype=bound.dtype, device=device(bound)))),
+                      work)
+        run = _gram_newton_schulz if gram else _newton_schulz
+        if self.compile:
+            run = compiled(xp, run)
+        x = run(xp, x, self.schedule)
         x = xp.astype(x, out_dtype)
         return xp.matrix_transpose(x) if tall else x
 
@@ -253,6 +258,7 @@ def polar(
     eps: float = 1e-7,
     dtype: str | None = None,
     scaling: str = "frobenius",
+    compile: bool = False,
 ) -> Array:
     """The orthogonal polar factor ``U V^T`` of ``g`` (shape ``(*batch, m, n)``), batched over leading axes.
 
@@ -262,11 +268,13 @@ def polar(
     sequence). ``coefficients``: a tuple ``(c0, c1, c2, ...)`` of the odd polynomial
     ``c0 x + c1 x^3 + c2 x^5 + ...`` used at every step, or one such tuple per step (the last one repeats).
     ``eps``: floor of the normaliser (only a zero matrix reaches it). ``dtype``: iterate dtype (``None``: the
-    device policy of :mod:`lmo.geometries.precision`). ``scaling``: ``"frobenius"`` or ``"gram"``.
+    device policy of :mod:`lmo.geometries.precision`). ``scaling``: ``"frobenius"`` or ``"gram"``. ``compile``: run
+    the iteration through ``torch.compile`` for torch tensors (see :mod:`lmo.geometries._torch`; other backends
+    run it as is).
 
     The result has ``g``'s namespace, device, dtype and shape; ``polar(0) = 0``.
     """
-    return PolarSolver(method, steps, coefficients, eps, dtype, scaling)(g)
+    return PolarSolver(method, steps, coefficients, eps, dtype, scaling, compile)(g)
 
 
 # -- the iterations ------------------------------------------------------------------------------------------------
@@ -284,21 +292,28 @@ def _eye_like(xp: Namespace, a: Array) -> Array:
     return xp.eye(a.shape[-1], dtype=a.dtype, device=device(a))
 
 
-def _poly_tail(xp: Namespace, a: Array, coeffs: tuple[float, ...]) -> Array:
+def _poly_tail(xp: Namespace, a: Array, coeffs: tuple[float, ...], eye: Array | None = None) -> Array:
     """``c1 A + c2 A^2 + ...`` by Horner's rule (``len(coeffs) - 2`` matrix products)."""
     p = coeffs[-1] * a
     if len(coeffs) > 2:
-        eye = _eye_like(xp, a)
+        eye = _eye_like(xp, a) if eye is None else eye
         for c in coeffs[-2:0:-1]:
             p = xp.matmul(p + c * eye, a)
     return p
 
 
 def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...]) -> Array:
-    """``X <- c0 X + (c1 A + c2 A^2 + ...) X`` with ``A = X X^T``; ``X`` is wide (``m <= n``)."""
+    """``X <- c0 X + (c1 A + c2 A^2 + ...) X`` with ``A = X X^T``; ``X`` is wide (``m <= n``).
+
+    ``c0 X + B X`` is one fused product for torch (:func:`lmo.geometries._torch.scaled_add_matmul`); the identity
+    used by Horner's rule on the small side is made once.
+    """
+    eye = None
     for coeffs in schedule:
         a = xp.matmul(x, xp.matrix_transpose(x))
-        x = coeffs[0] * x + xp.matmul(_poly_tail(xp, a, coeffs), x)
+        if eye is None and len(coeffs) > 2:
+            eye = _eye_like(xp, a)
+        x = scaled_add_matmul(xp, coeffs[0], x, _poly_tail(xp, a, coeffs, eye))
     return x
 
 
@@ -310,8 +325,14 @@ def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ..
     restarts from ``X = Q X_0`` with a freshly formed Gram matrix: without restarts, rounding in ``R`` is amplified by
     the large early slopes (measured in float32 at condition number 1e6: spectral-norm errors up to 0.14 without
     restarts, 2e-6 with a restart every 4 steps).
+
+    Products (``m x m``, quintic steps): the first step of a run needs ``R^2`` and ``R h^2`` (``Q = h``, no product),
+    a middle step ``R^2``, ``h^2``, ``R h^2`` and ``h Q``, the step before a restart or the end only ``R^2`` and
+    ``h Q`` (its ``R`` is never used). Five steps with the restart after the fourth take 14 such products (the
+    plain loop took 18), plus three ``m x n`` products: ``X X^T`` and ``Q X_0`` at the restart, ``Q X`` at the end.
     """
     q = None
+    steps = len(schedule)
     for i, coeffs in enumerate(schedule):
         if q is None or i % _GRAM_RESTART == 0:
             if q is not None:
@@ -319,10 +340,11 @@ def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ..
             r = xp.matmul(x, xp.matrix_transpose(x))
             eye = _eye_like(xp, r)
             q = None
-        h = coeffs[0] * eye + _poly_tail(xp, r, coeffs)
+        h = coeffs[0] * eye + _poly_tail(xp, r, coeffs, eye)
         q = h if q is None else xp.matmul(h, q)
-        r = xp.matmul(r, xp.matmul(h, h))
-        r = 0.5 * (r + xp.matrix_transpose(r))
+        if i + 1 < steps and (i + 1) % _GRAM_RESTART != 0:  # R is needed by the next step of this run
+            r = xp.matmul(r, xp.matmul(h, h))
+            r = 0.5 * (r + xp.matrix_transpose(r))
     return xp.matmul(q, x)
 
 

@@ -58,7 +58,7 @@ class Spectral(Norm, name="spectral"):
     Scion's ``Spectral(normalized=False)``), or a number ``f > 0`` (a fixed radius).
 
     The oracle's polar factor comes from :class:`lmo.geometries.polar_solvers.PolarSolver` with ``method``, ``steps``,
-    ``coefficients``, ``eps``, ``dtype`` and ``scaling`` (``method="svd"``, the default, is exact; see
+    ``coefficients``, ``eps``, ``dtype``, ``scaling`` and ``compile`` (``method="svd"``, the default, is exact; see
     :func:`lmo.geometries.polar_solvers.polar` for the others). ``get_norm("spectral", method="newton_schulz", steps=5,
     coefficients=(3.4445, -4.775, 2.0315), eps=1e-7)`` is the oracle of ``torch.optim.Muon``.
 
@@ -76,6 +76,7 @@ class Spectral(Norm, name="spectral"):
     dtype: str | None = None
     scaling: str = "frobenius"
     scale: Any = "none"
+    compile: bool = False
 
     ndim = 2
     symmetry = "orthogonal"
@@ -91,7 +92,9 @@ class Spectral(Norm, name="spectral"):
         else:
             object.__setattr__(self, "scale", float(self.scale))
         try:
-            solver = PolarSolver(self.method, self.steps, self.coefficients, self.eps, self.dtype, self.scaling)
+            solver = PolarSolver(
+                self.method, self.steps, self.coefficients, self.eps, self.dtype, self.scaling, self.compile
+            )
         except ValueError as err:
             raise ValueError(f"{type(self).__name__}: {err}") from None
         object.__setattr__(self, "coefficients", solver.coefficients)

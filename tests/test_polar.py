@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import lmo
 from lmo.geometries import polar_solvers as P
 from lmo.geometries.polar_solvers import PolarSolver, polar, polar_express_coefficients
 from lmo.geometries.precision import fast_bf16, iterate_dtype
@@ -223,3 +224,31 @@ def test_dtype_policy_is_decided_per_device():
     assert iterate_dtype(xp, t, "float64") == torch.float64
     # the declared bound of an unpinned solver covers both possible iterate dtypes
     assert PolarSolver("newton_schulz").bounds()[0] <= PolarSolver("newton_schulz", dtype="bfloat16").bounds()[0]
+
+
+def _torch_compile_works() -> bool:
+    import torch
+
+    try:
+        return bool(torch.compile(lambda t: t + 1)(torch.ones(2))[0] == 2)
+    except Exception:  # no C++ compiler / inductor toolchain on this machine
+        return False
+
+
+@pytest.mark.slow
+def test_compile_option_runs_the_same_iteration_through_torch_compile():
+    """A tiny compile (one 6 x 10 float32 Newton-Schulz chain): tens of seconds of compilation on a CPU."""
+    torch = pytest.importorskip("torch")
+    if not _torch_compile_works():
+        pytest.skip("torch.compile has no working toolchain here")
+    g = torch.tensor(matrix(np.random.default_rng(5), 6, 10, cond=10.0))
+    plain = PolarSolver("newton_schulz", dtype="float32")
+    fast = PolarSolver("newton_schulz", dtype="float32", compile=True)
+    assert fast != plain and fast.schedule == plain.schedule
+    torch.testing.assert_close(fast(g.float()), plain(g.float()), atol=1e-5, rtol=1e-5)
+    # other namespaces ignore the flag; a non-bool is rejected
+    x = np.asarray(g)
+    np.testing.assert_allclose(polar(x, "newton_schulz", compile=True), polar(x, "newton_schulz"))
+    with pytest.raises(ValueError, match="compile"):
+        PolarSolver("newton_schulz", compile=1)
+    assert lmo.get_norm("spectral", method="newton_schulz", compile=True).solver.compile

@@ -1,0 +1,104 @@
+"""Shared plumbing of the benchmark scripts: the command line, interleaved timing, the machine, tables and JSON.
+
+Timing rule (the machine may be shared): every configuration of a benchmark is timed in the same run, the repeats are
+interleaved (round r times configuration 1, 2, ..., then round r + 1), and each configuration's median is reported;
+ratios are ratios of those medians. Absolute times are printed for reference only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke test, not a measurement")
+    p.add_argument("--json", metavar="PATH", help="also write the table and the machine as JSON to PATH")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per configuration (interleaved)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: on a shared machine multi-threaded BLAS timings are "
+                        "dominated by other processes; the ratios are per core)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    torch.manual_seed(0)
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, torch version, threads used."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each callable, the repeats interleaved across callables."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report(args: argparse.Namespace, name: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
+           notes: dict[str, Any] | None = None) -> None:
+    """Print the table (and the machine) and write JSON if asked."""
+    info = machine()
+    print(f"# {name}  ({info['cpu']}, {info['cores']} cores, {info['threads']} thread(s), torch {info['torch']}"
+          f"{', quick' if args.quick else ''})")
+    print(table(headers, rows))
+    for k, v in (notes or {}).items():
+        print(f"{k}: {v}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"benchmark": name, "machine": info, "quick": bool(args.quick), "headers": list(headers),
+                       "rows": [list(r) for r in rows], "notes": notes or {}}, f, indent=1, default=str)

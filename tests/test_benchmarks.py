@@ -1,0 +1,33 @@
+"""Each benchmark script runs in --quick mode and produces its table and its JSON (no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["muon_step", "polar_roofline", "gram_vs_ns", "dp_per_sample", "optimizer_memory"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_script_quick_mode_writes_its_table_and_json(script, tmp_path):
+    pytest.importorskip("torch")
+    if script == "dp_per_sample" and importlib.util.find_spec("opacus") is None:
+        pytest.skip("opacus is not installed (pip install opacus)")
+    out = tmp_path / f"{script}.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"# {script}" in done.stdout and "|---|" in done.stdout, done.stdout
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == script and data["quick"] is True
+    assert data["rows"] and all(len(r) == len(data["headers"]) for r in data["rows"])
+    assert data["machine"]["torch"] and data["machine"]["cores"]
