@@ -1,12 +1,9 @@
-"""(d) Per-sample gradients for DP: torch.func (vmap of grad) vs Opacus's GradSampleModule.
+"""(d) Per-sample gradients for DP: ``lmo.privacy.per_sample_grads`` (torch.func) vs Opacus's GradSampleModule.
 
-Both produce ``p.grad_sample`` of shape ``(B, *p.shape)`` (Opacus's convention, which the library follows) for
-one batch of a small MLP and of a small conv net. ``torch.func`` is timed as ``vmap(grad(loss))`` over the batch
-(functional_call on the module's parameters); Opacus as forward + backward through ``GradSampleModule`` (its
+Both fill ``p.grad_sample`` of shape ``(B, *p.shape)`` (Opacus's convention, which the library follows) for one
+batch of a small MLP and of a small conv net. The library's function is ``vmap(grad(loss))`` over the batch
+(functional_call on the module's parameters); Opacus runs forward + backward through ``GradSampleModule`` (its
 hooks fill ``grad_sample``). Both results are checked against each other before timing.
-
-``lmo.privacy.per_sample_grads`` (the DP branch, not merged into main when this was written) is the torch.func
-route; it is wired into this script at merge: until then the script times ``torch.func`` directly.
 
 Usage: ``python benchmarks/dp_per_sample.py [--quick] [--json PATH] [--threads N] [--repeats R]``.
 """
@@ -19,7 +16,8 @@ import sys
 import warnings
 
 import torch
-from torch.func import functional_call, grad, vmap
+
+from lmo.privacy import per_sample_grads
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import interleaved, parser, report, setup  # noqa: E402
@@ -44,13 +42,8 @@ def models(quick: bool) -> dict[str, tuple[torch.nn.Module, torch.Tensor, torch.
 
 
 def func_grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def loss(p, xi, yi):
-        out = functional_call(model, p, (xi.unsqueeze(0),))
-        return torch.nn.functional.cross_entropy(out, yi.unsqueeze(0))
-
-    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    per_sample_grads(model, torch.nn.functional.cross_entropy, x, y, method="functorch")
+    return {k: p.grad_sample for k, p in model.named_parameters()}
 
 
 def main() -> None:
@@ -81,8 +74,8 @@ def main() -> None:
         times = interleaved({"func": lambda p=plain, x=x, y=y: func_grads(p, x, y), "opacus": opacus_grads}, repeats)
         rows.append([label, times["func"] * 1e3, times["opacus"] * 1e3, times["func"] / times["opacus"],
                      f"{worst:.1e}"])
-    report(args, "dp_per_sample", ["model", "torch.func ms", "Opacus ms", "torch.func / Opacus",
-                                   "max |difference|"], rows, {"target": "torch.func / Opacus <= 1"})
+    report(args, "dp_per_sample", ["model", "lmo.privacy ms", "Opacus ms", "lmo.privacy / Opacus",
+                                   "max |difference|"], rows, {"target": "lmo.privacy / Opacus <= 1"})
 
 
 if __name__ == "__main__":

@@ -140,20 +140,20 @@ def per_sample_grads(
         raise ValueError("no parameter to differentiate (none requires grad)")
     _check_no_batchnorm(module)
     step = max(batch, 1) if micro_batch_size is None else micro_batch_size
-    outs = {p: torch.zeros((batch, *p.shape), dtype=p.dtype, device=p.device) for p in chosen}
-    losses = torch.zeros((batch,), dtype=torch.float32, device=xs[0].device)
     run = _opacus_chunk if method == "opacus" else _functorch_chunk
-    for start in range(0, batch, step):
+    grads: dict[Any, list[Any]] = {p: [] for p in chosen}
+    losses = []
+    for start in range(0, max(batch, 1), step):
         stop = min(batch, start + step)
         part = run(module, loss_fn, tuple(t[start:stop] for t in xs), tuple(t[start:stop] for t in ys),
                    chosen, named, targets is not None)
         for p, g in part[0].items():
-            outs[p][start:stop] = g
-        losses = losses.to(part[1].dtype)
-        losses[start:stop] = part[1]
+            grads[p].append(g)
+        losses.append(part[1])
+    # one chunk (the default) is used as it is: no second copy of B gradients
     for p in chosen:
-        p.grad_sample = outs[p]
-    return losses
+        p.grad_sample = grads[p][0] if len(grads[p]) == 1 else torch.cat(grads[p])
+    return losses[0] if len(losses) == 1 else torch.cat(losses)
 
 
 def _one_loss(loss_fn: Callable[..., Any], out: Any, ys: tuple, has_targets: bool) -> Any:
