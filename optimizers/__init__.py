@@ -38,7 +38,6 @@ from .configs import (
     spectral_descent,
     uscion,
 )
-from .privacy import BiasCorrection, Privatize, dp_muon, dp_scion, dp_sgd, dp_sign_sgd
 from .driver import (
     DirectionTransform,
     Driver,
@@ -54,6 +53,7 @@ from .driver import (
     stateful_oracle,
 )
 from .hooks import Retract, RowNormalize, ScaledLMOCompressor, ScheduleFree, Transport
+from .privacy import BiasCorrection, Privatize, dp_muon, dp_scion, dp_sgd, dp_sign_sgd
 from .variants import (
     LowRankGeometry,
     ManifoldGeometry,

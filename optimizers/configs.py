@@ -259,6 +259,7 @@ def muon(
     view: str = "auto",
     method: str = "newton_schulz",
     norm: Norm | str | None = None,
+    ns_dtype: str | None = None,
     **driver: Any,
 ) -> Driver:
     """Muon (Jordan et al., 2024), exactly as torch.optim.Muon computes it, in this package's sign convention::
@@ -272,6 +273,8 @@ def muon(
     and the radius ``adjust(A, B)`` of :class:`MuonGeometry` (conv kernels and batches of matrices included).
     ``method="svd"`` (or any other spectral method) replaces Newton-Schulz by that polar solver; ``norm`` (a matrix
     ``Norm`` or registry name) replaces the geometry altogether (then ``ns_*``, ``eps`` and ``method`` are unused).
+    ``ns_dtype`` (``"float32"``, ``"bfloat16"``, ...) pins the dtype of the polar iteration; the default follows the
+    device (bf16 where bf16 matrix products are fast, as torch.optim.Muon always uses; fp32 elsewhere).
     """
     beta = _check_beta("beta", beta)
     if adjust_lr not in (None, *_ADJUST):
@@ -283,9 +286,10 @@ def muon(
     elif method == "newton_schulz":
         if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
             raise ValueError(f"ns_steps must be an int >= 1; got ns_steps={ns_steps!r}")
-        norm = get_norm("spectral", method=method, steps=ns_steps, coefficients=tuple(ns_coefficients), eps=eps)
+        norm = get_norm("spectral", method=method, steps=ns_steps, coefficients=tuple(ns_coefficients), eps=eps,
+                        dtype=ns_dtype)
     else:
-        norm = get_norm("spectral", method=method)
+        norm = get_norm("spectral", method=method, dtype=ns_dtype)
     geometry = MuonGeometry(norm, adjust=adjust_lr, view=view)
     beta1 = beta * beta if nesterov else beta
     return Driver(geometry=geometry, lr=lr, beta1=beta1, beta2=beta, decay=weight_decay, **driver)

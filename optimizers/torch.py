@@ -108,6 +108,15 @@ class _DriverOptimizer(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state (ours, or e.g. a ``torch.optim.Muon`` checkpoint): hyperparameters that the saved groups lack
+        (options of ours that torch's optimizer does not have) keep this optimizer's values for them."""
+        current = [{k: v for k, v in group.items() if k != "params"} for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, values in zip(self.param_groups, current):
+            for key, value in values.items():
+                group.setdefault(key, value)
+
     @staticmethod
     def _names(gi: int, group: dict[str, Any]) -> list[str]:
         names = group.get("param_names")
@@ -320,7 +329,12 @@ class Muon(_DriverOptimizer):
     ``adjust_lr_fn``: ``None``/``"original"`` ``sqrt(max(1, A / B))``, ``"match_rms_adamw"`` ``0.2 sqrt(max(A, B))``.
     This is :func:`lmo.optimizers.muon` (the driver with Nesterov's ``(beta1, beta2) = (mu^2, mu)``).
 
-    Beyond torch.optim.Muon (extra keyword ``view``, see :class:`lmo.optimizers.MuonGeometry`):
+    Rounding: torch.optim.Muon always iterates in bf16. Ours iterates in bf16 where bf16 matrix products are fast
+    (CUDA, CPUs with AVX512-BF16/AMX) and in fp32 elsewhere; ``ns_dtype="float32"`` (or ``"bfloat16"``) pins it. With
+    ``ns_dtype="float32"`` the trajectory is torch's algorithm in fp32, so it differs from torch.optim.Muon's by
+    exactly torch's own bf16-vs-fp32 rounding (tested); a torch.optim.Muon checkpoint loads and continues.
+
+    Beyond torch.optim.Muon (extra keywords ``ns_dtype`` and ``view``, see :class:`lmo.optimizers.MuonGeometry`):
 
     - ``(E, A, B)`` parameters are ``E`` matrices, each orthogonalised (``view="auto"`` or ``"batch"``);
     - conv kernels ``(O, I, kh, kw)`` are flattened to ``(O, I kh kw)``; ``adjust`` uses that matrix's shape;
@@ -344,6 +358,7 @@ class Muon(_DriverOptimizer):
         ns_steps: int = 5,
         adjust_lr_fn: str | None = None,
         *,
+        ns_dtype: str | None = None,
         view: str = "auto",
         nonfinite: str = "raise",
     ) -> None:
@@ -361,6 +376,7 @@ class Muon(_DriverOptimizer):
             eps=eps,
             ns_steps=ns_steps,
             adjust_lr_fn=adjust_lr_fn,
+            ns_dtype=ns_dtype,
             view=view,
             nonfinite=nonfinite,
         )
@@ -381,6 +397,7 @@ class Muon(_DriverOptimizer):
             ns_steps=group["ns_steps"],
             eps=group["eps"],
             adjust_lr=group["adjust_lr_fn"],
+            ns_dtype=group["ns_dtype"],
             view=group["view"],
             nonfinite=group["nonfinite"],
         )

@@ -408,3 +408,79 @@ def test_scion_spectral_groups_follow_the_reference_up_to_polar_rounding(norm, k
             d = -ns.lmo(buf.reshape(o, -1)).reshape(shape) * math.sqrt(o / i) / k**2
         ref = ref * (1 - lr) - lr * scale * d
     assert torch.allclose(w.detach(), ref, rtol=0.05, atol=0.02 * float(ref.abs().max()))
+
+
+def _torch_muon_iteration_in(dtype):
+    """torch.optim.Muon's Newton-Schulz iteration, line for line, in ``dtype`` instead of bf16 (the reference)."""
+
+    def iteration(grad, ns_coefficients, ns_steps, eps):
+        a, b, c = ns_coefficients
+        x = grad.to(dtype)
+        if grad.size(0) > grad.size(1):
+            x = x.T
+        x = x / x.norm().clamp(min=eps)
+        for _ in range(ns_steps):
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        return x.T if grad.size(0) > grad.size(1) else x
+
+    return iteration
+
+
+def _muon_run(make, shapes, grads, init, **kwargs):
+    params = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = make(params, **kwargs)
+    for step in grads:
+        for p, g in zip(params, step):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@skip_without("spectral")
+@pytest.mark.parametrize("conditioning", ["gaussian", "ill-conditioned"])
+def test_muon_trajectory_is_torch_muon_up_to_bf16_rounding(conditioning, monkeypatch):
+    """With ns_dtype="float32", lo.Muon is torch.optim.Muon's algorithm in fp32: it matches torch's iteration run
+    in fp32 to fp32 rounding, so its distance to torch.optim.Muon is torch's own bf16-vs-fp32 rounding."""
+    import torch.optim._muon as torch_muon
+
+    shapes = [(32, 8), (8, 24), (24, 24)]
+    gen = torch.Generator().manual_seed(1)
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    grads = []
+    for _ in range(8):
+        step = []
+        for s in shapes:
+            g = torch.randn(s, generator=gen)
+            if conditioning == "ill-conditioned":  # singular values from 1 down to 1e-4
+                u, _, vh = torch.linalg.svd(g, full_matrices=False)
+                g = (u * torch.logspace(0, -4, min(s))) @ vh
+            step.append(g)
+        grads.append(step)
+    kwargs = {"lr": 0.02, "weight_decay": 0.1}
+    torch_bf16 = _muon_run(torch.optim.Muon, shapes, grads, init, **kwargs)
+    ours = _muon_run(lo.Muon, shapes, grads, init, ns_dtype="float32", **kwargs)
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", _torch_muon_iteration_in(torch.float32))
+    torch_fp32 = _muon_run(torch.optim.Muon, shapes, grads, init, **kwargs)
+    for x0, a, b, c in zip(init, ours, torch_fp32, torch_bf16):
+        moved = float((c - x0).norm())
+        assert float((a - b).norm()) < 1e-4 * moved        # the same algorithm, both in fp32
+        assert float((b - c).norm()) > 1e-3 * moved        # bf16 rounding is visible (a check that can fail)
+        # so our distance to torch.optim.Muon is its own bf16-vs-fp32 rounding, up to fp32 rounding
+        assert abs(float((a - c).norm()) - float((b - c).norm())) < 1e-4 * moved
+
+
+@skip_without("spectral")
+def test_a_torch_muon_checkpoint_loads_and_training_continues():
+    gen = torch.Generator().manual_seed(2)
+    theirs = [torch.nn.Parameter(torch.randn(6, 4, generator=gen))]
+    ref = torch.optim.Muon(theirs, lr=0.02)
+    theirs[0].grad = torch.randn(6, 4, generator=gen)
+    ref.step()
+    ours = [torch.nn.Parameter(theirs[0].detach().clone())]
+    opt = lo.Muon(ours, lr=0.02, nonfinite="skip")
+    opt.load_state_dict(ref.state_dict())
+    assert opt.param_groups[0]["view"] == "auto" and opt.param_groups[0]["nonfinite"] == "skip"  # our options
+    ours[0].grad = torch.randn(6, 4, generator=gen)
+    opt.step()
+    assert opt.state[ours[0]]["step"] >= 1
