@@ -453,10 +453,15 @@ class Driver:
         grads: Sequence[Array],
         slots: Sequence[Mapping[str, Array]],
         step: int,
+        *,
+        oracle: Callable[[list[ParamGeometry], list[Array]], tuple[list[Array], list[Array | None]]] | None = None,
     ) -> tuple[list[Array], list[dict[str, Array]], bool]:
         """The step over aligned lists (what :meth:`step` and the torch adapters call).
 
         Returns ``(new_params, new_slots, taken)``; ``taken`` is False when ``nonfinite="skip"`` skipped the step.
+        ``oracle``: who evaluates the oracle stage ``(geometries, estimates) -> (directions, duals)``; default this
+        driver's own batched oracle. :mod:`lmo.optimizers.distributed` passes one that splits the same work across
+        ranks (and calls this driver's oracle on each rank's part); the values must be those of the default.
         """
         names = tuple(names)
         params, grads = list(params), list(grads)
@@ -496,7 +501,7 @@ class Driver:
             estimates = self.error_feedback.before(estimates, _hook_slots(slots, "error_feedback"), info)
 
         geometries = [self.geometry_for(n, tuple(x.shape)) for n, x in zip(names, params)]
-        directions, duals = self._oracle(geometries, estimates)
+        directions, duals = (self._oracle if oracle is None else oracle)(geometries, estimates)
 
         if self.direction_transform is not None:
             directions, hs = self.direction_transform(

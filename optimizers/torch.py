@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, sign_sgd, signum
-from .driver import Driver, NonFiniteGradientError, _nonfinite
+from .distributed import Distribution
+from .driver import Driver, NonFiniteGradientError
 
 __all__ = [
     "LMOOptimizer",
@@ -78,7 +79,9 @@ def _float(name: str, value: Any) -> float:
 class _DriverOptimizer(torch.optim.Optimizer):
     """Bookkeeping shared by every adapter; a subclass defines ``_driver(group) -> Driver``."""
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], process_group: Any = None) -> None:
+        # distributed: who shares the oracle's work (lmo.optimizers.distributed); None is one process
+        self._distribution = Distribution(process_group)
         super().__init__(params, defaults)
         if any(self._driver(group).point is not None for group in self.param_groups):
             self._init_points()
@@ -157,7 +160,7 @@ class _DriverOptimizer(torch.optim.Optimizer):
             if not params:
                 continue
             if driver.nonfinite != "ignore":
-                bad = _nonfinite(names, grads)
+                bad = self._distribution.nonfinite(names, grads)  # the same answer on every rank
                 if bad is not None:
                     if driver.nonfinite == "skip":
                         continue
@@ -194,7 +197,8 @@ class _DriverOptimizer(torch.optim.Optimizer):
                         s["momentum_buffer"] = torch.zeros_like(p)
             xs = [s[_ITERATE] for s in states] if driver.point is not None else sub_params
             new_xs, new_slots, _ = driver.apply(
-                sub_names, xs, [grads[i] for i in idx], [_slots(s) for s in states], step
+                sub_names, xs, [grads[i] for i in idx], [_slots(s) for s in states], step,
+                oracle=self._distribution.oracle(driver, sub_params),  # None: one process, the driver's own
             )
             ys = driver.point_list(sub_names, new_xs, new_slots, step + 1) if driver.point is not None else new_xs
             for p, s, x, y, slots in zip(sub_params, states, new_xs, ys, new_slots):
@@ -233,7 +237,7 @@ class LMOOptimizer(_DriverOptimizer):
     tensor([0.9000, 1.1000, 1.0000])
     """
 
-    def __init__(self, params: Any, driver: Driver, **overrides: Any) -> None:
+    def __init__(self, params: Any, driver: Driver, *, process_group: Any = None, **overrides: Any) -> None:
         if not isinstance(driver, Driver):
             raise ValueError(f"LMOOptimizer needs a Driver; got driver={driver!r}")
         unknown = sorted(set(overrides) - set(_GROUP_FIELDS))
@@ -242,7 +246,7 @@ class LMOOptimizer(_DriverOptimizer):
         self.driver = driver
         defaults = {f: getattr(driver, f) for f in _GROUP_FIELDS}
         defaults.update(overrides)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group)
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         changes = {}
@@ -298,6 +302,7 @@ class Muon(_DriverOptimizer):
         *,
         view: str = "auto",
         nonfinite: str = "raise",
+        process_group: Any = None,
     ) -> None:
         lr_value = _float("lr", lr)
         if not 0.0 <= lr_value:
@@ -316,7 +321,7 @@ class Muon(_DriverOptimizer):
             view=view,
             nonfinite=nonfinite,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group)
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         momentum, weight_decay = group["momentum"], group["weight_decay"]
@@ -358,8 +363,11 @@ Muon.inputs = OptimizerInputs(
 class SignSGD(_DriverOptimizer):
     """SignSGD: ``p <- (1 - lr wd) p - lr sign(g)`` (:func:`lmo.optimizers.sign_sgd`)."""
 
-    def __init__(self, params: Any, lr: float = 1e-3, weight_decay: float = 0.0, *, nonfinite: str = "raise") -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, nonfinite=nonfinite))
+    def __init__(
+        self, params: Any, lr: float = 1e-3, weight_decay: float = 0.0, *, nonfinite: str = "raise",
+        process_group: Any = None,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, nonfinite=nonfinite), process_group)
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         return sign_sgd(_float("lr", group["lr"]), weight_decay=group["weight_decay"], nonfinite=group["nonfinite"])
@@ -378,9 +386,11 @@ class Signum(_DriverOptimizer):
 
     def __init__(
         self, params: Any, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, *,
-        nonfinite: str = "raise",
+        nonfinite: str = "raise", process_group: Any = None,
     ) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nonfinite=nonfinite))
+        super().__init__(
+            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nonfinite=nonfinite), process_group
+        )
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         return signum(
@@ -402,9 +412,11 @@ class Lion(_DriverOptimizer):
 
     def __init__(
         self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, *,
-        nonfinite: str = "raise",
+        nonfinite: str = "raise", process_group: Any = None,
     ) -> None:
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, nonfinite=nonfinite))
+        super().__init__(
+            params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, nonfinite=nonfinite), process_group
+        )
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         return lion(
@@ -449,6 +461,7 @@ class Scion(_DriverOptimizer):
         unconstrained: bool = False,
         *,
         nonfinite: str = "raise",
+        process_group: Any = None,
     ) -> None:
         if _float("lr", lr) < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
@@ -456,7 +469,7 @@ class Scion(_DriverOptimizer):
             lr=lr, momentum=momentum, norm=norm, norm_kwargs=dict(norm_kwargs or {}), scale=scale,
             unconstrained=unconstrained, nonfinite=nonfinite,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group)
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         momentum = group["momentum"]
