@@ -106,15 +106,17 @@ def _group_of(process_group: Any) -> Any:
     if isinstance(process_group, DeviceMesh):
         if process_group.ndim != 1:
             raise ValueError(
-                f"process_group: a DeviceMesh must be 1-D (the ranks that share the work); got a {process_group.ndim}-D "
-                f"mesh. For HSDP pass the shard sub-mesh, e.g. mesh['shard']"
+                f"process_group: a DeviceMesh must be 1-D (the ranks that share the work); got a "
+                f"{process_group.ndim}-D mesh. For HSDP pass the shard sub-mesh, e.g. mesh['shard']"
             )
         return process_group.get_group()
     if not dist.is_available():
         raise ValueError("process_group was given, but this torch build has no torch.distributed")
     if isinstance(process_group, dist.ProcessGroup):
         return process_group
-    raise ValueError(f"process_group must be None, a torch.distributed ProcessGroup or a DeviceMesh; got {process_group!r}")
+    raise ValueError(
+        f"process_group must be None, a torch.distributed ProcessGroup or a DeviceMesh; got {process_group!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,12 +19,12 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
+import _dist_scenarios  # noqa: E402
+
 import lmo  # noqa: E402
 import lmo.optimizers as lo  # noqa: E402
 from lmo.optimizers.distributed import Distribution, _local_geometry, balance, chunk_sizes  # noqa: E402
 from lmo.testing import ContractViolation, check_norm  # noqa: E402
-
-import _dist_scenarios  # noqa: E402
 
 SCENARIOS = list(_dist_scenarios.SCENARIOS)
 
