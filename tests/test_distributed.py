@@ -122,3 +122,22 @@ def test_no_process_group_is_one_process():
     assert d.world == 1 and not d.active([w]) and d.oracle(lo.muon(), [w]) is None
     with pytest.raises(ValueError, match="process_group"):
         lo.Muon([torch.nn.Parameter(w)], process_group="world")
+
+
+def test_torchrun_example_trains_and_checkpoints(tmp_path):
+    """examples/distributed_muon.py under torchrun, 2 CPU processes, FSDP2, with a torch.distributed.checkpoint."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "distributed_muon.py"
+    ckpt = tmp_path / "ckpt"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(example),
+         "--mode", "fsdp2", "--steps", "4", "--dim", "16", "--layers", "2", "--checkpoint", str(ckpt)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    losses = [float(line.split()[-1]) for line in done.stdout.splitlines() if line.startswith("step")]
+    assert len(losses) == 4 and all(np.isfinite(losses)), done.stdout
+    assert f"saved {ckpt}" in done.stdout and any(ckpt.iterdir())
