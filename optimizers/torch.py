@@ -13,6 +13,9 @@ Guarantees (all classes):
   naming the parameter before anything is changed (in any group); ``"skip"`` leaves a group with a non-finite
   gradient unchanged for that step; ``"ignore"`` skips the check (no host synchronisation).
 - Parameters of a group whose oracle inputs share a shape are orthogonalised in one batched call.
+- ``process_group=`` (every class): ``None`` is one process; a ``ProcessGroup`` or 1-D ``DeviceMesh`` shares the
+  oracle's work across its ranks (DDP), and DTensor parameters (FSDP2) are handled through their mesh; the step is
+  the single-process step (:mod:`lmo.optimizers.distributed`, docs/distributed.md).
 - ``param_groups`` may carry ``param_names`` (``Optimizer(model.named_parameters())``); geometry rules then see the
   real parameter names, else ``"<group>.<index>"``.
 
@@ -282,7 +285,9 @@ class Muon(_DriverOptimizer):
     - conv kernels ``(O, I, kh, kw)`` are flattened to ``(O, I kh kw)``; ``adjust`` uses that matrix's shape;
       Conv1d kernels ``(O, I, k)`` need ``view="flatten"`` in their group (:func:`muon_with_adamw` does this);
     - same-shape matrices of a group are orthogonalised in one batched call; ``p.grad`` is never modified; a
-      non-finite gradient raises (``nonfinite="skip"`` skips the step instead).
+      non-finite gradient raises (``nonfinite="skip"`` skips the step instead);
+    - ``process_group``: DDP's group or the FSDP2 mesh; each rank orthogonalises about ``1 / world`` of the
+      matrices (:mod:`lmo.optimizers.distributed`).
 
     Vectors, embeddings and the output layer belong to AdamW: :func:`muon_with_adamw` splits a model.
     The state (``"momentum_buffer"`` per parameter) has torch.optim.Muon's key.
