@@ -65,7 +65,7 @@ def _worker(rank: int, world: int, init: str, out: str, n: int, dim: int, steps:
             t = time.perf_counter()
             opt.step()
             times.append(time.perf_counter() - t)
-        rec = opt._distribution.last
+        rec = opt.distribution.last
         owned = sum(1 for o in rec.owners if o == rank) if world > 1 else n
         rows.append({"mode": mode, "world": world, "rank": rank, "computed": rec.computed if rec else n,
                      "owned": owned, "sent": rec.sent if rec else 0, "step_ms": 1e3 * statistics.median(times[1:]),

@@ -93,6 +93,12 @@ class _DriverOptimizer(torch.optim.Optimizer):
     def _driver(self, group: dict[str, Any]) -> Driver:
         raise NotImplementedError
 
+    @property
+    def distribution(self) -> Distribution:
+        """Who shares the oracle's work (from ``process_group=``); ``.last`` records this rank's part of the last
+        step (:class:`lmo.optimizers.distributed.StepRecord`)."""
+        return self._distribution
+
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as torch.optim does); its hyperparameters and geometry are checked now (``ValueError``)."""

@@ -126,7 +126,7 @@ def ddp_muon(rank: int, world: int, out: str) -> None:
     opts = _muon_adamw(model, process_group=dist.group.WORLD)
     _train(ddp, opts, range(STEPS), rank, world)
     _assert_same(model, _reference(_muon_adamw), "DDP Muon")
-    record = opts[0]._distribution.last
+    record = opts[0].distribution.last
     assert set(record.paths) == {"owner"}, record
     assert record.computed >= 1, f"rank {rank} orthogonalised nothing: {record}"
     assert _sum(record.computed) == 6, f"the ranks evaluated {_sum(record.computed)} matrices, not 6 once each"
@@ -173,7 +173,7 @@ def fsdp_muon(rank: int, world: int, out: str) -> None:
     _assert_same(model, _reference(_muon_adamw), "FSDP2 Muon")
     muon_opt = opts[0]
     names = [n for g in muon_opt.param_groups for n in g["param_names"]]
-    paths = dict(zip(names, muon_opt._distribution.last.paths))
+    paths = dict(zip(names, muon_opt.distribution.last.paths))
     assert paths["mix"] == "local", paths  # sharded along its batch axis: no communication
     assert {paths[n] for n in ("inp.weight", "h1.weight", "h2.weight", "h3.weight")} == {"gather"}, paths
     for group in muon_opt.param_groups:
@@ -203,7 +203,7 @@ def fsdp_scion_and_sharp(rank: int, world: int, out: str) -> None:
         _assert_same(model, _reference(make), f"FSDP2 {make.__name__}")
         if make is scion:
             names = [n for g in opts[0].param_groups for n in g["param_names"]]
-            paths = dict(zip(names, opts[0]._distribution.last.paths))
+            paths = dict(zip(names, opts[0].distribution.last.paths))
             assert paths["embed.weight"] == "local" and paths["lm_head.weight"] == "local", paths
             assert paths["h1.weight"] == "gather", paths
 
@@ -265,8 +265,39 @@ def fsdp_nonfinite(rank: int, world: int, out: str) -> None:
         raise AssertionError(f"rank {rank} did not raise on a NaN that rank {world - 1} holds")
 
 
+def dtensor_layouts(rank: int, world: int, out: str) -> None:
+    """DTensors beyond FSDP2's dim-0 sharding: Shard(1) (columns, gathered along dim 1), Replicate (work dealt out
+    over the mesh), and a 2-D mesh (Replicate, Shard(0)) (every rank evaluates the whole matrix)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh1 = _mesh(world)
+    mesh2 = init_device_mesh("cpu", (1, world), mesh_dim_names=("rep", "shard"))
+    layouts = [(mesh1, [Shard(1)]), (mesh1, [Shard(1)]), (mesh1, [Replicate()]), (mesh1, [Replicate()]),
+               (mesh2, [Replicate(), Shard(0)])]
+    torch.manual_seed(1)
+    shapes = [(6, 7), (6, 7), (5, 4), (5, 4), (7, 5)]
+    init = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(STEPS)]
+    ref = [nn.Parameter(x.clone()) for x in init]
+    ref_opt = lo.Muon(ref, lr=0.1, weight_decay=0.1)
+    params = [nn.Parameter(distribute_tensor(x.clone(), m, p)) for x, (m, p) in zip(init, layouts)]
+    opt = lo.Muon(params, lr=0.1, weight_decay=0.1, process_group=mesh1)
+    for t in range(STEPS):
+        for p, q, g, (m, pl) in zip(ref, params, grads[t], layouts):
+            p.grad = g.clone()
+            q.grad = distribute_tensor(g.clone(), m, pl)
+        ref_opt.step()
+        opt.step()
+    assert opt.distribution.last.paths == ("gather", "gather", "owner", "owner", "full"), opt.distribution.last
+    for i, (p, q) in enumerate(zip(ref, params)):
+        assert q.placements == tuple(layouts[i][1])
+        err = float((q.detach().full_tensor() - p.detach()).abs().max())
+        assert err <= ATOL, f"DTensor layout {layouts[i][1]}: differs from one process by {err:.3g}"
+
+
 SCENARIOS = {f.__name__: f for f in (ddp_muon, ddp_sharp_and_scion, fsdp_muon, fsdp_scion_and_sharp, fsdp_checkpoint,
-                                     fsdp_nonfinite)}
+                                     fsdp_nonfinite, dtensor_layouts)}
 
 
 def run(rank: int, world: int, init: str, out: str) -> None:
