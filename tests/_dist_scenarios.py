@@ -304,7 +304,7 @@ def run(rank: int, world: int, init: str, out: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))
+                            timeout=datetime.timedelta(seconds=120))
     results = {}
     for name, scenario in SCENARIOS.items():
         try:
