@@ -16,6 +16,7 @@ then orthogonalises about ``1 / world`` of the matrices and the update is the si
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -127,8 +128,10 @@ def main() -> None:
         dist.barrier()
         if rank == 0:
             print(f"saved {args.checkpoint}", flush=True)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # the model, its FSDP2 state and the optimizers are garbage now; free them while the process group is alive
+    gc.collect()
+    dist.destroy_process_group()

@@ -8,6 +8,7 @@ same seed, the whole batch, no process group) and asserts that the distributed r
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import os
 import sys
@@ -316,4 +317,13 @@ def run(rank: int, world: int, init: str, out: str) -> None:
         dist.barrier()
     with open(os.path.join(out, f"{rank}.json"), "w") as f:
         json.dump(results, f)
+    # Free the models (FSDP2 state holds reference cycles) while the interpreter and the process groups are alive,
+    # then leave without interpreter finalization: gloo's worker threads can still hold tensors there, and
+    # destroying them then aborts the process (SIGABRT, "terminate called without an active exception"; an
+    # upstream teardown problem, pytorch/pytorch PR 179291). The results are on disk by now.
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
