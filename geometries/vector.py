@@ -270,15 +270,21 @@ class Scaled(Norm, name="scaled"):
     def core_shape(self) -> tuple[int, ...] | None:
         return self.base.core_shape()
 
+    # The base runs on the widened input and the scale is applied before narrowing: a half-precision
+    # intermediate (say sum |g| > 65504) may overflow where the scaled result does not.
     def norm(self, x: Array) -> Array:
-        return self.base.norm(x) / self.scale
+        _, x, narrow = self._prepare(x, "x")
+        return narrow(self.base.norm(x) / self.scale)
 
     def dual_norm(self, g: Array) -> Array:
-        return self.base.dual_norm(g) * self.scale
+        _, g, narrow = self._prepare(g)
+        return narrow(self.base.dual_norm(g) * self.scale)
 
     def lmo(self, g: Array) -> Array:
-        return self.base.lmo(g) * self.scale
+        _, g, narrow = self._prepare(g)
+        return narrow(self.base.lmo(g) * self.scale)
 
     def sharp(self, g: Array) -> Array:
-        return self.base.sharp(g) * self.scale**2
+        _, g, narrow = self._prepare(g)
+        return narrow(self.base.sharp(g) * self.scale**2)
 

@@ -10,6 +10,10 @@ Functional (numpy, CuPy, torch, any array-API namespace)::
 torch (``torch.optim.Optimizer`` subclasses; torch is imported only when one of these names is used)::
 
     from lmo.optimizers import Muon, Scion, Lion, Signum, SignSGD, LMOOptimizer, muon_with_adamw
+
+Differential privacy: the configurations ``dp_muon``, ``dp_sign_sgd``, ``dp_scion``, ``dp_sgd`` (drivers with the
+``Privatize`` hook, taking per-example gradients), and the torch optimizers ``DPMuon`` and ``DPOptimizer``
+(see ``lmo.optimizers.privacy``, ``lmo.privacy`` and docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .configs import (
     spectral_descent,
     uscion,
 )
+from .privacy import BiasCorrection, Privatize, dp_muon, dp_scion, dp_sgd, dp_sign_sgd
 from .driver import (
     DirectionTransform,
     Driver,
@@ -46,6 +51,23 @@ from .driver import (
     Retraction,
     StepInfo,
     flatten_tree,
+    stateful_oracle,
+)
+from .hooks import Retract, RowNormalize, ScaledLMOCompressor, ScheduleFree, Transport
+from .variants import (
+    LowRankGeometry,
+    ManifoldGeometry,
+    dion,
+    error_feedback,
+    exact_muon,
+    heavy_tailed_muon,
+    igt,
+    low_rank_muon,
+    manifold_muon,
+    normuon,
+    orth_dion,
+    randomized_muon,
+    schedule_free,
 )
 
 _TORCH_NAMES = (
@@ -59,6 +81,7 @@ _TORCH_NAMES = (
     "split_muon_params",
     "OptimizerInputs",
 )
+_TORCH_PRIVACY_NAMES = ("DPOptimizer", "DPMuon")
 
 __all__ = [
     "Driver",
@@ -72,6 +95,7 @@ __all__ = [
     "Retraction",
     "NonFiniteGradientError",
     "flatten_tree",
+    "stateful_oracle",
     "sign_sgd",
     "signum",
     "lion",
@@ -79,6 +103,24 @@ __all__ = [
     "scion",
     "uscion",
     "spectral_descent",
+    "exact_muon",
+    "error_feedback",
+    "igt",
+    "schedule_free",
+    "normuon",
+    "dion",
+    "orth_dion",
+    "low_rank_muon",
+    "randomized_muon",
+    "heavy_tailed_muon",
+    "manifold_muon",
+    "LowRankGeometry",
+    "ManifoldGeometry",
+    "ScaledLMOCompressor",
+    "Transport",
+    "ScheduleFree",
+    "RowNormalize",
+    "Retract",
     "MuonGeometry",
     "ScionGeometry",
     "ScionRecipe",
@@ -88,7 +130,14 @@ __all__ = [
     "Configuration",
     "configuration",
     "configurations",
+    "dp_muon",
+    "dp_sign_sgd",
+    "dp_scion",
+    "dp_sgd",
+    "Privatize",
+    "BiasCorrection",
     *_TORCH_NAMES,
+    *_TORCH_PRIVACY_NAMES,
 ]
 
 
@@ -97,4 +146,8 @@ def __getattr__(name: str) -> Any:
         from . import torch as _torch_adapters
 
         return getattr(_torch_adapters, name)
+    if name in _TORCH_PRIVACY_NAMES:
+        from . import torch_privacy as _torch_privacy
+
+        return getattr(_torch_privacy, name)
     raise AttributeError(f"module 'lmo.optimizers' has no attribute {name!r}")

@@ -3,17 +3,21 @@
 For each parameter ``x`` with gradient ``g``, one step of :class:`Driver` computes (all operations per parameter,
 ``lr = lr(t)`` for step index ``t = 0, 1, ...``)::
 
-    g  <- grad_transform(g)                          # hook, optional (DP clipping and noise, ...)
+    g  <- grad_transform(g)                          # hook, optional (gradient clipping; DP: per-example g -> g)
     c  =  beta1 * m + (1 - beta1) * g                # the estimator that the oracle sees
     m  <- beta2 * m + (1 - beta2) * g                # the state that is carried
     c  <- error_feedback.before(c)                   # hook, optional (c + e)
     d  =  lmo(c) = argmin_{||d|| <= 1} <c, d>        # the geometry of this parameter (batched over same shapes)
-    d  <- direction_transform(d)                     # hook, optional (row normalisation, ...)
+    d  <- direction_transform(d)                     # hook, optional (row normalisation, DP bias correction)
     u  =  lr * rho * d                               # rule "lmo"   (rho = radius of this parameter)
     u  =  lr * rho * ||c||_* * d                     # rule "sharp" (steepest descent: sharp(c) = -||c||_* lmo(c))
     e  <- error_feedback.after(c, u)                 # hook, optional
     x  <- (1 - lr * decay) * x + u                   # decoupled weight decay / Frank-Wolfe
     x  <- retraction(x)                              # hook, optional (manifolds)
+
+A geometry may be a stateful or point-dependent oracle (:func:`stateful_oracle`: low-rank bases, random seeds,
+the tangent space at ``x``): ``d, s = geometry.lmo_stateful(x, c, s, t)``, with its state ``s`` kept in the slots.
+An error-feedback hook may replace the rule's update by its own (``error_feedback.compress``: a compressor).
 
 Choices of ``(beta1, beta2)``: ``(0, 0)`` plain (no state), ``(b, b)`` an exponential moving average (Signum,
 Scion, Muon without Nesterov), ``(b**2, b)`` Nesterov's EMA exactly as torch.optim.Muon computes it
@@ -33,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from lmo.backend import Array, device, namespace
 from lmo.norm import Norm, get_norm
@@ -50,6 +54,7 @@ __all__ = [
     "Retraction",
     "NonFiniteGradientError",
     "flatten_tree",
+    "stateful_oracle",
 ]
 
 
@@ -105,11 +110,18 @@ GeometryRule = Callable[[str, tuple[int, ...]], Norm | str | ParamGeometry]
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class StepInfo:
-    """What a hook learns about the step in progress."""
+    """What a hook learns about the step in progress.
+
+    ``estimates`` and ``geometries`` are set only for the :class:`DirectionTransform`: the oracle's inputs ``c`` (after
+    error feedback, in the parameters' shapes) and the parameters' :class:`ParamGeometry`, so that a post-LMO
+    transform can use what the oracle saw (DP-MuonBC's bias correction needs the singular values of ``c``).
+    """
 
     step: int  # 0-based index of the step being taken
     lr: float  # the learning rate of this step
     names: tuple[str, ...]  # parameter names, aligned with every list a hook receives
+    estimates: tuple[Array, ...] | None = None  # the oracle's inputs c (direction_transform only)
+    geometries: tuple[ParamGeometry, ...] | None = None  # the parameters' geometries (direction_transform only)
 
 
 class Hook:
@@ -140,10 +152,22 @@ class GradientPoint(Hook):
     ) -> list[dict[str, Array]]:
         return slots
 
+    def evaluation_point(self, params: list[Array], slots: list[dict[str, Array]], info: StepInfo) -> list[Array]:
+        """The points at which to evaluate the model (``optimizer.eval()``): the iterates themselves by default;
+        schedule-free returns its average."""
+        return list(params)
+
 
 class GradientTransform(Hook):
     """A transform of the gradients before the estimator (DP clipping and noise, gradient clipping, ...):
-    ``__call__(grads, slots, params, info) -> (grads, slots)``."""
+    ``__call__(grads, slots, params, info) -> (grads, slots)``.
+
+    ``per_example = True`` declares a transform of per-example gradients (differential privacy): it receives one
+    array of shape ``(B, *param.shape)`` per parameter (the same ``B`` for all) and returns gradients of the
+    parameters' shapes. The driver checks both shapes.
+    """
+
+    per_example: ClassVar[bool] = False
 
     def __call__(
         self, grads: list[Array], slots: list[dict[str, Array]], params: list[Array], info: StepInfo
@@ -174,6 +198,19 @@ class ErrorFeedback(Hook):
     ) -> list[dict[str, Array]]:
         raise NotImplementedError(f"{type(self).__name__} must define after(inputs, updates, slots, info)")
 
+    def compress(
+        self,
+        inputs: list[Array],
+        directions: list[Array],
+        updates: list[Array],
+        geometries: list[ParamGeometry],
+        info: StepInfo,
+    ) -> list[Array]:
+        """The updates actually added to the parameters, from the oracle's ``inputs``, its ``directions``, the
+        rule's ``updates`` and the parameters' geometries (default: the rule's updates). Runs before :meth:`after`,
+        which sees its result."""
+        return updates
+
 
 class Retraction(Hook):
     """A map applied to the new parameters after each step (e.g. back onto a manifold):
@@ -190,6 +227,21 @@ _HOOKS: dict[str, type[Hook]] = {
     "error_feedback": ErrorFeedback,
     "retraction": Retraction,
 }
+
+GEOMETRY = "geometry"  # the slot prefix of a stateful geometry's state ("geometry.<key>")
+
+
+def stateful_oracle(norm: Norm) -> bool:
+    """Whether ``norm`` is a stateful (or point-dependent) oracle: it defines ``init_state(name, x)`` and
+    ``lmo_stateful(x, g, state, step) -> (d, state)``.
+
+    The driver calls such a geometry once per parameter (not batched), with the parameter ``x`` and the estimator
+    ``g`` in the oracle's view, its state (the slots ``"geometry.<key>"``, created by ``init_state``) and the step
+    index; it stores the returned state. Low-rank oracles keep their bases there (Dion), randomized ones their seed,
+    manifold oracles use ``x`` (the tangent space at the parameter).
+    """
+    return callable(getattr(norm, "lmo_stateful", None)) and callable(getattr(norm, "init_state", None))
+
 
 MOMENTUM = "momentum_buffer"  # the slot name of the estimator state (the same key as torch.optim.Muon/SGD)
 _NONFINITE = ("raise", "skip", "ignore")
@@ -346,6 +398,11 @@ class Driver:
 
     # -- small pieces --------------------------------------------------------------------------------------------
     @property
+    def per_example(self) -> bool:
+        """Whether :meth:`step` takes per-example gradients ``(B, *shape)`` (a per-example ``grad_transform``)."""
+        return self.grad_transform is not None and bool(self.grad_transform.per_example)
+
+    @property
     def stateful(self) -> bool:
         """Whether the estimator keeps a momentum buffer (``beta1 > 0``)."""
         return self.beta1 > 0
@@ -388,11 +445,14 @@ class Driver:
     # -- state ---------------------------------------------------------------------------------------------------
     def init_slots(self, name: str, param: Array) -> dict[str, Array]:
         """The state of one parameter: the momentum buffer (zeros) if ``beta1 > 0``, and the hooks' slots."""
-        self.geometry_for(name, tuple(param.shape))  # reject an unfit geometry now, not at the first step
+        geo = self.geometry_for(name, tuple(param.shape))  # reject an unfit geometry now, not at the first step
         slots: dict[str, Array] = {}
         if self.stateful:
             xp = namespace(param)
             slots[MOMENTUM] = xp.zeros_like(param)
+        if stateful_oracle(geo.norm):
+            for key, value in geo.norm.init_state(name, _to_oracle(geo, param)).items():
+                slots[f"{GEOMETRY}.{key}"] = value
         for stage in _HOOKS:
             hook = getattr(self, stage)
             if hook is not None:
@@ -466,9 +526,10 @@ class Driver:
         names = tuple(names)
         params, grads = list(params), list(grads)
         slots = [dict(s) for s in slots]
-        for name, x, g in zip(names, params, grads):
-            if tuple(g.shape) != tuple(x.shape):
-                raise ValueError(f"parameter {name!r}: gradient shape {tuple(g.shape)} != shape {tuple(x.shape)}")
+        if self.per_example:
+            _check_per_example(names, params, grads, type(self.grad_transform).__name__)
+        else:
+            _check_grad_shapes(names, params, grads)
         lr = self.learning_rate(step)
         info = StepInfo(step, lr, names)
         if self.nonfinite != "ignore":
@@ -484,6 +545,9 @@ class Driver:
         if self.grad_transform is not None:
             grads, hs = self.grad_transform(grads, _hook_slots(slots, "grad_transform"), params, info)
             _set_hook_slots(slots, "grad_transform", hs)
+            grads = list(grads)
+            if self.per_example:
+                _check_grad_shapes(names, params, grads)
 
         # the two-beta estimator
         if self.stateful:
@@ -501,11 +565,19 @@ class Driver:
             estimates = self.error_feedback.before(estimates, _hook_slots(slots, "error_feedback"), info)
 
         geometries = [self.geometry_for(n, tuple(x.shape)) for n, x in zip(names, params)]
-        directions, duals = (self._oracle if oracle is None else oracle)(geometries, estimates)
+        stateful = [stateful_oracle(geo.norm) for geo in geometries]
+        oracle = self._oracle if oracle is None else oracle
+        if any(stateful):
+            directions, duals = self._stateful_oracles(
+                names, params, geometries, estimates, slots, stateful, step, oracle=oracle
+            )
+        else:
+            directions, duals = oracle(geometries, estimates)
 
         if self.direction_transform is not None:
+            seen = dataclasses.replace(info, estimates=tuple(estimates), geometries=tuple(geometries))
             directions, hs = self.direction_transform(
-                directions, _hook_slots(slots, "direction_transform"), params, info
+                directions, _hook_slots(slots, "direction_transform"), params, seen
             )
             _set_hook_slots(slots, "direction_transform", hs)
 
@@ -515,6 +587,7 @@ class Driver:
             updates.append(scale * d if dual is None else (scale * dual) * d)
 
         if self.error_feedback is not None:
+            updates = list(self.error_feedback.compress(estimates, directions, updates, geometries, info))
             hs = self.error_feedback.after(estimates, updates, _hook_slots(slots, "error_feedback"), info)
             _set_hook_slots(slots, "error_feedback", hs)
 
@@ -527,6 +600,40 @@ class Driver:
             hs = self.point.update(new_params, _hook_slots(slots, "point"), info)
             _set_hook_slots(slots, "point", hs)
         return new_params, slots, True
+
+    # -- stateful oracles ----------------------------------------------------------------------------------------
+    def _stateful_oracles(
+        self,
+        names: Sequence[str],
+        params: list[Array],
+        geometries: list[ParamGeometry],
+        estimates: list[Array],
+        slots: list[dict[str, Array]],
+        stateful: list[bool],
+        step: int,
+        oracle: Callable[..., tuple[list[Array], list[Array | None]]] | None = None,
+    ) -> tuple[list[Array], list[Array | None]]:
+        """The stateless oracles batched by :meth:`_oracle` (or ``oracle``, see :meth:`apply`), the stateful ones
+        (:func:`stateful_oracle`) one by one."""
+        plain = [i for i, s in enumerate(stateful) if not s]
+        d_plain, dual_plain = (oracle or self._oracle)([geometries[i] for i in plain], [estimates[i] for i in plain])
+        directions: list[Array] = [None] * len(params)  # type: ignore[list-item]
+        duals: list[Array | None] = [None] * len(params)
+        for i, d, dual in zip(plain, d_plain, dual_plain):
+            directions[i], duals[i] = d, dual
+        for i in (i for i, s in enumerate(stateful) if s):
+            geo, c = geometries[i], estimates[i]
+            x, v = _to_oracle(geo, params[i]), _to_oracle(geo, c)
+            state = _hook_slots([slots[i]], GEOMETRY)[0] or geo.norm.init_state(names[i], x)
+            d, state = geo.norm.lmo_stateful(x, v, dict(state), step)
+            _set_hook_slots([slots[i]], GEOMETRY, [state])
+            directions[i] = _from_oracle(geo, d, c)
+            if self.rule == "sharp":
+                xp = namespace(c)
+                dual = geo.norm.dual_norm(v)
+                dual = xp.reshape(dual, tuple(dual.shape) + (1,) * geo.norm.ndim) * xp.ones_like(v)
+                duals[i] = _from_oracle(geo, dual, c)
+        return directions, duals
 
     # -- the oracle, batched -------------------------------------------------------------------------------------
     def _oracle(
@@ -601,6 +708,30 @@ def _from_oracle(geo: ParamGeometry, d: Array, like: Array) -> Array:
     if geo.transpose:
         d = xp.matrix_transpose(d)
     return xp.reshape(d, tuple(like.shape))
+
+
+def _check_grad_shapes(names: Sequence[str], params: Sequence[Array], grads: Sequence[Array]) -> None:
+    for name, x, g in zip(names, params, grads):
+        if tuple(g.shape) != tuple(x.shape):
+            raise ValueError(f"parameter {name!r}: gradient shape {tuple(g.shape)} != shape {tuple(x.shape)}")
+
+
+def _check_per_example(names: Sequence[str], params: Sequence[Array], grads: Sequence[Array], hook: str) -> None:
+    batch = None
+    for name, x, g in zip(names, params, grads):
+        if g.ndim != x.ndim + 1 or tuple(g.shape[1:]) != tuple(x.shape):
+            raise ValueError(
+                f"parameter {name!r}: the grad_transform {hook} takes per-example gradients of shape "
+                f"(B, *{tuple(x.shape)}); got shape {tuple(g.shape)} (torch: per-example gradients are p.grad_sample, "
+                f"see lmo.privacy.per_sample_grads; a private driver runs in lmo.optimizers.DPOptimizer)"
+            )
+        if batch is None:
+            batch = g.shape[0]
+        elif g.shape[0] != batch:
+            raise ValueError(
+                f"per-example gradients must share one batch size; parameter {name!r} has {g.shape[0]} examples, "
+                f"the first parameter {batch}"
+            )
 
 
 def _check_names(names: list[str]) -> None:

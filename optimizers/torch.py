@@ -35,7 +35,7 @@ import torch
 
 from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, sign_sgd, signum
 from .distributed import Distribution
-from .driver import Driver, NonFiniteGradientError
+from .driver import Driver, NonFiniteGradientError, StepInfo, _hook_slots
 
 __all__ = [
     "LMOOptimizer",
@@ -99,6 +99,11 @@ class _DriverOptimizer(torch.optim.Optimizer):
         step (:class:`lmo.optimizers.distributed.StepRecord`)."""
         return self._distribution
 
+    def _gradient(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The gradient that a step hands the driver for ``p`` (``None``: ``p`` sits this step out); ``p.grad`` here,
+        the privatised gradient in :class:`lmo.optimizers.DPOptimizer`."""
+        return p.grad
+
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as torch.optim does); its hyperparameters and geometry are checked now (``ValueError``)."""
@@ -144,8 +149,46 @@ class _DriverOptimizer(torch.optim.Optimizer):
                     p.copy_(y)
 
     @torch.no_grad()
+    def _place(self, evaluation: bool) -> None:
+        """Put into the parameters the evaluation points (``eval()``) or the gradient points (``train()``)."""
+        for gi, group in enumerate(self.param_groups):
+            driver = self._driver(group)
+            names, params = self._names(gi, group), list(group["params"])
+            live = [(n, p) for n, p in zip(names, params) if _ITERATE in self.state.get(p, {})]
+            if driver.point is None or not live:
+                continue
+            for step in sorted({int(self.state[p]["step"]) for _, p in live}):
+                sub = [(n, p) for n, p in live if int(self.state[p]["step"]) == step]
+                xs = [self.state[p][_ITERATE] for _, p in sub]
+                slots = [_slots(self.state[p]) for _, p in sub]
+                sub_names = [n for n, _ in sub]
+                if evaluation:
+                    info = StepInfo(step, driver.learning_rate(step), tuple(sub_names))
+                    ys = driver.point.evaluation_point(xs, _hook_slots(slots, "point"), info)
+                else:
+                    ys = driver.point_list(sub_names, xs, slots, step)
+                for (_, p), y in zip(sub, ys):
+                    p.copy_(y)
+
+    def eval(self) -> None:
+        """Evaluation mode (as schedule-free optimizers have): with a gradient-point hook (IGT, schedule-free) the
+        parameters hold the points at which gradients are taken; ``eval()`` puts the evaluation points there instead
+        (the iterate; schedule-free: its average) until :meth:`train`. A no-op for other drivers."""
+        if not getattr(self, "_evaluating", False):
+            self._place(True)
+            self._evaluating = True
+
+    def train(self) -> None:
+        """Back to training mode after :meth:`eval`: the parameters hold the gradient points again."""
+        if getattr(self, "_evaluating", False):
+            self._place(False)
+            self._evaluating = False
+
+    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step of every param group; returns the closure's loss if a closure is given."""
+        if getattr(self, "_evaluating", False):
+            raise RuntimeError("the optimizer is in eval() mode; call optimizer.train() before step()")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -156,9 +199,9 @@ class _DriverOptimizer(torch.optim.Optimizer):
             driver = self._driver(group)
             names, params, grads = [], [], []
             for name, p in zip(self._names(gi, group), group["params"]):
-                if p.grad is None:
+                g = self._gradient(p)
+                if g is None:
                     continue
-                g = p.grad
                 if g.is_sparse:
                     raise ValueError(f"parameter {name!r} has a sparse gradient; {type(self).__name__} needs dense")
                 if torch.is_complex(g) or torch.is_complex(p):
@@ -249,6 +292,11 @@ class LMOOptimizer(_DriverOptimizer):
     def __init__(self, params: Any, driver: Driver, *, process_group: Any = None, **overrides: Any) -> None:
         if not isinstance(driver, Driver):
             raise ValueError(f"LMOOptimizer needs a Driver; got driver={driver!r}")
+        if driver.per_example:
+            raise ValueError(
+                "LMOOptimizer: this driver privatises per-example gradients (its grad_transform is per-example); "
+                "use lmo.optimizers.DPOptimizer, which privatises all param groups jointly and accounts for privacy"
+            )
         unknown = sorted(set(overrides) - set(_GROUP_FIELDS))
         if unknown:
             raise ValueError(f"LMOOptimizer: unknown hyperparameter(s) {unknown}; groups may set {_GROUP_FIELDS}")

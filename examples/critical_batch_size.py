@@ -1,0 +1,211 @@
+"""Critical batch size of Muon: steps and SFO (steps x batch) to a target accuracy against the batch size, for
+several momenta beta and weight decays lambda (Sato, Naganuma & Iiduka, "Convergence Bound and Critical Batch Size
+of Muon Optimizer", arXiv 2507.01598).
+
+The theory bounds the average gradient norm by ``X/K + Y/b + Z`` after ``K`` steps with batch size ``b``. Reaching a
+precision ``eps`` then takes ``K(b) = X b / (eps' b - Y)`` steps: decreasing and convex in ``b``; the SFO complexity
+``b K(b)`` is convex with its minimum, the critical batch size, at ``b* = 2 Y / eps'``. The constant ``Y`` carries the
+hyperparameters: for Nesterov momentum ``beta`` and weight decay ``lambda``,
+``Y = ((2 beta + 1)(1 - beta) + lambda) sigma^2 / 2`` (the form of the bound as restated for steepest descent under
+any norm by F. Cesista, who generalises Sato et al.), so the theory predicts the *scaling*
+``b* ∝ (2 beta + 1)(1 - beta) + lambda``, not the value (``sigma``, ``eps'`` are not observable).
+
+What we measure: a bias-free MLP 64-128-10 on scikit-learn's digits (ships with scikit-learn, offline), every weight
+matrix trained by this package's ``Muon`` (torch adapter; Nesterov, 5 Newton-Schulz steps, constant lr); the number
+of steps until the full training set is classified with accuracy >= the target, for batch sizes 4..512, averaged
+over seeds. ``K(b) = X b / (eps' b - Y)`` is linear in ``1/b`` (``1/K = eps'/X - (Y/X) / b``), so a least-squares
+line through ``(1/b, 1/K)`` gives the fitted ``b* = 2 Y / eps'`` for each (beta, lambda), which we set against the
+theory's factor.
+
+    python examples/critical_batch_size.py [--out out/] [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _repro  # noqa: E402
+
+
+def load_digits_tensors():
+    import torch
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0 - 0.5) / 0.5
+    return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+
+
+def steps_to_target(X, y, *, batch: int, beta: float, weight_decay: float, lr: float, target: float, seed: int,
+                    max_steps: int, hidden: int = 128) -> int | None:
+    """Steps of Muon (this package's torch adapter) until the training accuracy reaches ``target``."""
+    import torch
+
+    from lmo.optimizers.torch import Muon
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, hidden, bias=False), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, 10, bias=False))
+    opt = Muon(model.parameters(), lr=lr, momentum=beta, nesterov=True, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    n = X.shape[0]
+    for step in range(1, max_steps + 1):
+        idx = torch.randint(n, (batch,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            if (model(X).argmax(1) == y).float().mean().item() >= target:
+                return step
+    return None
+
+
+def fit_critical(batches: np.ndarray, steps: np.ndarray) -> dict:
+    """Least squares of ``1/K = a - s / b``; ``K(b) = X b / (eps' b - Y)`` with ``a = eps'/X``, ``s = Y/X``, so
+    ``b* = 2 Y / eps' = 2 s / a``. Rows are weighted by ``K`` so that the residuals are relative errors in ``K``
+    (``d(1/K) = -dK / K^2``); batch sizes that never reached the target are left out."""
+    ok = np.isfinite(steps)
+    w = steps[ok]
+    A = np.stack([np.ones(ok.sum()), -1.0 / batches[ok]], axis=1) * w[:, None]
+    (a, s), *_ = np.linalg.lstsq(A, w / steps[ok], rcond=None)
+    b_star = 2 * s / a if a > 0 and s > 0 else float("nan")
+    return {"a": float(a), "s": float(s), "b_star": float(b_star)}
+
+
+def theory_factor(beta: float, weight_decay: float) -> float:
+    return (2 * beta + 1) * (1 - beta) + weight_decay
+
+
+def run(*, batches=(4, 8, 16, 32, 64, 128, 256, 512), betas=(0.5, 0.9, 0.98), weight_decays=(0.0, 0.3, 1.0),
+        base=(0.9, 0.0), lr: float = 0.05, target: float = 0.97, seeds: int = 2, max_steps: int = 3000,
+        show: bool = True) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    X, y = load_digits_tensors()
+    configs = [(b, base[1]) for b in betas] + [(base[0], wd) for wd in weight_decays if wd != base[1]]
+    total = len(configs) * len(batches) * seeds
+    results = []
+    with _repro.progress(total=total, desc="Muon runs", disable=not show) as bar:
+        for beta, wd in configs:
+            steps = []
+            for b in batches:
+                ks = []
+                for seed in range(seeds):
+                    ks.append(steps_to_target(X, y, batch=b, beta=beta, weight_decay=wd, lr=lr, target=target,
+                                              seed=seed, max_steps=max_steps))
+                    bar.update(1)
+                steps.append(float(np.mean(ks)) if all(k is not None for k in ks) else float("nan"))
+            steps = np.array(steps)
+            sfo = steps * np.array(batches)
+            fit = fit_critical(np.array(batches, dtype=float), steps)
+            finite = np.isfinite(sfo)
+            results.append({
+                "beta": beta, "weight_decay": wd, "steps": steps, "sfo": sfo, "fit": fit,
+                "measured_b_star": int(np.array(batches)[finite][np.argmin(sfo[finite])]) if finite.any() else None,
+                "theory_factor": theory_factor(beta, wd),
+            })
+    return {"batches": list(batches), "lr": lr, "target_accuracy": target, "seeds": seeds, "max_steps": max_steps,
+            "base": list(base), "results": results}
+
+
+def scaling_agreement(res: dict) -> dict:
+    """Rank agreement (Spearman) between fitted b* and the theory's factor, over the beta sweep and the lambda sweep."""
+    def spearman(u, v):
+        u, v = np.asarray(u, float), np.asarray(v, float)
+        ok = np.isfinite(u) & np.isfinite(v)
+        if ok.sum() < 3:
+            return None
+        ru, rv = np.argsort(np.argsort(u[ok])), np.argsort(np.argsort(v[ok]))
+        return float(np.corrcoef(ru, rv)[0, 1])
+
+    base_beta, base_wd = res["base"]
+    beta_rows = [r for r in res["results"] if r["weight_decay"] == base_wd]
+    wd_rows = [r for r in res["results"] if r["beta"] == base_beta]
+    return {
+        "beta_sweep": {"beta": [r["beta"] for r in beta_rows], "fitted_b_star": [r["fit"]["b_star"] for r in beta_rows],
+                       "theory_factor": [r["theory_factor"] for r in beta_rows],
+                       "spearman": spearman([r["fit"]["b_star"] for r in beta_rows],
+                                            [r["theory_factor"] for r in beta_rows])},
+        "weight_decay_sweep": {"weight_decay": [r["weight_decay"] for r in wd_rows],
+                               "fitted_b_star": [r["fit"]["b_star"] for r in wd_rows],
+                               "theory_factor": [r["theory_factor"] for r in wd_rows],
+                               "spearman": spearman([r["fit"]["b_star"] for r in wd_rows],
+                                                    [r["theory_factor"] for r in wd_rows])},
+    }
+
+
+def plot(res: dict, agreement: dict, path: Path) -> Path:
+    fig, axes = _repro.plt.subplots(1, 3, figsize=(15, 4.2))
+    b = np.array(res["batches"], dtype=float)
+    grid = np.logspace(np.log10(b[0]), np.log10(b[-1]), 200)
+    cmap = _repro.plt.get_cmap("viridis")
+    for i, r in enumerate(res["results"]):
+        color = cmap(i / max(1, len(res["results"]) - 1))
+        label = f"beta={r['beta']}, wd={r['weight_decay']}"
+        axes[0].plot(b, r["steps"], "o", color=color, ms=4)
+        a, s = r["fit"]["a"], r["fit"]["s"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fitted = np.where(a - s / grid > 0, 1.0 / (a - s / grid), np.nan)
+        axes[0].plot(grid, fitted, color=color, lw=1, label=label)
+        axes[1].plot(b, r["sfo"], "o-", color=color, ms=4, label=f"{label}: b*={r['fit']['b_star']:.0f}")
+        if np.isfinite(r["fit"]["b_star"]):
+            axes[1].axvline(r["fit"]["b_star"], color=color, ls=":", lw=1)
+    for ax, ylabel in zip(axes[:2], ("steps K to target accuracy", "SFO = K x b")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size b")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"Muon on digits (MLP 64-128-10), target train acc {res['target_accuracy']}\n"
+                      "points: measured; lines: fitted K(b) = X b / (eps b - Y)", fontsize=9)
+    axes[1].set_title("SFO complexity; dotted: fitted critical batch size b* = 2Y/eps", fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    ax = axes[2]
+    for key, marker, name in (("beta_sweep", "o", "beta sweep (wd fixed)"),
+                              ("weight_decay_sweep", "s", "weight-decay sweep (beta fixed)")):
+        sweep = agreement[key]
+        f = np.array(sweep["theory_factor"])
+        bs = np.array(sweep["fitted_b_star"])
+        ax.plot(f, bs, marker, label=f"{name}: Spearman {sweep['spearman']}")
+        labels = sweep["beta"] if key == "beta_sweep" else sweep["weight_decay"]
+        for x_, y_, t in zip(f, bs, labels):
+            ax.annotate(f"{'b' if key == 'beta_sweep' else 'wd'}={t}", (x_, y_), fontsize=7)
+    ax.set_xlabel("theory factor (2 beta + 1)(1 - beta) + lambda")
+    ax.set_ylabel("fitted b*")
+    ax.set_title("fitted critical batch size vs the theory's scaling", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _repro.savefig(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _repro.parser(__doc__).parse_args(argv)
+    out = _repro.out_dir(args.out)
+    if args.quick:
+        res = run(batches=(4, 16, 64, 256), betas=(0.5, 0.95), weight_decays=(0.0, 1.0), base=(0.95, 0.0),
+                  target=0.9, seeds=1, max_steps=1500, show=not args.no_progress)
+    else:
+        res = run(show=not args.no_progress)
+    agreement = scaling_agreement(res)
+    png = plot(res, agreement, out / "critical_batch_size.png")
+    _repro.save_json(out / "critical_batch_size.json", {**res, "scaling_agreement": agreement})
+    print(f"{'beta':>5s} {'wd':>5s} {'theory':>7s} {'fit b*':>7s} {'min SFO b':>9s}  steps per batch size "
+          f"{res['batches']}")
+    for r in res["results"]:
+        print(f"{r['beta']:5.2f} {r['weight_decay']:5.2f} {r['theory_factor']:7.3f} {r['fit']['b_star']:7.1f} "
+              f"{str(r['measured_b_star']):>9s}  {np.round(r['steps'], 1).tolist()}")
+    print(f"rank agreement with the theory: beta sweep {agreement['beta_sweep']['spearman']}, "
+          f"weight-decay sweep {agreement['weight_decay_sweep']['spearman']}")
+    print(f"plot: {png}")
+    return {**res, "scaling_agreement": agreement}
+
+
+if __name__ == "__main__":
+    main()

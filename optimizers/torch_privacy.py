@@ -1,0 +1,301 @@
+"""Private torch optimizers: :class:`DPOptimizer` (any private driver) and :class:`DPMuon`.
+
+A step reads every parameter's per-example gradients from ``p.grad_sample`` (shape ``(B, *p.shape)``, filled by
+:func:`lmo.privacy.per_sample_grads` or by Opacus's ``GradSampleModule``), privatises them *jointly over all param
+groups* with the driver's :class:`~lmo.optimizers.privacy.Privatize` hook (clipping, one noise calibrated to the
+sensitivity of all parameters together, division by the expected batch size), then runs each group's driver on the
+privatised gradients. ``p.grad`` is ignored. Each ``step()`` is one release, counted for :meth:`epsilon`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from lmo.privacy import ACCOUNTANTS, PrivacyAccountant
+
+from .driver import Driver, NonFiniteGradientError, StepInfo, _nonfinite
+from .privacy import BiasCorrection, Privatize
+from .torch import LMOOptimizer, Muon
+
+__all__ = ["DPOptimizer", "DPMuon"]
+
+_PRIVACY_KEY = "privacy"
+
+
+class _Private:
+    """What the private optimizers add to an adapter: joint privatisation, accounting, checkpointing of both."""
+
+    privatizer: Privatize
+    sample_rate: float | None
+    accountant: str
+    steps: int
+
+    def _init_privacy(self, privatizer: Privatize, sample_rate: float | None, accountant: str) -> None:
+        if sample_rate is not None and (
+            isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or not 0 < sample_rate <= 1
+        ):
+            raise ValueError(f"sample_rate must be None or a number in (0, 1]; got sample_rate={sample_rate!r}")
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANTS}; got accountant={accountant!r}")
+        self.privatizer = privatizer
+        self.sample_rate = None if sample_rate is None else float(sample_rate)
+        self.accountant = accountant
+        self.steps = 0
+        self._private: dict[Any, torch.Tensor] | None = None
+        for gi, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
+            if group.get("nonfinite", "raise") != "raise":
+                raise ValueError(
+                    f"param group {gi}: a private optimizer needs nonfinite='raise' (skipping a step, or letting NaN "
+                    "through, depends on single examples and is not covered by the privacy analysis)"
+                )
+        self._trainable()  # validates the thresholds against the parameters now
+
+    # -- parameters ------------------------------------------------------------------------------------------
+    def _trainable(self) -> tuple[list[str], list[torch.Tensor]]:
+        names, params = [], []
+        for gi, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
+            for name, p in zip(self._names(gi, group), group["params"]):  # type: ignore[attr-defined]
+                if p.requires_grad:
+                    names.append(name)
+                    params.append(p)
+        self.privatizer.thresholds(names)
+        return names, params
+
+    @property
+    def noise_std(self) -> float:
+        """The std per entry of the noise in each privatised gradient: ``noise_multiplier * S / expected_batch_size``,
+        ``S`` the sensitivity over all trainable parameters of the optimizer."""
+        return self.privatizer.gradient_noise_std(self._trainable()[0])
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.privatizer.noise_multiplier
+
+    @property
+    def max_grad_norm(self) -> Any:
+        return self.privatizer.max_grad_norm
+
+    @property
+    def expected_batch_size(self) -> float:
+        return self.privatizer.expected_batch_size
+
+    @property
+    def clipping(self) -> str:
+        return self.privatizer.clipping
+
+    # -- the step --------------------------------------------------------------------------------------------
+    def _gradient(self, p: torch.Tensor) -> torch.Tensor | None:
+        if self._private is None:
+            raise RuntimeError("a private optimizer's gradients exist only inside step()")
+        return self._private.get(p)
+
+    def _privatise(self) -> dict[Any, torch.Tensor]:
+        names, params = self._trainable()
+        samples = []
+        for name, p in zip(names, params):
+            gs = getattr(p, "grad_sample", None)
+            if isinstance(gs, list):
+                gs = torch.cat(gs, dim=0)
+            if gs is None:
+                raise ValueError(
+                    f"parameter {name!r} has no per-example gradient (p.grad_sample is None): compute them with "
+                    "lmo.privacy.per_sample_grads (or Opacus's GradSampleModule), or freeze the parameter "
+                    "(requires_grad=False)"
+                )
+            samples.append(gs)
+        if not params:
+            raise ValueError("the optimizer has no trainable parameter")
+        batch = samples[0].shape[0]
+        for name, p, gs in zip(names, params, samples):
+            if tuple(gs.shape) != (batch, *p.shape):
+                raise ValueError(f"parameter {name!r}: grad_sample has shape {tuple(gs.shape)}; expected "
+                                 f"({batch}, *{tuple(p.shape)}) (one batch size for all parameters)")
+        bad = _nonfinite(names, samples)
+        if bad is not None:
+            raise NonFiniteGradientError(f"per-example gradient of parameter {bad!r} holds NaN or Inf; nothing was "
+                                         "changed")
+        info = StepInfo(self.steps, math.nan, tuple(names))
+        private = self.privatizer.privatize(samples, params, info.names)
+        return dict(zip(params, private))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One private step: privatise the per-example gradients (``p.grad_sample``) of all groups, then the driver's
+        step for each group. Returns the closure's loss if given (the closure must fill ``p.grad_sample``)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._private = self._privatise()
+        try:
+            super().step()  # type: ignore[misc]
+        finally:
+            self._private = None
+        self.steps += 1
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear ``p.grad`` (as torch does) and ``p.grad_sample`` (the per-example gradients)."""
+        super().zero_grad(set_to_none=set_to_none)  # type: ignore[misc]
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            for p in group["params"]:
+                if hasattr(p, "grad_sample"):
+                    p.grad_sample = None
+
+    def _with_noise(self, driver: Driver) -> Driver:
+        """The group's driver, its bias correction (if any) given the noise of the joint privatisation."""
+        bc = driver.direction_transform
+        if getattr(self, "_private", None) is None:  # not in a step (construction, validation)
+            return driver
+        if isinstance(bc, BiasCorrection) and isinstance(bc.noise, Privatize):
+            driver = driver.replace(direction_transform=dataclasses.replace(bc, noise=self.noise_std))
+        return driver
+
+    # -- accounting ------------------------------------------------------------------------------------------
+    def accountant_now(self) -> PrivacyAccountant:
+        """A :class:`lmo.privacy.PrivacyAccountant` holding the steps taken so far."""
+        if self.sample_rate is None:
+            raise ValueError("epsilon needs the sampling rate: construct the optimizer with sample_rate=q (the "
+                             "Poisson sampling probability of each example per step)")
+        return PrivacyAccountant(self.noise_multiplier, self.sample_rate, accountant=self.accountant,
+                                 steps=self.steps)
+
+    def epsilon(self, delta: float) -> float:
+        """The privacy spent so far: epsilon at ``delta`` for the steps taken (dp-accounting's accountant)."""
+        return self.accountant_now().epsilon(delta)
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def _privacy_record(self) -> dict[str, Any]:
+        c = self.max_grad_norm
+        return {
+            "steps": self.steps,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "expected_batch_size": self.expected_batch_size,
+            "clipping": self.clipping,
+            "max_grad_norm": dict(c) if isinstance(c, dict) else (list(c) if isinstance(c, tuple) else c),
+            "accountant": self.accountant,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus ``"privacy"``: the steps taken and the privacy parameters (numbers and strings)."""
+        state = super().state_dict()  # type: ignore[misc]
+        state[_PRIVACY_KEY] = self._privacy_record()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state; the steps taken are restored (so ``epsilon`` counts them). A state saved with other privacy
+        parameters (noise, sampling rate, clipping) is refused: its accounting would be wrong."""
+        state_dict = dict(state_dict)
+        record = state_dict.pop(_PRIVACY_KEY, None)
+        if record is None:
+            raise ValueError("this state dict holds no privacy record (steps taken); it was not saved by a private "
+                             "optimizer, and loading it would lose the privacy spent")
+        mine = self._privacy_record()
+        for key in ("noise_multiplier", "sample_rate", "expected_batch_size", "clipping", "max_grad_norm",
+                    "accountant"):
+            if record.get(key) != mine[key]:
+                raise ValueError(f"the state was saved with {key}={record.get(key)!r}, this optimizer has "
+                                 f"{key}={mine[key]!r}")
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        self.steps = int(record["steps"])
+
+
+class DPOptimizer(_Private, LMOOptimizer):
+    """Any private driver (``dp_sgd``, ``dp_sign_sgd``, ``dp_muon``, ``dp_scion``, or a driver with a
+    :class:`~lmo.optimizers.privacy.Privatize` hook) as a ``torch.optim.Optimizer``.
+
+    ``DPOptimizer(params, driver, *, sample_rate=None, accountant="rdp", **group_overrides)``: param groups may
+    override the driver's ``lr``, ``beta1``, ``beta2``, ``rule``, ``decay``, ``radius`` and ``geometry`` (as in
+    :class:`~lmo.optimizers.LMOOptimizer`); the privacy parameters are the driver's, one for all groups.
+    ``sample_rate``: the Poisson sampling rate, for :meth:`epsilon`.
+
+    >>> import torch, lmo.optimizers as lo
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> opt = lo.DPOptimizer([w], lo.dp_sgd(lr=1.0, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=2))
+    >>> w.grad_sample = torch.tensor([[3.0, 4.0], [0.3, 0.4]]); _ = opt.step()  # example 1 clipped to norm 1
+    >>> w.detach()
+    tensor([-0.4500, -0.6000])
+    """
+
+    def __init__(self, params: Any, driver: Driver, *, sample_rate: float | None = None, accountant: str = "rdp",
+                 **overrides: Any) -> None:
+        if not isinstance(driver, Driver) or not isinstance(driver.grad_transform, Privatize):
+            raise ValueError("DPOptimizer needs a private driver (one whose grad_transform is a Privatize hook, e.g. "
+                             f"lmo.optimizers.dp_sgd(...)); got driver={driver!r}")
+        if "nonfinite" in overrides:
+            raise ValueError("a private optimizer keeps nonfinite='raise'")
+        self.private_driver = driver
+        super().__init__(params, driver.replace(grad_transform=None), **overrides)
+        self._init_privacy(driver.grad_transform, sample_rate, accountant)
+
+    def _driver(self, group: dict[str, Any]) -> Driver:
+        return self._with_noise(super()._driver(group))
+
+
+class DPMuon(_Private, Muon):
+    """DP-Muon (Kim & Fan, 2026) for torch: :class:`~lmo.optimizers.Muon` on privatised gradients.
+
+    ``DPMuon(params, lr=1e-3, *, noise_multiplier, max_grad_norm, expected_batch_size, sample_rate=None,
+    clipping="per_matrix", generator=None, bias_correction=False, max_correction=1.0, accountant="rdp",
+    **muon_arguments)``
+
+    Per step: every example's gradient of every parameter is clipped to its threshold ``C_W`` (``max_grad_norm``: one
+    float, one per parameter in order, or a ``{name: C_W}`` mapping with ``param_names``); the clipped sum gets
+    Gaussian noise of std ``noise_multiplier * sqrt(sum_W C_W^2)`` and is divided by ``expected_batch_size``;
+    ``clipping="flat"`` clips each example's whole gradient to ``max_grad_norm`` instead (noise std
+    ``noise_multiplier * max_grad_norm``). Then Muon's step (``muon_arguments``: ``weight_decay``, ``momentum``,
+    ``nesterov``, ``ns_coefficients``, ``eps``, ``ns_steps``, ``adjust_lr_fn``, ``view``, as in torch.optim.Muon).
+    ``bias_correction=True`` is DP-MuonBC (:class:`~lmo.optimizers.privacy.BiasCorrection`).
+
+    ``generator``: the noise's generator (``None``: fresh OS entropy; an ``int`` seed; a ``torch.Generator``).
+    ``sample_rate``: the Poisson sampling rate (``poisson_loader``), for ``epsilon(delta)``, the privacy spent so far.
+    The per-example gradients are read from ``p.grad_sample`` (:func:`lmo.privacy.per_sample_grads`).
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: Any,
+        expected_batch_size: float,
+        sample_rate: float | None = None,
+        clipping: str = "per_matrix",
+        generator: Any = None,
+        bias_correction: bool = False,
+        max_correction: float = 1.0,
+        accountant: str = "rdp",
+        **muon_arguments: Any,
+    ) -> None:
+        privatizer = Privatize(noise_multiplier, max_grad_norm, expected_batch_size, clipping, generator)
+        if not isinstance(bias_correction, bool):
+            raise ValueError(f"bias_correction must be a bool; got {bias_correction!r}")
+        self.bias_correction = bias_correction
+        self.max_correction = float(max_correction)
+        if bias_correction:
+            BiasCorrection(0.0, max_correction=max_correction)  # validates max_correction now
+        super().__init__(params, lr, **muon_arguments)
+        self._init_privacy(privatizer, sample_rate, accountant)
+
+    def _driver(self, group: dict[str, Any]) -> Driver:
+        driver = super()._driver(group)
+        if self.bias_correction:
+            noise = self.privatizer if hasattr(self, "privatizer") else 0.0  # during construction: validation only
+            bc = BiasCorrection(noise, driver.beta1, driver.beta2, self.max_correction)
+            driver = self._with_noise(driver.replace(direction_transform=bc))
+        return driver
+
+    def dp_driver(self, group: int = 0) -> Driver:
+        """The configuration that this optimizer computes for param group ``group``: :func:`lmo.optimizers.dp_muon`
+        (Muon's driver with the :class:`Privatize` hook and, with ``bias_correction``, :class:`BiasCorrection`)."""
+        driver = Muon._driver(self, self.param_groups[group])
+        bc = None
+        if self.bias_correction:
+            bc = BiasCorrection(self.privatizer, driver.beta1, driver.beta2, self.max_correction)
+        return driver.replace(grad_transform=self.privatizer, direction_transform=bc)

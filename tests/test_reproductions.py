@@ -1,0 +1,176 @@
+"""Each reproduction in examples/ runs at a small size and its numbers show the paper's qualitative claim.
+
+The numbers are computed by the scripts in this run (nothing is read back from a file); the full-size runs and
+their plots are in docs/reproductions.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lmo
+import lmo.optimizers as lo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("matplotlib", reason="the examples extra is not installed")
+pytest.importorskip("tqdm", reason="the examples extra is not installed")
+
+needs_spectral = pytest.mark.skipif("spectral" not in lmo.norms(), reason="needs the spectral geometry (geom branch)")
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- (a) SignSGD vs SGD ------------------------------------------------------------------------------------------
+def test_sgd_is_the_l2_sharp_step():
+    """SGD in the reproduction is Driver(geometry="l2", rule="sharp"): x - lr g up to rounding, 0 stays 0."""
+    sgd = _example("signsgd_vs_sgd").sgd
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((5, 7)), rng.standard_normal((5, 7)) * 10.0 ** rng.integers(-6, 6, size=(5, 1))
+    g[0] = 0.0
+    driver = sgd(0.3)
+    new, _ = driver.step(x, g, driver.init(x))
+    np.testing.assert_allclose(new, x - 0.3 * g, rtol=1e-14, atol=1e-15)
+    np.testing.assert_array_equal(new[0], x[0])
+
+
+def test_signsgd_beats_sgd_under_one_noisy_coordinate(tmp_path):
+    ex = _example("signsgd_vs_sgd")
+    d = 20
+    res = ex.run(d=d, sigma=10.0, runs=16, max_steps=3000, points=7, show=False)
+    noisy, stiff = res["noisy_coordinate"], res["one_large_curvature"]
+    assert noisy["SGD"]["best_steps"] is not None and noisy["SignSGD"]["best_steps"] is not None
+    # the claim: with each method's best constant step, sign descent needs about d times fewer steps
+    assert noisy["ratio_sgd_over_sign"] >= d / 2, noisy["ratio_sgd_over_sign"]
+    # one large curvature caps SGD's step at 2/L; sign descent is faster
+    assert stiff["ratio_sgd_over_sign"] >= 2, stiff["ratio_sgd_over_sign"]
+    # SGD's best step is inside its grid (smaller steps were tried and were slower): the search did its job
+    lrs = [row["lr"] for row in noisy["SGD"]["grid"]]
+    assert lrs[0] < noisy["SGD"]["best_lr"] < lrs[-1], (noisy["SGD"]["best_lr"], lrs)
+    ex.plot(res, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 10_000
+
+
+# -- (b) Muon == SignSGD on a diagonal embedding ----------------------------------------------------------------
+@needs_spectral
+def test_muon_is_signsgd_on_a_diagonal_embedding():
+    res = _example("muon_diagonal").run(d=8, steps=60, show=False)
+    assert res["svd"]["max_deviation"] < 1e-12
+    assert res["svd_no_momentum"]["max_deviation"] < 1e-12
+    # Newton-Schulz's polar factor is inexact: the embedding is not followed exactly (a check that can fail)
+    assert res["newton_schulz"]["max_deviation"] > 1e-3
+    assert res["svd"]["loss_muon"][-1] < 0.5 * res["svd"]["loss_muon"][0]
+
+
+# -- (e) Li & Hong ----------------------------------------------------------------------------------------------
+@needs_spectral
+def test_li_hong_bounds_hold_and_all_methods_converge():
+    res = _example("muon_sharp_sgd").run(n=64, m=12, k=6, steps=80, show=False)
+    for key, check in res["bound_holds"].items():
+        assert check["holds"], (key, check)
+    for name, curve in res["curves"].items():
+        assert curve["nuclear"][-1] < 0.2 * curve["nuclear"][0], name
+    sharp = res["curves"][res["names"][1]]
+    muon = res["curves"][res["names"][2]]
+    # the sharp step's gradient norm keeps falling; Muon's constant normalised step stalls at O(L eta)
+    assert sharp["nuclear"][-1] < muon["nuclear"][-1]
+    assert min(muon["nuclear"]) > 0.05 * res["L_spectral"] * res["muon_lr"]
+
+
+# -- (d) critical batch size ------------------------------------------------------------------------------------
+@needs_spectral
+def test_critical_batch_size_quick():
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    pytest.importorskip("torch")
+    ex = _example("critical_batch_size")
+    res = ex.run(batches=(4, 16, 64, 256), betas=(0.5, 0.95), weight_decays=(0.0, 1.0), base=(0.95, 0.0),
+                 target=0.9, seeds=1, max_steps=1500, show=False)
+    for r in res["results"]:
+        steps, sfo = np.asarray(r["steps"]), np.asarray(r["sfo"])
+        assert np.all(np.isfinite(steps)), r
+        # steps fall with the batch size, with diminishing returns ...
+        assert steps[0] > steps[-1], r
+        assert steps[0] - steps[1] > steps[-2] - steps[-1], r
+        # ... so the SFO complexity grows beyond a critical batch size
+        assert sfo[-1] > 2 * sfo.min(), r
+        assert 0 < r["fit"]["b_star"] < 256, r
+    agreement = ex.scaling_agreement(res)
+    assert set(agreement) == {"beta_sweep", "weight_decay_sweep"}
+
+
+# -- (f) the tiny transformer and the demo ----------------------------------------------------------------------
+@needs_spectral
+def test_char_transformer_quick(tmp_path):
+    pytest.importorskip("torch")
+    ex = _example("char_transformer")
+    result = ex.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    runs = result["runs"]
+    assert set(runs) == {"AdamW", "Muon", "Scion", "Lion", "SignSGD"}
+    for name, run in runs.items():
+        assert np.all(np.isfinite(run["train_loss"])), name
+        assert run["val_loss"][-1] < run["val_loss"][0] - 0.2, (name, run["val_loss"])
+        assert len(run["seconds"]) == len(run["train_loss"]) and run["seconds"][-1] > 0
+    summary = json.loads((tmp_path / "char_transformer.json").read_text())
+    assert set(summary["final"]) == set(runs)
+    assert (tmp_path / "char_transformer.png").stat().st_size > 10_000
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmo", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+def test_cli_help_explains_demo_and_check():
+    done = _cli("--help")
+    assert done.returncode == 0
+    assert "python -m lmo demo" in done.stdout and "python -m lmo check" in done.stdout
+    assert "transformer" in done.stdout
+    done = _cli("demo", "--help")
+    assert done.returncode == 0 and "--quick" in done.stdout and "demo.png" in done.stdout
+
+
+@needs_spectral
+def test_demo_command_quick(tmp_path):
+    pytest.importorskip("torch")
+    done = _cli("demo", "--quick", "--no-progress", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    png = tmp_path / "out" / "demo.png"
+    assert png.stat().st_size > 10_000
+    assert f"plot:    {png.resolve()}" in done.stdout
+    for name in ("AdamW", "Muon", "Scion", "Lion", "SignSGD"):
+        assert f"\n{name} " in done.stdout, done.stdout
+    numbers = json.loads((tmp_path / "out" / "demo.json").read_text())
+    assert set(numbers["runs"]) == {"AdamW", "Muon", "Scion", "Lion", "SignSGD"}
+
+
+@pytest.mark.parametrize("script", ["signsgd_vs_sgd", "muon_diagonal", "muon_sharp_sgd"])
+def test_scripts_write_plot_and_json(script, tmp_path):
+    if script != "signsgd_vs_sgd" and "spectral" not in lmo.norms():
+        pytest.skip("needs the spectral geometry (geom branch)")
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / f"{script}.py"), "--quick", "--no-progress",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / f"{script}.png").stat().st_size > 10_000
+    json.loads((tmp_path / f"{script}.json").read_text())
+    assert "plot:" in done.stdout
+
+
+def test_examples_use_the_library_optimizers():
+    """No reproduction re-implements an optimizer: each builds its methods from lmo.optimizers."""
+    for script in ("signsgd_vs_sgd", "muon_diagonal", "muon_sharp_sgd", "critical_batch_size"):
+        text = (ROOT / "examples" / f"{script}.py").read_text()
+        assert "lmo.optimizers" in text, script
+        assert "np.linalg.svd" not in text and "np.sign(g" not in text and "lr * g" not in text, script
+    assert lo.Driver  # the one driver
