@@ -60,6 +60,15 @@ class _LineNorm(Norm):
         left = (self._reduce_axis() == -2) != self.transpose
         return "orthogonal_left" if left else "orthogonal_right"
 
+    @property
+    def separable_axes(self) -> tuple[int, ...]:  # type: ignore[override]
+        # lines are independent; blocks of whole lines keep the line length, so the shape factor c must not
+        # depend on the number of lines (the other axis of the core)
+        lines = -1 if self._reduce_axis() == -2 else -2  # the axis that indexes the lines (of the viewed matrix)
+        if self._c((2, 3)) != self._c((2, 4) if lines == -1 else (3, 3)):
+            return ()
+        return ((-3 - lines) if self.transpose else lines,)
+
     def _view(self, xp: Namespace, x: Array) -> Array:
         return xp.matrix_transpose(x) if self.transpose else x
 
@@ -161,6 +170,10 @@ class ScionSign(Norm, name="scion_sign"):
 
     def _c(self, x: Array) -> float:
         return float(x.shape[-1]) if self.normalized else 1.0
+
+    @property
+    def separable_axes(self) -> tuple[int, ...]:  # type: ignore[override]
+        return (-2,) if self.normalized else (-2, -1)  # the factor d_in fixes the row length
 
     # the shape factor is applied before narrowing: sum |G| may overflow float16 where sum |G| / d_in does not
     def norm(self, x: Array) -> Array:

@@ -64,6 +64,10 @@ class Sign(_Entrywise, name="sign"):
         xp, g, narrow = self._prepare(g)
         return narrow(-xp.sign(g))
 
+    @property
+    def separable_axes(self) -> tuple[int, ...]:  # type: ignore[override]
+        return tuple(range(-self.ndim, 0))  # entrywise: every block is its own oracle
+
 
 class L1(_Entrywise, name="l1"):
     """The l1 norm ``sum_i |x_i|``; dual ``max_i |g_i|``; ``lmo(g) = -sign(g_i) e_i`` at the largest ``|g_i|``.
@@ -258,6 +262,10 @@ class Scaled(Norm, name="scaled"):
     @property
     def symmetry(self) -> str | None:  # type: ignore[override]
         return self.base.symmetry
+
+    @property
+    def separable_axes(self) -> tuple[int, ...]:  # type: ignore[override]
+        return self.base.separable_axes
 
     def core_shape(self) -> tuple[int, ...] | None:
         return self.base.core_shape()

@@ -60,6 +60,13 @@ class Norm(abc.ABC):
         A group of isometries under which the norm is invariant, checked by ``lmo.testing``:
         ``"signed_permutation"`` (entrywise norms), ``"sign_flip"``, ``"orthogonal"`` (Euclidean and Schatten norms
         act on vectors / on both sides of matrices), ``"orthogonal_left"``, ``"orthogonal_right"``, or ``None``.
+    ``separable_axes``
+        The core axes (negative indices among the trailing ``ndim`` axes) along which the oracle is separable:
+        for every axis ``a`` listed, cutting ``g`` into blocks along ``a`` and applying ``lmo`` to each block
+        gives the blocks of ``lmo(g)``, exactly (shape-dependent scale factors included). Sharded training uses
+        it to run the oracle on a shard without gathering the matrix (:mod:`lmo.optimizers.distributed`); the
+        leading batch axes are always separable and are not listed. Default ``()``: the oracle needs the whole
+        core (the safe answer; a norm that declares nothing is always gathered). ``lmo.testing`` checks it.
     """
 
     name: ClassVar[str]
@@ -67,6 +74,7 @@ class Norm(abc.ABC):
     delta: ClassVar[float] = 1.0
     slack: ClassVar[float] = 0.0
     symmetry: ClassVar[str | None] = None
+    separable_axes: ClassVar[tuple[int, ...]] = ()
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

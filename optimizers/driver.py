@@ -518,10 +518,15 @@ class Driver:
         grads: Sequence[Array],
         slots: Sequence[Mapping[str, Array]],
         step: int,
+        *,
+        oracle: Callable[[list[ParamGeometry], list[Array]], tuple[list[Array], list[Array | None]]] | None = None,
     ) -> tuple[list[Array], list[dict[str, Array]], bool]:
         """The step over aligned lists (what :meth:`step` and the torch adapters call).
 
         Returns ``(new_params, new_slots, taken)``; ``taken`` is False when ``nonfinite="skip"`` skipped the step.
+        ``oracle``: who evaluates the oracle stage ``(geometries, estimates) -> (directions, duals)``; default this
+        driver's own batched oracle. :mod:`lmo.optimizers.distributed` passes one that splits the same work across
+        ranks (and calls this driver's oracle on each rank's part); the values must be those of the default.
         """
         names = tuple(names)
         params, grads = list(params), list(grads)
@@ -563,10 +568,13 @@ class Driver:
 
         geometries = [self.geometry_for(n, tuple(x.shape)) for n, x in zip(names, params)]
         stateful = [stateful_oracle(geo.norm) for geo in geometries]
+        oracle = self._oracle if oracle is None else oracle
         if any(stateful):
-            directions, duals = self._stateful_oracles(names, params, geometries, estimates, slots, stateful, step)
+            directions, duals = self._stateful_oracles(
+                names, params, geometries, estimates, slots, stateful, step, oracle=oracle
+            )
         else:
-            directions, duals = self._oracle(geometries, estimates)
+            directions, duals = oracle(geometries, estimates)
 
         if self.direction_transform is not None:
             seen = dataclasses.replace(info, estimates=tuple(estimates), geometries=tuple(geometries))
@@ -603,10 +611,12 @@ class Driver:
         slots: list[dict[str, Array]],
         stateful: list[bool],
         step: int,
+        oracle: Callable[..., tuple[list[Array], list[Array | None]]] | None = None,
     ) -> tuple[list[Array], list[Array | None]]:
-        """The stateless oracles batched by :meth:`_oracle`, the stateful ones (:func:`stateful_oracle`) one by one."""
+        """The stateless oracles batched by :meth:`_oracle` (or ``oracle``, see :meth:`apply`), the stateful ones
+        (:func:`stateful_oracle`) one by one."""
         plain = [i for i, s in enumerate(stateful) if not s]
-        d_plain, dual_plain = self._oracle([geometries[i] for i in plain], [estimates[i] for i in plain])
+        d_plain, dual_plain = (oracle or self._oracle)([geometries[i] for i in plain], [estimates[i] for i in plain])
         directions: list[Array] = [None] * len(params)  # type: ignore[list-item]
         duals: list[Array | None] = [None] * len(params)
         for i, d, dual in zip(plain, d_plain, dual_plain):

@@ -13,6 +13,9 @@ Guarantees (all classes):
   naming the parameter before anything is changed (in any group); ``"skip"`` leaves a group with a non-finite
   gradient unchanged for that step; ``"ignore"`` skips the check (no host synchronisation).
 - Parameters of a group whose oracle inputs share a shape are orthogonalised in one batched call.
+- ``process_group=`` (every class): ``None`` is one process; a ``ProcessGroup`` or 1-D ``DeviceMesh`` shares the
+  oracle's work across its ranks (DDP), and DTensor parameters (FSDP2) are handled through their mesh; the step is
+  the single-process step (:mod:`lmo.optimizers.distributed`, docs/distributed.md).
 - ``param_groups`` may carry ``param_names`` (``Optimizer(model.named_parameters())``); geometry rules then see the
   real parameter names, else ``"<group>.<index>"``.
 
@@ -31,7 +34,8 @@ from typing import Any
 import torch
 
 from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, sign_sgd, signum
-from .driver import Driver, NonFiniteGradientError, StepInfo, _hook_slots, _nonfinite
+from .distributed import Distribution
+from .driver import Driver, NonFiniteGradientError, StepInfo, _hook_slots
 
 __all__ = [
     "LMOOptimizer",
@@ -78,7 +82,9 @@ def _float(name: str, value: Any) -> float:
 class _DriverOptimizer(torch.optim.Optimizer):
     """Bookkeeping shared by every adapter; a subclass defines ``_driver(group) -> Driver``."""
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], process_group: Any = None) -> None:
+        # distributed: who shares the oracle's work (lmo.optimizers.distributed); None is one process
+        self._distribution = Distribution(process_group)
         super().__init__(params, defaults)
         if any(self._driver(group).point is not None for group in self.param_groups):
             self._init_points()
@@ -86,6 +92,12 @@ class _DriverOptimizer(torch.optim.Optimizer):
     # -- what a subclass defines ---------------------------------------------------------------------------------
     def _driver(self, group: dict[str, Any]) -> Driver:
         raise NotImplementedError
+
+    @property
+    def distribution(self) -> Distribution:
+        """Who shares the oracle's work (from ``process_group=``); ``.last`` records this rank's part of the last
+        step (:class:`lmo.optimizers.distributed.StepRecord`)."""
+        return self._distribution
 
     def _gradient(self, p: torch.Tensor) -> torch.Tensor | None:
         """The gradient that a step hands the driver for ``p`` (``None``: ``p`` sits this step out); ``p.grad`` here,
@@ -209,7 +221,7 @@ class _DriverOptimizer(torch.optim.Optimizer):
             if not params:
                 continue
             if driver.nonfinite != "ignore":
-                bad = _nonfinite(names, grads)
+                bad = self._distribution.nonfinite(names, grads)  # the same answer on every rank
                 if bad is not None:
                     if driver.nonfinite == "skip":
                         continue
@@ -246,7 +258,8 @@ class _DriverOptimizer(torch.optim.Optimizer):
                         s["momentum_buffer"] = torch.zeros_like(p)
             xs = [s[_ITERATE] for s in states] if driver.point is not None else sub_params
             new_xs, new_slots, _ = driver.apply(
-                sub_names, xs, [grads[i] for i in idx], [_slots(s) for s in states], step
+                sub_names, xs, [grads[i] for i in idx], [_slots(s) for s in states], step,
+                oracle=self._distribution.oracle(driver, sub_params),  # None: one process, the driver's own
             )
             ys = driver.point_list(sub_names, new_xs, new_slots, step + 1) if driver.point is not None else new_xs
             for p, s, x, y, slots in zip(sub_params, states, new_xs, ys, new_slots):
@@ -285,7 +298,7 @@ class LMOOptimizer(_DriverOptimizer):
     tensor([0.9000, 1.1000, 1.0000])
     """
 
-    def __init__(self, params: Any, driver: Driver, **overrides: Any) -> None:
+    def __init__(self, params: Any, driver: Driver, *, process_group: Any = None, **overrides: Any) -> None:
         if not isinstance(driver, Driver):
             raise ValueError(f"LMOOptimizer needs a Driver; got driver={driver!r}")
         if driver.per_example:
@@ -299,7 +312,7 @@ class LMOOptimizer(_DriverOptimizer):
         self.driver = driver
         defaults = {f: getattr(driver, f) for f in _GROUP_FIELDS}
         defaults.update(overrides)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group)
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         changes = {}
@@ -340,7 +353,9 @@ class Muon(_DriverOptimizer):
     - conv kernels ``(O, I, kh, kw)`` are flattened to ``(O, I kh kw)``; ``adjust`` uses that matrix's shape;
       Conv1d kernels ``(O, I, k)`` need ``view="flatten"`` in their group (:func:`muon_with_adamw` does this);
     - same-shape matrices of a group are orthogonalised in one batched call; ``p.grad`` is never modified; a
-      non-finite gradient raises (``nonfinite="skip"`` skips the step instead).
+      non-finite gradient raises (``nonfinite="skip"`` skips the step instead);
+    - ``process_group``: DDP's group or the FSDP2 mesh; each rank orthogonalises about ``1 / world`` of the
+      matrices (:mod:`lmo.optimizers.distributed`).
 
     Vectors, embeddings and the output layer belong to AdamW: :func:`muon_with_adamw` splits a model.
     The state (``"momentum_buffer"`` per parameter) has torch.optim.Muon's key.
@@ -361,6 +376,7 @@ class Muon(_DriverOptimizer):
         ns_dtype: str | None = None,
         view: str = "auto",
         nonfinite: str = "raise",
+        process_group: Any = None,
     ) -> None:
         lr_value = _float("lr", lr)
         if not 0.0 <= lr_value:
@@ -380,7 +396,7 @@ class Muon(_DriverOptimizer):
             view=view,
             nonfinite=nonfinite,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group)
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         momentum, weight_decay = group["momentum"], group["weight_decay"]
@@ -423,8 +439,11 @@ Muon.inputs = OptimizerInputs(
 class SignSGD(_DriverOptimizer):
     """SignSGD: ``p <- (1 - lr wd) p - lr sign(g)`` (:func:`lmo.optimizers.sign_sgd`)."""
 
-    def __init__(self, params: Any, lr: float = 1e-3, weight_decay: float = 0.0, *, nonfinite: str = "raise") -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, nonfinite=nonfinite))
+    def __init__(
+        self, params: Any, lr: float = 1e-3, weight_decay: float = 0.0, *, nonfinite: str = "raise",
+        process_group: Any = None,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, nonfinite=nonfinite), process_group)
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         return sign_sgd(_float("lr", group["lr"]), weight_decay=group["weight_decay"], nonfinite=group["nonfinite"])
@@ -443,9 +462,11 @@ class Signum(_DriverOptimizer):
 
     def __init__(
         self, params: Any, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, *,
-        nonfinite: str = "raise",
+        nonfinite: str = "raise", process_group: Any = None,
     ) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nonfinite=nonfinite))
+        super().__init__(
+            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nonfinite=nonfinite), process_group
+        )
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         return signum(
@@ -467,9 +488,11 @@ class Lion(_DriverOptimizer):
 
     def __init__(
         self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, *,
-        nonfinite: str = "raise",
+        nonfinite: str = "raise", process_group: Any = None,
     ) -> None:
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, nonfinite=nonfinite))
+        super().__init__(
+            params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, nonfinite=nonfinite), process_group
+        )
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         return lion(
@@ -514,6 +537,7 @@ class Scion(_DriverOptimizer):
         unconstrained: bool = False,
         *,
         nonfinite: str = "raise",
+        process_group: Any = None,
     ) -> None:
         if _float("lr", lr) < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
@@ -521,7 +545,7 @@ class Scion(_DriverOptimizer):
             lr=lr, momentum=momentum, norm=norm, norm_kwargs=dict(norm_kwargs or {}), scale=scale,
             unconstrained=unconstrained, nonfinite=nonfinite,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group)
 
     def _driver(self, group: dict[str, Any]) -> Driver:
         momentum = group["momentum"]

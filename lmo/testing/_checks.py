@@ -146,7 +146,8 @@ def check_norm(
     ||lmo(g)||``; optimality against sampled feasible points (and, for small inputs, an exhaustive search);
     positive homogeneity (``lmo`` of degree 0, ``norm`` and ``dual_norm`` of degree 1) and evenness; the norm
     axioms and Hölder's inequality on ``g`` and ``d`` (a random point of ``g``'s shape if not given); finite,
-    consistent results at extreme scales; invariance under the norm's declared ``symmetry``.
+    consistent results at extreme scales; invariance under the norm's declared ``symmetry``; the declared
+    ``separable_axes`` (lmo of blocks cut along them equals the blocks of lmo).
 
     ``rtol`` overrides the dtype-derived tolerance; ``exhaustive`` forces the small-size exhaustive search on or off
     (default: on for numpy float64 inputs of at most 6 core entries; other backends are held to numpy's
@@ -232,7 +233,29 @@ def check_norm(
     _check_axioms(case, d, rng, dual, norm_g)
     _check_scales(case, value, dual, norm_g, scale)
     _check_symmetry(case, dual, norm_g, rng)
+    _check_separable(case, d64)
     return Measured(value=value, dual=dual, norm=norm_g)
+
+
+def _check_separable(case: _Case, d64: np.ndarray) -> None:
+    """The declared ``separable_axes``: lmo of each block (cut along such an axis) is that block of lmo(g)."""
+    axes = tuple(case.norm.separable_axes)
+    for axis in axes:
+        if not (isinstance(axis, int) and -case.norm.ndim <= axis < 0):
+            case.fail("declaration", f"separable_axes must hold negative core axes in [-{case.norm.ndim}, -1]; "
+                      f"got {axes}")
+        n = case.g64.shape[axis]
+        if n < 2:
+            continue
+        cut = n // 2
+        pieces = []
+        for block in np.split(case.g64, [cut], axis=axis):
+            pieces.append(to_numpy(case.call("lmo", case.on_backend(block), f"a block of g along axis {axis}")))
+        joined = np.concatenate(pieces, axis=axis)
+        err = float(np.max(np.abs(joined - d64))) if d64.size else 0.0
+        if err > case.tol * max(1.0, float(np.max(np.abs(d64)))) + case.atol:
+            case.fail("separable", f"the norm declares separable_axes={axes}, but lmo of the blocks of g cut along "
+                      f"axis {axis} differs from lmo(g) cut the same way", **{"max difference": err, "cut": cut})
 
 
 def _representable(case: _Case) -> bool:
