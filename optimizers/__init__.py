@@ -20,122 +20,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from .configs import (
-    NS_COEFFICIENTS,
-    SCION_NORMS,
-    Configuration,
-    MuonGeometry,
-    ScionGeometry,
-    ScionRecipe,
-    configuration,
-    configurations,
-    lion,
-    muon,
-    scion,
-    scion_geometry,
-    sign_sgd,
-    signum,
-    spectral_descent,
-    uscion,
-)
-from .driver import (
-    DirectionTransform,
-    Driver,
-    ErrorFeedback,
-    GradientPoint,
-    GradientTransform,
-    Hook,
-    NonFiniteGradientError,
-    ParamGeometry,
-    Retraction,
-    StepInfo,
-    flatten_tree,
-    stateful_oracle,
-)
-from .hooks import Retract, RowNormalize, ScaledLMOCompressor, ScheduleFree, Transport
-from .privacy import BiasCorrection, Privatize, dp_muon, dp_scion, dp_sgd, dp_sign_sgd
-from .variants import (
-    LowRankGeometry,
-    ManifoldGeometry,
-    dion,
-    error_feedback,
-    exact_muon,
-    heavy_tailed_muon,
-    igt,
-    low_rank_muon,
-    manifold_muon,
-    normuon,
-    orth_dion,
-    randomized_muon,
-    schedule_free,
-)
+from . import configs, driver, hooks, privacy, variants
+from .configs import *  # noqa: F403  each module's __all__ is its public API
+from .driver import *  # noqa: F403
+from .hooks import *  # noqa: F403
+from .privacy import *  # noqa: F403
+from .variants import *  # noqa: F403
 
-_TORCH_NAMES = (
-    "LMOOptimizer",
-    "Muon",
-    "SignSGD",
-    "Signum",
-    "Lion",
-    "Scion",
-    "muon_with_adamw",
-    "split_muon_params",
-    "OptimizerInputs",
-)
+# torch is imported only when one of these is used (``import lmo.optimizers`` works without torch)
+_TORCH_NAMES = ("LMOOptimizer", "Muon", "SignSGD", "Signum", "Lion", "Scion", "muon_with_adamw", "split_muon_params",
+                "OptimizerInputs")
 _TORCH_PRIVACY_NAMES = ("DPOptimizer", "DPMuon")
 
 __all__ = [
-    "Driver",
-    "ParamGeometry",
-    "StepInfo",
-    "Hook",
-    "GradientPoint",
-    "GradientTransform",
-    "DirectionTransform",
-    "ErrorFeedback",
-    "Retraction",
-    "NonFiniteGradientError",
-    "flatten_tree",
-    "stateful_oracle",
-    "sign_sgd",
-    "signum",
-    "lion",
-    "muon",
-    "scion",
-    "uscion",
-    "spectral_descent",
-    "exact_muon",
-    "error_feedback",
-    "igt",
-    "schedule_free",
-    "normuon",
-    "dion",
-    "orth_dion",
-    "low_rank_muon",
-    "randomized_muon",
-    "heavy_tailed_muon",
-    "manifold_muon",
-    "LowRankGeometry",
-    "ManifoldGeometry",
-    "ScaledLMOCompressor",
-    "Transport",
-    "ScheduleFree",
-    "RowNormalize",
-    "Retract",
-    "MuonGeometry",
-    "ScionGeometry",
-    "ScionRecipe",
-    "SCION_NORMS",
-    "scion_geometry",
-    "NS_COEFFICIENTS",
-    "Configuration",
-    "configuration",
-    "configurations",
-    "dp_muon",
-    "dp_sign_sgd",
-    "dp_scion",
-    "dp_sgd",
-    "Privatize",
-    "BiasCorrection",
+    *driver.__all__,
+    *configs.__all__,
+    *variants.__all__,
+    *hooks.__all__,
+    *privacy.__all__,
     *_TORCH_NAMES,
     *_TORCH_PRIVACY_NAMES,
 ]
