@@ -150,7 +150,7 @@ def _grad_fn(shapes):
     return fn
 
 
-def _roundtrip_bitwise(make_opt, shapes, steps=3):
+def _assert_roundtrip_bitwise(make_opt, shapes, steps=3):
     """``steps`` steps, save, load into fresh params and optimizer, ``steps`` more == ``2 steps`` uninterrupted."""
     grad_fn = _grad_fn(shapes)
     ref = _torch_params(shapes)
@@ -177,7 +177,7 @@ def test_lmo_optimizer_state_dict_roundtrip_is_bitwise(info, case):
     _skip_missing(info)
     driver = info.factory(**case)
     _skip_private(driver)
-    _roundtrip_bitwise(lambda ps: lo.LMOOptimizer(ps, driver), info.shapes)
+    _assert_roundtrip_bitwise(lambda ps: lo.LMOOptimizer(ps, driver), info.shapes)
 
 
 @pytest.mark.parametrize("info,case", list(_config_cases()))
@@ -282,7 +282,7 @@ def test_adapter_converges_with_an_lr_scheduler(cls, case, shapes):
 @pytest.mark.parametrize("cls,case,shapes", list(_class_cases()))
 def test_adapter_state_dict_roundtrip_is_bitwise(cls, case, shapes):
     case = _split_needs(case)
-    _roundtrip_bitwise(lambda ps: cls(ps, **case), shapes)
+    _assert_roundtrip_bitwise(lambda ps: cls(ps, **case), shapes)
 
 
 @pytest.mark.parametrize("cls,case,shapes", list(_class_cases()))

@@ -34,7 +34,7 @@ def _qr_pos(a):
     return q * s, r * s[:, None]
 
 
-def _close(a, b, tol=1e-10):
+def _assert_close(a, b, tol=1e-10):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
@@ -59,7 +59,7 @@ def test_exact_muon_is_li_hong_version_a():
     for g, got in zip(grads, ours):
         b = 0.8 * b + 0.2 * g
         x = x - 0.03 * 0.1 * x - 0.03 * _polar(b)
-        _close(got, x, 1e-12)
+        _assert_close(got, x, 1e-12)
 
 
 # -- 2. error feedback --------------------------------------------------------------------------------------------
@@ -72,8 +72,8 @@ def test_error_feedback_sign_is_karimireddy_ef_signsgd():
         p = 0.05 * g + e
         delta = np.abs(p).sum() / p.size * np.sign(p)
         x, e = x - delta, p - delta
-        _close(got, x, 1e-12)
-    _close(state["slots"][""]["error_feedback.error"], e, 1e-12)
+        _assert_close(got, x, 1e-12)
+    _assert_close(state["slots"][""]["error_feedback.error"], e, 1e-12)
 
 
 def test_error_feedback_spectral_uses_nuclear_over_rank():
@@ -87,7 +87,7 @@ def test_error_feedback_spectral_uses_nuclear_over_rank():
         r = int(np.sum(s > 1e-12 * s[0]))
         delta = s.sum() / r * (u[:, :r] @ vh[:r])
         x, e = x - delta, p - delta
-        _close(got, x, 1e-9)
+        _assert_close(got, x, 1e-9)
 
 
 def test_error_feedback_buffer_stays_bounded_where_the_raw_step_would_not_contract():
@@ -114,7 +114,7 @@ def test_igt_is_arnold_heavy_ball_igt_with_a_sign_step():
         y = xr + 0.8 / 0.2 * (xr - prev)  # Arnold et al. 2019: the transported point
         v = 0.8 * v + 0.2 * grad(y)
         prev, xr = xr, xr - 0.02 * np.sign(v)
-        _close(x, xr, 1e-12)
+        _assert_close(x, xr, 1e-12)
 
 
 def test_igt_momentum_tracks_the_gradient_on_a_quadratic():
@@ -128,7 +128,7 @@ def test_igt_momentum_tracks_the_gradient_on_a_quadratic():
     for k in range(8):
         xk = x
         x, state = driver.step(x, h * driver.gradient_point(x, state), state)
-        _close(state["slots"][""]["momentum_buffer"] - h * xk, -(beta ** (k + 1)) * h * x0, 1e-12)
+        _assert_close(state["slots"][""]["momentum_buffer"] - h * xk, -(beta ** (k + 1)) * h * x0, 1e-12)
 
 
 # -- 4. schedule-free and NorMuon -----------------------------------------------------------------------------------
@@ -147,8 +147,8 @@ def test_schedule_free_is_defazio_with_an_lmo_base_step():
         total += lrs[k] ** 2
         c = lrs[k] ** 2 / total
         xr = (1 - c) * xr + c * zr
-        _close(z, zr, 1e-12)
-        _close(driver.point.evaluation_point([z], [{"average": state["slots"][""]["point.average"]}], None)[0], xr)
+        _assert_close(z, zr, 1e-12)
+        _assert_close(driver.point.evaluation_point([z], [{"average": state["slots"][""]["point.average"]}], None)[0], xr)
 
 
 def _normuon_reference(x, grads, lr, beta, beta2, wd, eps=1e-10):
@@ -171,7 +171,7 @@ def test_normuon(shape):
     x0, grads = RNG.standard_normal(shape), _grads(shape)
     ours, _ = _run(lo.normuon(0.02, beta=0.9, beta2=0.8, weight_decay=0.1, method="svd"), x0, grads)
     for a, b in zip(ours, _normuon_reference(x0, grads, 0.02, 0.9, 0.8, 0.1)):
-        _close(a, b, 1e-10)
+        _assert_close(a, b, 1e-10)
 
 
 # -- 5. low-rank methods --------------------------------------------------------------------------------------------
@@ -198,10 +198,10 @@ def test_dion_and_orth_dion(orth, shape):
     q0 = driver.init(x0)["slots"][""]["geometry.basis"]
     ours, state = _run(driver, x0, grads)
     for a, b in zip(ours, _dion_reference(x0, grads, q0.copy(), 0.05, 0.9, 0.1, orth)):
-        _close(a, b, 1e-9)
+        _assert_close(a, b, 1e-9)
     if orth:  # an exact rank-2 partial isometry
         step = (ours[-1] - (1 - 0.05 * 0.1) * ours[-2]) / (0.05 * np.sqrt(shape[0] / shape[1]))
-        _close(np.linalg.svd(step, compute_uv=False), [1, 1] + [0] * (min(shape) - 2), 1e-9)
+        _assert_close(np.linalg.svd(step, compute_uv=False), [1, 1] + [0] * (min(shape) - 2), 1e-9)
 
 
 def test_dion_rank_fraction_and_zero_gradient():
@@ -231,7 +231,7 @@ def test_randomized_polar_is_exact_on_matrices_of_rank_r(sketch):
     x = x0.copy()
     for g, got in zip(grads, ours):
         x = x - 0.1 * _polar(g, r)
-        _close(got, x, 1e-8)
+        _assert_close(got, x, 1e-8)
 
 
 def test_randomized_polar_full_rank_is_muon_with_exact_polar():
@@ -239,7 +239,7 @@ def test_randomized_polar_full_rank_is_muon_with_exact_polar():
     ours, _ = _run(lo.randomized_muon(0.02, rank=4, beta=0.9, weight_decay=0.1), x0, grads)
     theirs, _ = _run(lo.muon(0.02, beta=0.9, weight_decay=0.1, method="svd"), x0, grads)
     for a, b in zip(ours, theirs):
-        _close(a, b, 1e-9)
+        _assert_close(a, b, 1e-9)
 
 
 def test_randomized_polar_power_steps_improve_the_approximation():
@@ -270,7 +270,7 @@ def test_low_rank_muon_matches_muon_on_rank_r_gradients():
     ours, _ = _run(lo.low_rank_muon(0.05, rank=r, beta=0.0), x0, grads)
     theirs, _ = _run(lo.muon(0.05, beta=0.0, weight_decay=0.0), x0, grads)
     for a, b in zip(ours, theirs):
-        _close(a, b, 2e-3)
+        _assert_close(a, b, 2e-3)
 
 
 def test_heavy_tailed_muon_unscaled_nesterov():
@@ -281,7 +281,7 @@ def test_heavy_tailed_muon_unscaled_nesterov():
     for g, got in zip(grads, ours):
         m = 0.9 * m + g
         x = x - 0.03 * _polar(g + 0.9 * m)
-        _close(got, x, 1e-9)
+        _assert_close(got, x, 1e-9)
 
 
 # -- 6. manifold Muon -----------------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ def test_manifold_muon_square_stiefel_is_bernstein_closed_form():
     for g, got in zip(grads, ours):
         m = 0.5 * m + 0.5 * g
         w = _polar(w - 0.1 * w @ _polar(_skew(w.T @ m)))
-        _close(got, w, 1e-9)
+        _assert_close(got, w, 1e-9)
 
 
 def test_manifold_muon_sphere_reference():
@@ -311,7 +311,7 @@ def test_manifold_muon_sphere_reference():
         pg = g - (g @ w) * w / 9.0
         w = w - 0.2 * pg / np.linalg.norm(pg)
         w = 3.0 * w / np.linalg.norm(w)
-        _close(got, w, 1e-12)
+        _assert_close(got, w, 1e-12)
 
 
 @pytest.mark.parametrize("manifold,shape,steps", [("stiefel", (6, 3), 60), ("stiefel", (3, 6), 60),
@@ -331,9 +331,9 @@ def test_manifold_muon_stays_on_the_manifold_and_solves_procrustes(manifold, sha
         else:
             assert abs(np.linalg.norm(x, 2) - 2.0) < 1e-10
     if manifold == "stiefel":  # the orthogonal Procrustes solution
-        _close(x, _polar(target), 2e-2)
+        _assert_close(x, _polar(target), 2e-2)
     elif manifold == "sphere":
-        _close(x, 2.0 * target / np.linalg.norm(target), 2e-2)
+        _assert_close(x, 2.0 * target / np.linalg.norm(target), 2e-2)
 
 
 # -- torch: state_dict of stateful geometries and the train()/eval() swap --------------------------------------------
