@@ -177,15 +177,15 @@ class ScionSign(Norm, name="scion_sign"):
 
     # the shape factor is applied before narrowing: sum |G| may overflow float16 where sum |G| / d_in does not
     def norm(self, x: Array) -> Array:
-        xp, x, narrow = self._prepare(x, "x")
+        _, x, narrow = self._prepare(x, "x")
         return narrow(_SIGN2.norm(x) * self._c(x))
 
     def dual_norm(self, g: Array) -> Array:
-        xp, g, narrow = self._prepare(g)
+        _, g, narrow = self._prepare(g)
         return narrow(_SIGN2.dual_norm(g) / self._c(g))
 
     def lmo(self, g: Array) -> Array:
-        xp, g, narrow = self._prepare(g)
+        _, g, narrow = self._prepare(g)
         return narrow(_SIGN2.lmo(g) / self._c(g))
 
 
