@@ -49,6 +49,7 @@ else:  # a torch build without torch.distributed: one process, no DTensors
         pass
 
     DeviceMesh = DTensor = Replicate = Shard = _Absent  # type: ignore[misc,assignment]
+    distribute_tensor = None
 
 LOCAL, OWNER, GATHER, FULL = "local", "owner", "gather", "full"
 

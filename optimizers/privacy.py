@@ -270,19 +270,42 @@ class Privatize(GradientTransform):
         return self.privatize(grads, params, info.names), slots
 
     def privatize(self, grads: Sequence[Array], params: Sequence[Array], names: Sequence[str]) -> list[Array]:
-        """The privatised gradients (shapes and dtypes of ``params``) from per-example ``grads`` ``(B, *shape)``."""
+        """The privatised gradients (shapes and dtypes of ``params``) from per-example ``grads`` ``(B, *shape)``:
+        ``(sum_x clip(g(x)) + N(0, (sigma S)^2 I)) / expected_batch_size``.
+
+        It is the composition of :meth:`clipped_sums`, :meth:`add_noise` and :meth:`finish`; a data-parallel run
+        (``DPMuon(..., process_group=...)``) sums the clipped sums over the ranks between the first two and adds
+        the noise on one rank only, so that it is drawn once per parameter."""
+        return self.finish(self.add_noise(self.clipped_sums(grads, names), names), params)
+
+    def clipped_sums(self, grads: Sequence[Array], names: Sequence[str]) -> list[Array]:
+        """``sum_x clip(g(x))`` for each parameter (float32 for half precision, else the gradients' dtype); a batch
+        of no examples gives zeros of the parameter's shape."""
         grads = list(grads)
         factors = clip_factors(grads, self.thresholds(names), self.clipping)
-        std = self.noise_std(names)
         out = []
-        for g, f, x in zip(grads, factors, params):
+        for g, f in zip(grads, factors):
             xp = namespace(g)
-            wide = xp.astype(g, f.dtype)
-            total = xp.tensordot(f, wide, axes=1) if g.shape[0] > 0 else xp.zeros(tuple(x.shape), dtype=f.dtype,
-                                                                                  device=_device(g))
-            if std > 0:
-                total = total + self.generator.normal(total, std)
-            out.append(xp.astype(total / self.expected_batch_size, x.dtype))
+            if g.shape[0] > 0:
+                out.append(xp.tensordot(f, xp.astype(g, f.dtype), axes=1))
+            else:
+                out.append(xp.zeros(tuple(g.shape[1:]), dtype=f.dtype, device=_device(g)))
+        return out
+
+    def add_noise(self, sums: Sequence[Array], names: Sequence[str]) -> list[Array]:
+        """``sums`` plus Gaussian noise of std ``noise_std(names)`` per entry, drawn from the hook's generator in the
+        order of the parameters (the hook's one side effect)."""
+        std = self.noise_std(names)
+        if std <= 0:
+            return list(sums)
+        return [s + self.generator.normal(s, std) for s in sums]
+
+    def finish(self, sums: Sequence[Array], params: Sequence[Array]) -> list[Array]:
+        """The noisy sums divided by the expected batch size, in the parameters' dtypes."""
+        out = []
+        for s, x in zip(sums, params):
+            xp = namespace(s)
+            out.append(xp.astype(s / self.expected_batch_size, x.dtype))
         return out
 
 

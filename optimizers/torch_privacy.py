@@ -5,19 +5,30 @@ A step reads every parameter's per-example gradients from ``p.grad_sample`` (sha
 groups* with the driver's :class:`~lmo.optimizers.privacy.Privatize` hook (clipping, one noise calibrated to the
 sensitivity of all parameters together, division by the expected batch size), then runs each group's driver on the
 privatised gradients. ``p.grad`` is ignored. Each ``step()`` is one release, counted for :meth:`epsilon`.
+
+With ``process_group=`` (DDP's group, or the 1-D mesh of FSDP2 DTensor parameters, which is also used when no group
+is given), ``p.grad_sample`` holds the per-example gradients of this rank's examples (of the whole parameter, also
+for a DTensor parameter); each rank clips its own, the clipped sums are added over the group (``all_reduce``), and
+rank 0 alone adds the noise before that sum, so that it is drawn once per parameter, from rank 0's generator::
+
+    g = (sum_ranks sum_{x on rank} clip(g(x)) + N(0, (sigma S)^2 I)) / expected_batch_size
+
+``expected_batch_size`` and ``sample_rate`` are global (the whole group's lot). The result is the single-process
+step on the union of the ranks' examples; a DTensor parameter gets its shard of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from lmo.privacy import ACCOUNTANTS, PrivacyAccountant
 
-from .driver import Driver, NonFiniteGradientError, StepInfo, _nonfinite
+from .distributed import DTensor, distribute_tensor
+from .driver import Driver, NonFiniteGradientError, _nonfinite
 from .privacy import BiasCorrection, Privatize
 from .torch import LMOOptimizer, Muon
 
@@ -95,32 +106,76 @@ class _Private:
 
     def _privatise(self) -> dict[Any, torch.Tensor]:
         names, params = self._trainable()
+        if not params:
+            raise ValueError("the optimizer has no trainable parameter")
+        group = self._data_parallel_group(params)
+        samples, problem = self._per_example(names, params)
+        if group is not None:
+            problem = _agree(problem, group, params[0].device)
+        if problem is not None:
+            raise problem
+        privatizer = self.privatizer
+        sums = privatizer.clipped_sums(samples, names)
+        if group is None:
+            private = privatizer.finish(privatizer.add_noise(sums, names), params)
+            return dict(zip(params, private))
+        # data-parallel: every rank clips its own examples; the noise enters once, on rank 0 before the sum
+        if dist.get_rank(group) == 0:
+            sums = privatizer.add_noise(sums, names)
+        _all_reduce_sum(sums, group)
+        private = privatizer.finish(sums, params)
+        return {p: _like(p, g) for p, g in zip(params, private)}
+
+    def _data_parallel_group(self, params: list[torch.Tensor]) -> Any:
+        """The ranks whose examples make up the lot: the optimizer's ``process_group``, else the 1-D mesh of DTensor
+        parameters (FSDP2), else None (one process)."""
+        group = self._distribution.group  # type: ignore[attr-defined]
+        meshes = {id(p.device_mesh): p.device_mesh for p in params if isinstance(p, DTensor)}
+        if group is None and meshes:
+            if len(meshes) > 1 or next(iter(meshes.values())).ndim != 1:
+                raise ValueError(
+                    "a private optimizer over DTensor parameters needs one 1-D device mesh (the data-parallel "
+                    "ranks) or an explicit process_group=; got parameters on "
+                    f"{len(meshes)} mesh(es) of dimensions {sorted(m.ndim for m in meshes.values())}"
+                )
+            group = next(iter(meshes.values())).get_group()
+        if group is not None and dist.get_world_size(group) == 1:
+            return None
+        return group
+
+    def _per_example(self, names: list[str], params: list[torch.Tensor]) -> tuple[list[Any], Exception | None]:
+        """Each parameter's per-example gradients ``(B, *p.shape)`` (this rank's examples), or the error that
+        refuses them (returned, not raised: under a process group every rank must learn of it first)."""
         samples = []
         for name, p in zip(names, params):
             gs = getattr(p, "grad_sample", None)
             if isinstance(gs, list):
                 gs = torch.cat(gs, dim=0)
             if gs is None:
-                raise ValueError(
+                return [], ValueError(
                     f"parameter {name!r} has no per-example gradient (p.grad_sample is None): compute them with "
                     "lmo.privacy.per_sample_grads (or Opacus's GradSampleModule), or freeze the parameter "
                     "(requires_grad=False)"
                 )
+            if isinstance(gs, DTensor):
+                return [], ValueError(
+                    f"parameter {name!r}: grad_sample is a DTensor; give this rank's per-example gradients of the "
+                    f"whole parameter as a plain tensor of shape (B, *{tuple(p.shape)})"
+                )
             samples.append(gs)
-        if not params:
-            raise ValueError("the optimizer has no trainable parameter")
         batch = samples[0].shape[0]
         for name, p, gs in zip(names, params, samples):
             if tuple(gs.shape) != (batch, *p.shape):
-                raise ValueError(f"parameter {name!r}: grad_sample has shape {tuple(gs.shape)}; expected "
-                                 f"({batch}, *{tuple(p.shape)}) (one batch size for all parameters)")
+                return [], ValueError(
+                    f"parameter {name!r}: grad_sample has shape {tuple(gs.shape)}; expected "
+                    f"({batch}, *{tuple(p.shape)}) (one batch size for all parameters)"
+                )
         bad = _nonfinite(names, samples)
         if bad is not None:
-            raise NonFiniteGradientError(f"per-example gradient of parameter {bad!r} holds NaN or Inf; nothing was "
-                                         "changed")
-        info = StepInfo(self.steps, math.nan, tuple(names))
-        private = self.privatizer.privatize(samples, params, info.names)
-        return dict(zip(params, private))
+            return [], NonFiniteGradientError(
+                f"per-example gradient of parameter {bad!r} holds NaN or Inf; nothing was changed"
+            )
+        return samples, None
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -205,6 +260,45 @@ class _Private:
         self.steps = int(record["steps"])
 
 
+def _agree(problem: Exception | None, group: Any, device: torch.device) -> Exception | None:
+    """The same verdict on every rank of ``group``: this rank's own error, or one saying that another rank
+    refused its per-example gradients (so that no rank waits forever in the sum that follows)."""
+    kinds = (None, ValueError, NonFiniteGradientError)
+    code = 0 if problem is None else (2 if isinstance(problem, NonFiniteGradientError) else 1)
+    # NCCL reduces device tensors only; gloo takes host ones
+    flag = torch.tensor([code], dtype=torch.int32, device=device if dist.get_backend(group) == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    worst = int(flag.item())
+    if problem is not None or worst == 0:
+        return problem
+    return kinds[worst](  # type: ignore[misc]
+        "another rank of the process group refused its per-example gradients (see its error); nothing was changed"
+    )
+
+
+def _all_reduce_sum(tensors: list[torch.Tensor], group: Any) -> None:
+    """Sum ``tensors`` over ``group`` in place, one collective per dtype and device (a flat buffer each)."""
+    buckets: dict[tuple[Any, Any], list[int]] = {}
+    for i, t in enumerate(tensors):
+        buckets.setdefault((t.dtype, t.device), []).append(i)
+    for idx in buckets.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        offset = 0
+        for i in idx:
+            n = tensors[i].numel()
+            tensors[i] = flat[offset : offset + n].view(tensors[i].shape)
+            offset += n
+
+
+def _like(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The gradient ``g`` (the whole parameter's, equal on every rank) laid out like ``p``: a DTensor parameter
+    gets its own shard of it, with no communication."""
+    if isinstance(p, DTensor):
+        return distribute_tensor(g, p.device_mesh, p.placements, src_data_rank=None)
+    return g
+
+
 class DPOptimizer(_Private, LMOOptimizer):
     """Any private driver (``dp_sgd``, ``dp_sign_sgd``, ``dp_muon``, ``dp_scion``, or a driver with a
     :class:`~lmo.optimizers.privacy.Privatize` hook) as a ``torch.optim.Optimizer``.
@@ -255,6 +349,8 @@ class DPMuon(_Private, Muon):
     ``generator``: the noise's generator (``None``: fresh OS entropy; an ``int`` seed; a ``torch.Generator``).
     ``sample_rate``: the Poisson sampling rate (``poisson_loader``), for ``epsilon(delta)``, the privacy spent so far.
     The per-example gradients are read from ``p.grad_sample`` (:func:`lmo.privacy.per_sample_grads`).
+    ``process_group``: data-parallel training (DDP or FSDP2; see the module docstring): each rank's examples are
+    clipped there, the clipped sums added over the ranks, and the noise drawn once, on rank 0.
     """
 
     def __init__(

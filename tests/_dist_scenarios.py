@@ -297,8 +297,116 @@ def dtensor_layouts(rank: int, world: int, out: str) -> None:
         assert err <= ATOL, f"DTensor layout {layouts[i][1]}: differs from one process by {err:.3g}"
 
 
+def _dp_muon(model: nn.Module, **kw):
+    """DP-Muon on the matrices; the vectors are frozen (Muon takes matrices only, and a private optimizer must
+    privatise every trainable parameter)."""
+    for p in model.parameters():
+        p.requires_grad_(p.ndim >= 2)
+    kw.setdefault("generator", 7)
+    return [lo.DPMuon([(n, p) for n, p in model.named_parameters() if p.ndim >= 2], lr=0.05, weight_decay=0.1,
+                      noise_multiplier=0.7, max_grad_norm=0.5, expected_batch_size=BATCH, **kw)]
+
+
+def _dp_scion(model: nn.Module, **kw):
+    """DP-Scion over every parameter (mixed shapes: biases, embedding, a batch of matrices, head)."""
+    recipe = lo.ScionRecipe(radius=3.0, output_radius=20.0, bias_radius=1.0)
+    driver = lo.dp_scion(0.05, beta=0.9, geometry=recipe, noise_multiplier=0.7, max_grad_norm=[0.5] * 11,
+                         expected_batch_size=BATCH, generator=kw.pop("generator", 7))
+    return [lo.DPOptimizer(model.named_parameters(), driver, **kw)]
+
+
+def _dp_batch(model: nn.Module, rank: int, world: int, step: int) -> None:
+    """``p.grad_sample`` of this rank's examples of the batch of ``step``. The batch is split unevenly, and at world
+    3 the last rank gets no example (as Poisson sampling can give it)."""
+    from lmo.privacy import per_sample_grads
+
+    bounds = {1: (0, BATCH), 2: (0, 7, BATCH), 3: (0, 7, BATCH, BATCH)}[world]
+    tokens, labels = _data(step)
+    tokens, labels = tokens[bounds[rank] : bounds[rank + 1]], labels[bounds[rank] : bounds[rank + 1]]
+    if len(labels):
+        per_sample_grads(model, nn.functional.cross_entropy, tokens, labels)
+    else:
+        for p in model.parameters():
+            p.grad_sample = torch.zeros((0, *p.shape))
+
+
+def _dp_train(model: nn.Module, optimizers: list, rank: int, world: int) -> None:
+    for t in range(STEPS):
+        _dp_batch(model, rank, world, t)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad()
+
+
+def ddp_dp_muon(rank: int, world: int, out: str) -> None:
+    """DP-Muon and DP-Scion with process_group: each rank clips its own examples, the clipped sums are added over
+    the ranks and the noise is drawn once (by rank 0, whose generator alone is used): the single-process run with
+    the same generator on the whole batch."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for make in (_dp_muon, _dp_scion):
+        reference = _net()
+        _dp_train(reference, make(reference), 0, 1)
+        model = _net()
+        opts = make(model, process_group=dist.group.WORLD, generator=7 if rank == 0 else 1000 + rank)
+        DDP(model)  # broadcasts rank 0's initial parameters, as a DP-with-DDP script would
+        _dp_train(model, opts, rank, world)
+        _assert_same(model, reference, f"DDP {make.__name__}")
+        assert opts[0].steps == STEPS
+
+
+def ddp_dp_refusal(rank: int, world: int, out: str) -> None:
+    """A NaN or a missing per-example gradient on one rank: every rank raises, none waits or steps."""
+    model = _net()
+    opt = _dp_muon(model, process_group=dist.group.WORLD)[0]
+    before = [p.detach().clone() for p in model.parameters()]
+    for fault in ("nan", "missing"):
+        for p in model.parameters():
+            p.grad_sample = torch.zeros((2, *p.shape))
+        if rank == world - 1:
+            if fault == "nan":
+                model.h1.weight.grad_sample[1, 0, 0] = float("nan")
+            else:
+                model.h2.weight.grad_sample = None
+        expected = lo.NonFiniteGradientError if fault == "nan" else ValueError
+        try:
+            opt.step()
+        except expected as err:
+            mine = "h1.weight" if fault == "nan" else "h2.weight"
+            assert (mine in str(err)) == (rank == world - 1), f"rank {rank}: {err}"
+        else:
+            raise AssertionError(f"rank {rank} stepped although rank {world - 1} had a {fault} per-example gradient")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before)), "a refused step changed parameters"
+    assert opt.steps == 0 and not opt.state
+
+
+def fsdp_dp_muon(rank: int, world: int, out: str) -> None:
+    """DP-Muon over FSDP2 (DTensor) parameters: grad_sample holds this rank's per-example gradients of the whole
+    parameters (plain tensors); the private gradient is sharded like each parameter, then the distributed Muon step."""
+    mesh = _mesh(world)
+    reference = _net()
+    _dp_train(reference, _dp_muon(reference), 0, 1)
+    model = _fsdp(_net(), mesh)
+    opts = _dp_muon(model)  # no process_group: the DTensors' mesh is the data-parallel group
+    whole = _net()  # a plain replica that computes the per-example gradients of this rank's examples
+    for t in range(STEPS):
+        with torch.no_grad():
+            for q, p in zip(whole.parameters(), model.parameters()):
+                q.copy_(p.full_tensor())
+        _dp_batch(whole, rank, world, t)
+        for q, p in zip(whole.parameters(), model.parameters()):
+            p.grad_sample = q.grad_sample
+        opts[0].step()
+        opts[0].zero_grad()
+    _assert_same(model, reference, "FSDP2 DP-Muon")
+    for p in opts[0].param_groups[0]["params"]:
+        m = opts[0].state[p]["momentum_buffer"]
+        assert isinstance(m, DTensor) and m.placements == p.placements, "momentum must stay sharded like p"
+    assert "gather" in opts[0].distribution.last.paths, opts[0].distribution.last
+
+
 SCENARIOS = {f.__name__: f for f in (ddp_muon, ddp_sharp_and_scion, fsdp_muon, fsdp_scion_and_sharp, fsdp_checkpoint,
-                                     fsdp_nonfinite, dtensor_layouts)}
+                                     fsdp_nonfinite, dtensor_layouts, ddp_dp_muon, ddp_dp_refusal, fsdp_dp_muon)}
 
 
 def run(rank: int, world: int, init: str, out: str) -> None:
