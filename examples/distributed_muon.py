@@ -1,9 +1,11 @@
-"""Muon (hidden matrices) + AdamW (the rest) on DDP or FSDP2, launched with torchrun.
+"""Muon (hidden matrices) + AdamW (the rest) on DDP or FSDP2, or differentially private DP-Scion on several
+ranks, launched with torchrun.
 
 One GPU per process with NCCL when CUDA is present, else CPU processes with gloo::
 
     torchrun --standalone --nproc-per-node 2 examples/distributed_muon.py --mode fsdp2
     torchrun --standalone --nproc-per-node 8 examples/distributed_muon.py --mode ddp --steps 200
+    torchrun --standalone --nproc-per-node 2 examples/distributed_muon.py --mode private --vocab 8 --batch 256 --noise 0.5
 
     # two nodes, 8 GPUs each: run on every node (HOST = node 0's address)
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id job1 \\
@@ -11,6 +13,8 @@ One GPU per process with NCCL when CUDA is present, else CPU processes with gloo
 
 The only change from a single-process Muon run is ``process_group=``: the DDP group, or the FSDP2 mesh. Each rank
 then orthogonalises about ``1 / world`` of the matrices and the update is the single-process one.
+``--mode private``: every rank computes per-example gradients of its own examples; ``DPOptimizer`` clips them there,
+adds the clipped sums over the ranks and draws the noise once (on rank 0), then takes DP-Scion's step.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ def batch(step: int, rank: int, size: int, vocab: int, device: torch.device) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Muon + AdamW with DDP or FSDP2")
-    ap.add_argument("--mode", choices=["ddp", "fsdp2"], default="fsdp2")
+    ap.add_argument("--mode", choices=["ddp", "fsdp2", "private"], default="fsdp2")
+    ap.add_argument("--noise", type=float, default=1.0, help="noise multiplier of --mode private")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--layers", type=int, default=4)
@@ -89,6 +94,8 @@ def main() -> None:
 
     torch.manual_seed(0)  # the same initial model on every rank
     model = TinyLM(args.vocab, args.dim, args.layers).to(device)
+    if args.mode == "private":
+        return train_private(model, args, rank, world, device)
     if args.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -128,6 +135,30 @@ def main() -> None:
         dist.barrier()
         if rank == 0:
             print(f"saved {args.checkpoint}", flush=True)
+
+
+def train_private(model: nn.Module, args: argparse.Namespace, rank: int, world: int, device: torch.device) -> None:
+    """DP-Scion over every parameter. No DDP wrapper: the gradient that matters is the private one, which the
+    optimizer reduces itself (per-example gradients never touch ``p.grad``)."""
+    from lmo.privacy import per_sample_grads
+
+    recipe = lo.ScionRecipe(radius=3.0, output_radius=30.0, bias_radius=1.0)
+    driver = lo.dp_scion(0.02, beta=0.9, geometry=recipe, noise_multiplier=args.noise, max_grad_norm=1.0,
+                         expected_batch_size=args.batch * world,  # global: the whole group's lot
+                         generator=1234)  # only rank 0 draws noise
+    opt = lo.DPOptimizer(model.named_parameters(), driver, process_group=dist.group.WORLD)
+    if rank == 0:
+        print(f"noise std per entry of the private gradient: {opt.noise_std:.4g}", flush=True)
+    for step in range(args.steps):
+        tokens, target = batch(step, rank, args.batch, args.vocab, device)
+        losses = per_sample_grads(model, nn.functional.cross_entropy, tokens, target)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % max(1, args.steps // 10) == 0 or step == args.steps - 1:
+            mean = losses.mean()
+            dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+            if rank == 0:
+                print(f"step {step:4d}  loss {(mean / world).item():.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -141,3 +141,23 @@ def test_torchrun_example_trains_and_checkpoints(tmp_path):
     losses = [float(line.split()[-1]) for line in done.stdout.splitlines() if line.startswith("step")]
     assert len(losses) == 4 and all(np.isfinite(losses)), done.stdout
     assert f"saved {ckpt}" in done.stdout and any(ckpt.iterdir())
+
+
+def test_torchrun_example_private_mode():
+    """examples/distributed_muon.py --mode private: DP-Scion on 2 CPU processes; the private loss falls."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "distributed_muon.py"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(example),
+         "--mode", "private", "--steps", "40", "--dim", "32", "--vocab", "8", "--layers", "1", "--noise", "0.5",
+         "--batch", "256"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "noise std per entry" in done.stdout
+    losses = [float(line.split()[-1]) for line in done.stdout.splitlines() if line.startswith("step")]
+    assert len(losses) >= 3 and all(np.isfinite(losses)), done.stdout
+    assert losses[-1] < losses[0] - 0.3, done.stdout  # ln 8 = 2.08 at the start
