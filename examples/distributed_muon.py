@@ -5,7 +5,7 @@ One GPU per process with NCCL when CUDA is present, else CPU processes with gloo
 
     torchrun --standalone --nproc-per-node 2 examples/distributed_muon.py --mode fsdp2
     torchrun --standalone --nproc-per-node 8 examples/distributed_muon.py --mode ddp --steps 200
-    torchrun --standalone --nproc-per-node 2 examples/distributed_muon.py --mode private --vocab 8 --batch 256 --noise 0.5
+    torchrun --standalone --nproc-per-node 2 examples/distributed_muon.py --mode private --vocab 8 --batch 256
 
     # two nodes, 8 GPUs each: run on every node (HOST = node 0's address)
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id job1 \\
@@ -71,7 +71,7 @@ def batch(step: int, rank: int, size: int, vocab: int, device: torch.device) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Muon + AdamW with DDP or FSDP2")
     ap.add_argument("--mode", choices=["ddp", "fsdp2", "private"], default="fsdp2")
-    ap.add_argument("--noise", type=float, default=1.0, help="noise multiplier of --mode private")
+    ap.add_argument("--noise", type=float, default=0.5, help="noise multiplier of --mode private")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--layers", type=int, default=4)
