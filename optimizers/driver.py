@@ -536,15 +536,15 @@ class Driver:
         and the step may overwrite them: ``m <- m'`` by ``lerp_`` (``copy_`` of ``g`` when ``beta2 = 0``) and
         ``x <- (1 - lr decay) x + f d`` by ``mul_`` and ``add_``, the same values bit for bit as the pure step;
         the returned parameters and momenta are then the very objects handed in. The rule: it is honoured when
-        the parameters, gradients and momenta are torch tensors of one device and dtype, and the driver has none
-        of the hooks ``point``, ``direction_transform``, ``error_feedback``, ``retraction`` and no stateful oracle
-        (those see the estimates -- the momentum itself when ``beta1 = beta2`` -- or the new parameters, and may
-        keep them in their slots, where a later in-place write would change what they kept). Otherwise, numpy and
-        other namespaces included, the step is the pure one and leaves its inputs untouched: the new values are
-        always what is returned, and a caller that owns the arrays copies them in unless they are the same
-        objects. A ``grad_transform`` runs before anything is written and is allowed. ``nonfinite="skip"`` returns
-        before anything is written; an exception raised after the estimator (a failing oracle) may leave the
-        handed-over arrays partly updated.
+        the driver has none of the hooks ``point``, ``direction_transform``, ``error_feedback``, ``retraction``
+        and no stateful oracle (those see the estimates -- the momentum itself when ``beta1 = beta2`` -- or the
+        new parameters, and may keep them in their slots, where a later in-place write would change what they
+        kept), for each part (below) whose parameters, gradients and momenta are torch tensors of one device and
+        dtype. Otherwise, numpy and other namespaces included, the step is the pure one and leaves its inputs
+        untouched: the new values are always what is returned, and a caller that owns the arrays copies them in
+        unless they are the same objects. A ``grad_transform`` runs before anything is written and is allowed.
+        ``nonfinite="skip"`` returns before anything is written; an exception raised after the estimator (a
+        failing oracle) may leave the handed-over arrays partly updated.
 
         Parts: without hooks after the estimator and with the driver's own oracle, the parameters are stepped in
         parts -- one per group the oracle evaluates in one call (same-shape matrices it stacks, or one matrix),
@@ -580,25 +580,23 @@ class Driver:
         geometries = [self.geometry_for(n, tuple(x.shape)) for n, x in zip(names, params)]
         stateful = [stateful_oracle(geo.norm) for geo in geometries]
         plain = self._plain(stateful)
-        inplace = inplace and self._writes_in_place(params, grads, slots, plain)
         parts = self._parts(geometries, params) if plain and oracle is None else [list(range(len(params)))]
         new_params: list[Array] = [None] * len(params)  # type: ignore[list-item]
         for part in parts:
+            xs, gs, ss = [params[i] for i in part], [grads[i] for i in part], [slots[i] for i in part]
             stepped = self._step_part(
-                [params[i] for i in part], [grads[i] for i in part], [slots[i] for i in part],
-                [geometries[i] for i in part], [stateful[i] for i in part],
-                StepInfo(step, lr, tuple(names[i] for i in part)), oracle, inplace,
+                xs, gs, ss, [geometries[i] for i in part], [stateful[i] for i in part],
+                StepInfo(step, lr, tuple(names[i] for i in part)), oracle,
+                inplace and plain and self._writes_in_place(xs, gs, ss),  # decided per part: mixed dtypes
             )
             for i, x in zip(part, stepped):
                 new_params[i] = x
         return new_params, slots, True
 
-    def _writes_in_place(
-        self, params: list[Array], grads: list[Array], slots: list[dict[str, Array]], plain: bool
-    ) -> bool:
-        """Whether ``apply(..., inplace=True)`` writes into the arrays handed over (the rule of :meth:`apply`)."""
+    def _writes_in_place(self, params: list[Array], grads: list[Array], slots: list[dict[str, Array]]) -> bool:
+        """Whether the ``_foreach`` in-place forms take these parameters, gradients and momenta."""
         moments = [s[MOMENTUM] for s in slots] if self.stateful else []
-        return plain and _foreach.can_write(params, grads, moments)
+        return _foreach.can_write(params, grads, moments)
 
     def _plain(self, stateful: Sequence[bool]) -> bool:
         """No hook after the estimator and no stateful oracle: the step is estimator, oracle, update per part."""

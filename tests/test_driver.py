@@ -658,3 +658,22 @@ def test_foreach_inplace_needs_torch_tensors():
         _foreach.shrink_add_scaled(xs, 0.9, ds, [0.1], inplace=True)
     with pytest.raises(ValueError, match="inplace=True needs torch tensors"):
         _foreach.shrink_add(xs, 0.9, ds, inplace=True)
+
+
+def test_inplace_is_decided_per_part_so_a_mixed_dtype_part_alone_is_pure():
+    torch = pytest.importorskip("torch")
+    driver = lo.Driver(lambda n, s: "sign" if len(s) == 1 else PolarSVD(), lr=0.05, beta1=0.9, beta2=0.9)
+    names = ["w", "b32", "b64"]
+    gen = torch.Generator().manual_seed(6)
+    params = [torch.randn(6, 4, generator=gen), torch.randn(5, generator=gen),
+              torch.randn(3, generator=gen, dtype=torch.float64)]
+    grads = [torch.randn_like(x) for x in params]
+    inits = [x.clone() for x in params]
+    slots = [driver.init_slots(n, x) for n, x in zip(names, params)]
+    pure, _, _ = driver.apply(names, inits, grads, [dict(s) for s in slots], 0)
+    new, _, _ = driver.apply(names, params, grads, slots, 0, inplace=True)
+    assert new[0] is params[0]  # the matrix's part: one dtype, stepped in place
+    assert new[1] is not params[1] and new[2] is not params[2]  # the vectors' part mixes dtypes: pure
+    assert torch.equal(params[1], inits[1]) and torch.equal(params[2], inits[2])
+    for a, b in zip(new, pure):
+        assert torch.equal(a, b)
