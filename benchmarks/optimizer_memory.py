@@ -5,13 +5,18 @@ On the GPT-shaped parameter set of ``muon_step.py`` (the hidden matrices of a 4-
 - state: the bytes of every tensor in ``optimizer.state`` after a step (Muon: one momentum buffer per matrix,
   AdamW: two moments);
 - step peak: the growth of the process's peak resident memory during one step (Linux: ``VmHWM`` after resetting it
-  through ``/proc/self/clear_refs``), i.e. the temporaries of the step; ``-`` where that is unavailable.
+  through ``/proc/self/clear_refs``), i.e. the temporaries of the step; ``-`` where that is unavailable. With glibc
+  the mmap threshold is pinned to 128 KiB first (``mallopt(M_MMAP_THRESHOLD)``, as ``MALLOC_MMAP_THRESHOLD_``
+  does): every tensor of that size is mapped at allocation and unmapped when freed, so the high-water mark counts
+  the step's live temporaries rather than whatever freed memory the heap happened to keep and reuse (without it
+  the number depends on the heap's history and varied by 2x between runs).
 
 Usage: ``python benchmarks/optimizer_memory.py [--quick] [--json PATH]``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import sys
@@ -45,6 +50,15 @@ def _reset_peak() -> bool:
         return False
 
 
+def _pin_mmap_threshold() -> bool:
+    """glibc: serve allocations of 128 KiB and more by mmap, returned to the system when freed (a fixed threshold
+    also turns off glibc's dynamic raising of it); False where that is unavailable."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def state_bytes(opt: torch.optim.Optimizer) -> int:
     return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
                if isinstance(v, torch.Tensor))
@@ -53,6 +67,7 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     setup(args)
+    pinned = _pin_mmap_threshold()
     widths = (64,) if args.quick else (256, 768)
     makers = {
         "torch.optim.Muon": lambda ps: torch.optim.Muon(ps, lr=0.02),
@@ -82,7 +97,8 @@ def main() -> None:
             del opt, params
             gc.collect()
     report(args, "optimizer_memory", ["d", "optimizer", "params MiB", "state MiB", "state / params",
-                                      "step peak extra MiB"], rows)
+                                      "step peak extra MiB"], rows,
+           {"mmap threshold": "pinned to 128 KiB (glibc mallopt)" if pinned else "allocator default"})
 
 
 if __name__ == "__main__":

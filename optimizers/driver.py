@@ -29,7 +29,10 @@ starts in the ball stays in it (constrained Scion). Other ``decay`` values are d
 (AdamW/Muon convention: the factor is ``1 - lr * decay``, with the *unadjusted* ``lr``).
 
 The driver is pure: :meth:`Driver.init` returns a state and :meth:`Driver.step` returns new parameters and a new
-state, leaving its inputs untouched, over any array-API namespace (numpy, torch, CuPy, array-api-strict).
+state, leaving its inputs untouched, over any array-API namespace (numpy, torch, CuPy, array-api-strict). The torch
+adapters, which own their parameters and momenta, call :meth:`Driver.apply` with ``inplace=True``: the same step
+written into those tensors (``lerp_``, ``mul_``, ``add_``), bit for bit the pure step's values, where no hook needs
+the pure form (the rule is in :meth:`Driver.apply`).
 """
 
 from __future__ import annotations
@@ -520,6 +523,7 @@ class Driver:
         step: int,
         *,
         oracle: Callable[[list[ParamGeometry], list[Array]], tuple[list[Array], list[Array | None]]] | None = None,
+        inplace: bool = False,
     ) -> tuple[list[Array], list[dict[str, Array]], bool]:
         """The step over aligned lists (what :meth:`step` and the torch adapters call).
 
@@ -527,6 +531,25 @@ class Driver:
         ``oracle``: who evaluates the oracle stage ``(geometries, estimates) -> (directions, duals)``; default this
         driver's own batched oracle. :mod:`lmo.optimizers.distributed` passes one that splits the same work across
         ranks (and calls this driver's oracle on each rank's part); the values must be those of the default.
+
+        ``inplace``: the caller hands over ``params`` and the momentum buffers (``slots[i]["momentum_buffer"]``)
+        and the step may overwrite them: ``m <- m'`` by ``lerp_`` (``copy_`` of ``g`` when ``beta2 = 0``) and
+        ``x <- (1 - lr decay) x + f d`` by ``mul_`` and ``add_``, the same values bit for bit as the pure step;
+        the returned parameters and momenta are then the very objects handed in. The rule: it is honoured when
+        the driver has none of the hooks ``point``, ``direction_transform``, ``error_feedback``, ``retraction``
+        and no stateful oracle (those see the estimates -- the momentum itself when ``beta1 = beta2`` -- or the
+        new parameters, and may keep them in their slots, where a later in-place write would change what they
+        kept), for each part (below) whose parameters, gradients and momenta are torch tensors of one device and
+        dtype. Otherwise, numpy and other namespaces included, the step is the pure one and leaves its inputs
+        untouched: the new values are always what is returned, and a caller that owns the arrays copies them in
+        unless they are the same objects. A ``grad_transform`` runs before anything is written and is allowed.
+        ``nonfinite="skip"`` returns before anything is written; an exception raised after the estimator (a
+        failing oracle) may leave the handed-over arrays partly updated.
+
+        Parts: without hooks after the estimator and with the driver's own oracle, the parameters are stepped in
+        parts -- one per group the oracle evaluates in one call (same-shape matrices it stacks, or one matrix),
+        one for all vector geometries -- so that only one part's estimates and directions exist at a time (the
+        peak memory of torch.optim.Muon's per-parameter loop); the values are those of one pass over all.
         """
         names = tuple(names)
         params, grads = list(params), list(grads)
@@ -554,10 +577,62 @@ class Driver:
             if self.per_example:
                 _check_grad_shapes(names, params, grads)
 
+        geometries = [self.geometry_for(n, tuple(x.shape)) for n, x in zip(names, params)]
+        stateful = [stateful_oracle(geo.norm) for geo in geometries]
+        plain = self._plain(stateful)
+        parts = self._parts(geometries, params) if plain and oracle is None else [list(range(len(params)))]
+        new_params: list[Array] = [None] * len(params)  # type: ignore[list-item]
+        for part in parts:
+            xs, gs, ss = [params[i] for i in part], [grads[i] for i in part], [slots[i] for i in part]
+            stepped = self._step_part(
+                xs, gs, ss, [geometries[i] for i in part], [stateful[i] for i in part],
+                StepInfo(step, lr, tuple(names[i] for i in part)), oracle,
+                inplace and plain and self._writes_in_place(xs, gs, ss),  # decided per part: mixed dtypes
+            )
+            for i, x in zip(part, stepped):
+                new_params[i] = x
+        return new_params, slots, True
+
+    def _writes_in_place(self, params: list[Array], grads: list[Array], slots: list[dict[str, Array]]) -> bool:
+        """Whether the ``_foreach`` in-place forms take these parameters, gradients and momenta."""
+        moments = [s[MOMENTUM] for s in slots] if self.stateful else []
+        return _foreach.can_write(params, grads, moments)
+
+    def _plain(self, stateful: Sequence[bool]) -> bool:
+        """No hook after the estimator and no stateful oracle: the step is estimator, oracle, update per part."""
+        hooks = (self.point, self.direction_transform, self.error_feedback, self.retraction)
+        return all(h is None for h in hooks) and not any(stateful)
+
+    def _parts(self, geometries: Sequence[ParamGeometry], params: Sequence[Array]) -> list[list[int]]:
+        """The parts in which :meth:`apply` steps parameters that need no hook after the estimator: one per group
+        that the oracle evaluates in one call (the same-shape matrices it stacks, or one matrix when it does not
+        stack, see ``batch``), and one for all parameters with a vector geometry (``norm.ndim < 2``: element-wise
+        or row-wise oracles, cheap, whose element-wise work stays one ``_foreach`` call for all of them)."""
+        vectors = [i for i, geo in enumerate(geometries) if geo.norm.ndim < 2]
+        matrices = [i for i, geo in enumerate(geometries) if geo.norm.ndim >= 2]
+        groups = self._groups([geometries[i] for i in matrices], [params[i] for i in matrices])
+        out = [[matrices[j] for j in members] for members in groups]
+        return out + [vectors] if vectors else out
+
+    def _step_part(
+        self,
+        params: list[Array],
+        grads: list[Array],
+        slots: list[dict[str, Array]],
+        geometries: list[ParamGeometry],
+        stateful: list[bool],
+        info: StepInfo,
+        oracle: Callable[..., tuple[list[Array], list[Array | None]]] | None,
+        inplace: bool,
+    ) -> list[Array]:
+        """Estimator, oracle, update (and the hooks around them) for aligned lists; returns the new parameters and
+        sets the new state in ``slots`` (dicts owned by :meth:`apply`)."""
+        lr, step = info.lr, info.step
         # the two-beta estimator
         if self.stateful:
             b1, b2 = self.beta1, self.beta2
-            estimates, new_moments = _foreach.estimator([s[MOMENTUM] for s in slots], grads, b1, b2)
+            moments = [s[MOMENTUM] for s in slots]
+            estimates, new_moments = _foreach.estimator(moments, grads, b1, b2, inplace=inplace)
             for s, m in zip(slots, new_moments):
                 s[MOMENTUM] = m
         else:
@@ -566,12 +641,10 @@ class Driver:
         if self.error_feedback is not None:
             estimates = self.error_feedback.before(estimates, _hook_slots(slots, "error_feedback"), info)
 
-        geometries = [self.geometry_for(n, tuple(x.shape)) for n, x in zip(names, params)]
-        stateful = [stateful_oracle(geo.norm) for geo in geometries]
         oracle = self._oracle if oracle is None else oracle
         if any(stateful):
             directions, duals = self._stateful_oracles(
-                names, params, geometries, estimates, slots, stateful, step, oracle=oracle
+                info.names, params, geometries, estimates, slots, stateful, step, oracle=oracle
             )
         else:
             directions, duals = oracle(geometries, estimates)
@@ -585,21 +658,22 @@ class Driver:
 
         scales = [lr * self.radius * geo.radius for geo in geometries]
         factors = [s if dual is None else s * dual for s, dual in zip(scales, duals)]
+        shrink = 1 - lr * self.decay
         if self.error_feedback is not None:
             updates = _foreach.scale(directions, factors)
             updates = list(self.error_feedback.compress(estimates, directions, updates, geometries, info))
             hs = self.error_feedback.after(estimates, updates, _hook_slots(slots, "error_feedback"), info)
             _set_hook_slots(slots, "error_feedback", hs)
-            new_params = _foreach.shrink_add(params, 1 - lr * self.decay, updates)
+            new_params = _foreach.shrink_add(params, shrink, updates)
         else:  # no hook needs the updates: x' = shrink x + f d without materialising f d (one array less)
-            new_params = _foreach.shrink_add_scaled(params, 1 - lr * self.decay, directions, factors)
+            new_params = _foreach.shrink_add_scaled(params, shrink, directions, factors, inplace=inplace)
 
         if self.retraction is not None:
             new_params = list(self.retraction(new_params, geometries, info))
         if self.point is not None:
             hs = self.point.update(new_params, _hook_slots(slots, "point"), info)
             _set_hook_slots(slots, "point", hs)
-        return new_params, slots, True
+        return new_params
 
     # -- stateful oracles ----------------------------------------------------------------------------------------
     def _stateful_oracles(
@@ -636,6 +710,20 @@ class Driver:
         return directions, duals
 
     # -- the oracle, batched -------------------------------------------------------------------------------------
+    def _groups(self, geometries: Sequence[ParamGeometry], arrays: Sequence[Array]) -> list[list[int]]:
+        """The indices that :meth:`_oracle` evaluates in one call, in order: matrices (``norm.ndim >= 2``) whose
+        oracle inputs share core shape, dtype, device and norm are stacked (see ``batch``); all others are alone."""
+        groups: dict[Hashable, list[int]] = {}
+        for i, (geo, x) in enumerate(zip(geometries, arrays)):
+            shape = _oracle_shape(geo, tuple(x.shape))
+            core = shape[len(shape) - geo.norm.ndim :]
+            if geo.norm.ndim >= 2 and (self.batch is True or (self.batch == "auto" and _batch_pays(x, core))):
+                key = (geo.norm, core, str(x.dtype), str(device(x)), type(x))
+                groups.setdefault(key, []).append(i)
+            else:
+                groups[("single", i)] = [i]
+        return list(groups.values())
+
     def _oracle(
         self, geometries: list[ParamGeometry], estimates: list[Array]
     ) -> tuple[list[Array], list[Array | None]]:
@@ -645,17 +733,8 @@ class Driver:
         duals: list[Array | None] = [None] * n
         sharp = self.rule == "sharp"
         views = [_to_oracle(geo, c) for geo, c in zip(geometries, estimates)]
-
-        groups: dict[Hashable, list[int]] = {}
-        for i, (geo, v) in enumerate(zip(geometries, views)):
-            core = tuple(v.shape[v.ndim - geo.norm.ndim :])
-            if geo.norm.ndim >= 2 and (self.batch is True or (self.batch == "auto" and _batch_pays(v, core))):
-                key = (geo.norm, core, str(v.dtype), str(device(v)), type(v))
-                groups.setdefault(key, []).append(i)
-            else:
-                groups[("single", i)] = [i]
-
-        for members in groups.values():
+        groups = self._groups(geometries, estimates)
+        for members in groups:
             norm = geometries[members[0]].norm
             k = norm.ndim
             if len(members) == 1:
@@ -700,6 +779,12 @@ def _batch_pays(v: Array, core: tuple[int, ...]) -> bool:
         return True
     dev = device(v)
     return str(getattr(dev, "type", dev)) not in ("cpu",)
+
+
+def _oracle_shape(geo: ParamGeometry, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of :func:`_to_oracle` of an array of shape ``shape``."""
+    view = geo.view if geo.view is not None else shape
+    return (*view[:-2], view[-1], view[-2]) if geo.transpose else tuple(view)
 
 
 def _to_oracle(geo: ParamGeometry, c: Array) -> Array:

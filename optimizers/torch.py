@@ -8,6 +8,10 @@ it the parameters, gradients and state: the update itself is computed by the dri
 Guarantees (all classes):
 
 - ``p.grad`` is never modified, and no state tensor shares storage with a gradient (the momentum is a new tensor).
+- The step writes into the parameters and their momentum buffers in place, as torch.optim does (no new tensors
+  per step; the driver's ``apply(..., inplace=True)``), and steps a group's matrices one oracle group at a time,
+  so that its transient memory is about one group's estimates and directions; a driver with a hook after the
+  estimator (error feedback, schedule-free, ...) takes the pure step and its results are copied in.
 - Sparse and complex gradients (and complex parameters) raise ``ValueError`` naming the parameter.
 - Non-finite gradients: ``nonfinite="raise"`` (default) raises :class:`~lmo.optimizers.NonFiniteGradientError`
   naming the parameter before anything is changed (in any group); ``"skip"`` leaves a group with a non-finite
@@ -253,17 +257,21 @@ class _DriverOptimizer(torch.optim.Optimizer):
             sub_params = [params[i] for i in idx]
             states = [fresh.get(p, self.state[p]) for p in sub_params]
             if driver.stateful:
-                for name, p, s in zip(sub_names, sub_params, states):
+                for p, s in zip(sub_params, states):
                     if "momentum_buffer" not in s:  # e.g. a state saved with momentum 0, loaded with momentum > 0
                         s["momentum_buffer"] = torch.zeros_like(p)
             xs = [s[_ITERATE] for s in states] if driver.point is not None else sub_params
+            # the parameters (or iterates) and momenta are the optimizer's own: the driver may step them in place
+            # (it does unless a hook needs the pure step); then y is p and there is nothing to copy
             new_xs, new_slots, _ = driver.apply(
                 sub_names, xs, [grads[i] for i in idx], [_slots(s) for s in states], step,
                 oracle=self._distribution.oracle(driver, sub_params),  # None: one process, the driver's own
+                inplace=True,
             )
             ys = driver.point_list(sub_names, new_xs, new_slots, step + 1) if driver.point is not None else new_xs
             for p, s, x, y, slots in zip(sub_params, states, new_xs, ys, new_slots):
-                p.copy_(y)
+                if y is not p:
+                    p.copy_(y)
                 state = self.state[p]
                 state.update(s)
                 state.update(slots)

@@ -534,3 +534,146 @@ def test_hook_that_breaks_alignment_is_reported():
     x = [np.ones(2), np.ones(2)]
     with pytest.raises(ValueError, match="direction_transform hook returned 1"):
         driver.step(x, x, driver.init(x))
+
+
+# -- the in-place step (torch) ---------------------------------------------------------------------------------------
+def _bits(t):
+    """A tensor's bit pattern (so that -0.0 and 0.0, or two NaNs, compare as what they are)."""
+    import torch
+
+    return t.contiguous().view({torch.float64: torch.int64, torch.float32: torch.int32}[t.dtype])
+
+
+def _run_apply(driver, names, inits, grads_seq, *, inplace, oracle=None):
+    params = [x.clone() for x in inits]
+    slots = [driver.init_slots(n, x) for n, x in zip(names, params)]
+    for t, grads in enumerate(grads_seq):
+        params, slots, _ = driver.apply(names, params, grads, slots, t, inplace=inplace, oracle=oracle)
+    return params, slots
+
+
+def _torch_problem(shapes, steps=4, seed=0):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    inits = [torch.randn(s, generator=gen) for s in shapes]
+    return inits, [[torch.randn(s, generator=gen) for s in shapes] for _ in range(steps)]
+
+
+_MATS = [(6, 4), (6, 4), (3, 5), (2, 3, 3)]
+_ALL = _MATS + [(5,), (5,)]
+INPLACE_DRIVERS = {  # (driver, parameter shapes)
+    "muon nesterov, decay": (lambda: lo.muon(lr=0.05, weight_decay=0.1, norm=PolarSVD()), _MATS),
+    "muon plain (c is m)": (lambda: lo.muon(lr=0.05, nesterov=False, weight_decay=0.1, norm=PolarSVD()), _MATS),
+    "lion, decay": (lambda: lo.lion(0.05, weight_decay=0.1), _ALL),
+    "sharp sign (array factors)": (lambda: lo.Driver("sign", lr=0.05, beta1=0.5, beta2=0.5, rule="sharp", decay=0.1),
+                                   _ALL),
+    "beta2 = 0 (m' = g)": (lambda: lo.Driver("l2", lr=0.05, beta1=0.5, beta2=0.0), _ALL),
+    "no momentum": (lambda: lo.Driver(PolarSVD(), lr=0.05, decay=0.5), _MATS),
+    "matrices and vectors, batched": (
+        lambda: lo.Driver(lambda n, s: "rms" if len(s) == 1 else PolarSVD(), lr=0.05, beta1=0.9, beta2=0.9,
+                          batch=True), _ALL),
+}
+
+
+@pytest.mark.parametrize("make,shapes", INPLACE_DRIVERS.values(), ids=INPLACE_DRIVERS.keys())
+def test_inplace_apply_is_bitwise_the_pure_step_and_writes_into_what_it_is_handed(make, shapes):
+    torch = pytest.importorskip("torch")
+    driver = make()
+    names = [f"p{i}" for i in range(len(shapes))]
+    inits, grads_seq = _torch_problem(shapes)
+    pure, pure_slots = _run_apply(driver, names, inits, grads_seq, inplace=False)
+    one_pass, _ = _run_apply(driver, names, inits, grads_seq, inplace=False, oracle=driver._oracle)
+    params = [x.clone() for x in inits]
+    slots = [driver.init_slots(n, x) for n, x in zip(names, params)]
+    for t, grads in enumerate(grads_seq):
+        kept = [g.clone() for g in grads]
+        moments = [s.get("momentum_buffer") for s in slots]
+        new, slots, taken = driver.apply(names, params, grads, slots, t, inplace=True)
+        assert taken and all(y is x for y, x in zip(new, params))  # the parameters handed in, stepped
+        assert all(m is None or s["momentum_buffer"] is m for s, m in zip(slots, moments))
+        assert all(torch.equal(_bits(g), _bits(k)) for g, k in zip(grads, kept))  # gradients are only read
+    for a, b, c in zip(params, pure, one_pass):
+        assert torch.equal(_bits(a), _bits(b)) and torch.equal(_bits(b), _bits(c))
+    for s, r in zip(slots, pure_slots):
+        assert s.keys() == r.keys() and all(torch.equal(_bits(s[k]), _bits(r[k])) for k in s)
+
+
+def test_inplace_apply_with_a_hook_is_the_pure_step_and_leaves_its_inputs_alone():
+    torch = pytest.importorskip("torch")
+    names = ["a", "b"]
+    inits, grads_seq = _torch_problem([(6, 4), (5,)])
+    base = lo.Driver("sign", lr=0.05, beta1=0.9, beta2=0.9, decay=0.1)
+    for driver in (lo.error_feedback(base), lo.schedule_free(base), base.replace(retraction=UnitSphere())):
+        pure, pure_slots = _run_apply(driver, names, inits, grads_seq, inplace=False)
+        params = [x.clone() for x in inits]
+        slots = [driver.init_slots(n, x) for n, x in zip(names, params)]
+        for t, grads in enumerate(grads_seq):
+            before = [x.clone() for x in params]
+            moments = [s["momentum_buffer"].clone() for s in slots]
+            new, new_slots, _ = driver.apply(names, params, grads, slots, t, inplace=True)
+            for x, x0, s, m0 in zip(params, before, slots, moments):  # the pure step: nothing handed in changed
+                assert torch.equal(_bits(x), _bits(x0)) and torch.equal(_bits(s["momentum_buffer"]), _bits(m0))
+            params, slots = new, new_slots
+        for a, b in zip(params, pure):
+            assert torch.equal(_bits(a), _bits(b))
+        for s, r in zip(slots, pure_slots):
+            assert all(torch.equal(_bits(s[k]), _bits(r[k])) for k in s)
+
+
+def test_inplace_nonfinite_skip_changes_nothing():
+    torch = pytest.importorskip("torch")
+    driver = lo.muon(lr=0.05, weight_decay=0.1, norm=PolarSVD(), nonfinite="skip")
+    inits, (grads,) = _torch_problem([(6, 4), (3, 5)], steps=1)
+    params = [x.clone() for x in inits]
+    slots = [driver.init_slots(n, x) for n, x in zip("ab", params)]
+    slots = [{**s, "momentum_buffer": torch.randn(s["momentum_buffer"].shape)} for s in slots]
+    moments = [s["momentum_buffer"].clone() for s in slots]
+    grads[1][0, 0] = float("nan")
+    new, new_slots, taken = driver.apply(["a", "b"], params, grads, slots, 0, inplace=True)
+    assert not taken
+    for x, x0, s, m0 in zip(new, inits, new_slots, moments):
+        assert torch.equal(_bits(x), _bits(x0)) and torch.equal(_bits(s["momentum_buffer"]), _bits(m0))
+
+
+def test_inplace_apply_on_numpy_is_the_pure_step():
+    driver = lo.lion(0.05, weight_decay=0.1)
+    x, g = {"w": np.ones((3, 2))}, {"w": np.full((3, 2), 0.5)}
+    state = driver.init(x)
+    slots = [state["slots"]["w"]]
+    new, new_slots, _ = driver.apply(["w"], [x["w"]], [g["w"]], slots, 0, inplace=True)
+    np.testing.assert_array_equal(x["w"], np.ones((3, 2)))  # untouched: numpy has no in-place path
+    np.testing.assert_array_equal(slots[0]["momentum_buffer"], np.zeros((3, 2)))
+    ref, _ = driver.step(x, g, state)
+    np.testing.assert_array_equal(new[0], ref["w"])
+
+
+def test_foreach_inplace_needs_torch_tensors():
+    from lmo.optimizers import _foreach
+
+    xs, ds = [np.ones(3)], [np.ones(3)]
+    with pytest.raises(ValueError, match="inplace=True needs torch tensors"):
+        _foreach.estimator(xs, ds, 0.5, 0.5, inplace=True)
+    with pytest.raises(ValueError, match="inplace=True needs torch tensors"):
+        _foreach.shrink_add_scaled(xs, 0.9, ds, [0.1], inplace=True)
+    with pytest.raises(ValueError, match="inplace=True needs torch tensors"):
+        _foreach.shrink_add(xs, 0.9, ds, inplace=True)
+
+
+def test_inplace_is_decided_per_part_so_a_mixed_dtype_part_alone_is_pure():
+    torch = pytest.importorskip("torch")
+    driver = lo.Driver(lambda n, s: "sign" if len(s) == 1 else PolarSVD(), lr=0.05, beta1=0.9, beta2=0.9)
+    names = ["w", "b32", "b64"]
+    gen = torch.Generator().manual_seed(6)
+    params = [torch.randn(6, 4, generator=gen), torch.randn(5, generator=gen),
+              torch.randn(3, generator=gen, dtype=torch.float64)]
+    grads = [torch.randn_like(x) for x in params]
+    inits = [x.clone() for x in params]
+    slots = [driver.init_slots(n, x) for n, x in zip(names, params)]
+    pure, _, _ = driver.apply(names, inits, grads, [dict(s) for s in slots], 0)
+    new, _, _ = driver.apply(names, params, grads, slots, 0, inplace=True)
+    assert new[0] is params[0]  # the matrix's part: one dtype, stepped in place
+    assert new[1] is not params[1] and new[2] is not params[2]  # the vectors' part mixes dtypes: pure
+    assert torch.equal(params[1], inits[1]) and torch.equal(params[2], inits[2])
+    for a, b in zip(new, pure):
+        assert torch.equal(a, b)

@@ -161,6 +161,101 @@ def test_gradient_point_hook_through_the_adapter_matches_the_functional_loop():
         x = x["w"]
 
 
+# -- the in-place step ----------------------------------------------------------------------------------------------
+def _bits(t):
+    return t.detach().contiguous().view(torch.int32)
+
+
+INPLACE_ADAPTERS = {  # (optimizer, parameter shapes): the adapter steps parameters and momenta in place
+    "Muon": (lambda ps: lo.LMOOptimizer(ps, lo.muon(lr=0.05, weight_decay=0.1, norm=PolarSVD())),
+             [(6, 4), (6, 4), (3, 5), (2, 3, 3)]),
+    "Scion Auto (matrices and vectors)": (lambda ps: lo.Scion(ps, lr=0.1, momentum=0.1, scale=10.0),
+                                          [(6, 4), (3, 5), (5,), (4,)]),
+    "Scion ColNorm, unconstrained": (lambda ps: lo.Scion(ps, lr=0.1, momentum=0.5, norm="ColNorm",
+                                                         unconstrained=True), [(6, 4), (3, 5)]),
+    "Lion": (lambda ps: lo.Lion(ps, lr=0.05, weight_decay=0.1), [(6, 4), (5,)]),
+    "Signum": (lambda ps: lo.Signum(ps, lr=0.05, momentum=0.5, weight_decay=0.01), [(6, 4), (5,)]),
+}
+
+
+@pytest.mark.parametrize("make,shapes", INPLACE_ADAPTERS.values(), ids=INPLACE_ADAPTERS.keys())
+def test_step_is_in_place_and_bitwise_the_pure_driver_step(make, shapes):
+    gen = torch.Generator().manual_seed(3)
+    inits = [torch.randn(s, generator=gen) for s in shapes]
+    params = [torch.nn.Parameter(x.clone()) for x in inits]
+    opt = make(params)
+    driver = opt._driver(opt.param_groups[0])
+    names = [f"0.{j}" for j in range(len(params))]
+    xs, slots = [x.clone() for x in inits], [driver.init_slots(n, x) for n, x in zip(names, inits)]
+    storage = [p.data_ptr() for p in params]
+    buffers = None
+    for t in range(4):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        xs, slots, _ = driver.apply(names, xs, grads, slots, t)  # the pure step
+        assert [p.data_ptr() for p in params] == storage  # no new parameter tensors
+        if driver.stateful:
+            now = [opt.state[p]["momentum_buffer"] for p in params]
+            if buffers is not None:  # the same tensors, in the same storage, step after step
+                assert all(a is b and a.data_ptr() == ptr for a, (b, ptr) in zip(now, buffers))
+            buffers = [(m, m.data_ptr()) for m in now]
+        for p, x, s in zip(params, xs, slots):
+            assert torch.equal(_bits(p), _bits(x))
+            assert all(torch.equal(_bits(opt.state[p][k]), _bits(v)) for k, v in s.items())
+
+
+@skip_without("spectral")
+def test_muon_step_is_in_place_with_the_registry_geometry():
+    gen = torch.Generator().manual_seed(4)
+    model = _mlp()
+    opt = lo.Muon(model.parameters(), lr=0.05)
+    x, y = _batch()
+    storage = [p.data_ptr() for p in model.parameters()]
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    buffers = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x + 0.1 * torch.randn(x.shape, generator=gen)), y).backward()
+        opt.step()
+    assert [p.data_ptr() for p in model.parameters()] == storage
+    assert all(opt.state[p]["momentum_buffer"] is m for p, m in zip(model.parameters(), buffers))
+
+
+def test_nonfinite_skip_leaves_parameters_and_state_unchanged():
+    w, v = torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(5))
+    opt = lo.Lion([w, v], lr=0.05, weight_decay=0.1, nonfinite="skip")
+    w.grad, v.grad = torch.randn(6, 4), torch.randn(5)
+    opt.step()
+    before = {p: (p.detach().clone(), {k: x.clone() if isinstance(x, torch.Tensor) else x
+                                        for k, x in opt.state[p].items()}) for p in (w, v)}
+    v.grad = torch.tensor([1.0, float("nan"), 0.0, 0.0, 0.0])
+    opt.step()
+    for p, (x, state) in before.items():
+        assert torch.equal(_bits(p), _bits(x))
+        assert opt.state[p]["step"] == state["step"] == 1
+        assert torch.equal(_bits(opt.state[p]["momentum_buffer"]), _bits(state["momentum_buffer"]))
+
+
+def test_hooked_driver_steps_through_the_pure_path_and_matches_it():
+    base = lo.Driver("sign", lr=0.05, beta1=0.9, beta2=0.9, decay=0.1)
+    driver = lo.error_feedback(base)
+    gen = torch.Generator().manual_seed(5)
+    w = torch.nn.Parameter(torch.randn(6, 4, generator=gen))
+    x, state = w.detach().clone(), driver.init(w.detach().clone())
+    opt = lo.LMOOptimizer([w], driver)
+    for _ in range(4):
+        g = torch.randn(6, 4, generator=gen)
+        w.grad = g.clone()
+        opt.step()
+        x, state = driver.step(x, g, state)
+        assert torch.equal(_bits(w), _bits(x))
+        for k, value in state["slots"][""].items():
+            assert torch.equal(_bits(opt.state[w][k]), _bits(value))
+
+
 # -- Muon: drop-in for torch.optim.Muon ------------------------------------------------------------------------------
 def _muon_pair(make, steps=20, **kwargs):
     ref_model, our_model = _mlp(), _mlp()
