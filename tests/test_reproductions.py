@@ -52,8 +52,9 @@ def test_signsgd_beats_sgd_under_one_noisy_coordinate(tmp_path):
     res = ex.run(d=d, sigma=10.0, runs=16, max_steps=3000, points=7, show=False)
     noisy, stiff = res["noisy_coordinate"], res["one_large_curvature"]
     assert noisy["SGD"]["best_steps"] is not None and noisy["SignSGD"]["best_steps"] is not None
-    # the claim: with each method's best constant step, sign descent needs about d times fewer steps
-    assert noisy["ratio_sgd_over_sign"] >= d / 2, noisy["ratio_sgd_over_sign"]
+    # with each method's best constant step, sign descent needs many times fewer steps (21.5x here; the size of
+    # the factor is set by the noise level, not by d: see the sweep over d below)
+    assert noisy["ratio_sgd_over_sign"] >= 10, noisy["ratio_sgd_over_sign"]
     # one large curvature caps SGD's step at 2/L; sign descent is faster
     assert stiff["ratio_sgd_over_sign"] >= 2, stiff["ratio_sgd_over_sign"]
     # SGD's best step is inside its grid (smaller steps were tried and were slower): the search did its job
@@ -61,6 +62,25 @@ def test_signsgd_beats_sgd_under_one_noisy_coordinate(tmp_path):
     assert lrs[0] < noisy["SGD"]["best_lr"] < lrs[-1], (noisy["SGD"]["best_lr"], lrs)
     ex.plot(res, tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 10_000
+
+
+def test_signsgd_advantage_against_the_dimension():
+    """The sweep over d, as documented: SignSGD wins at every d, but on this instance the factor does not grow like
+    d (the paper's factor d compares worst-case bounds): SGD's step count is set by the noise on x_1 and is flat in
+    d, while sign descent's grows with d (its step must shrink so that d coordinates oscillating by +-lr stay under
+    the target)."""
+    ex = _example("signsgd_vs_sgd")
+    sweep = ex.sweep(ex.QUICK_DIMS, sigma=10.0, runs=16, max_steps=3000, show=False)
+    rows = sweep["rows"]
+    assert [row["d"] for row in rows] == list(ex.QUICK_DIMS)
+    for row in rows:
+        assert row["SGD_best_inside_grid"] and row["SignSGD_best_inside_grid"], row  # the grids bracket the best
+        assert row["ratio"] is not None and row["ratio"] >= 1.5, row
+    sgd = [row["SGD_best_steps"] for row in rows]
+    sign = [row["SignSGD_best_steps"] for row in rows]
+    assert max(sgd) <= 1.5 * min(sgd), sgd
+    assert sign[-1] >= 2 * sign[0], sign
+    assert sweep["loglog_slope"] < 0.5, sweep["loglog_slope"]  # measured -0.54; "proportional to d" would be 1
 
 
 # -- (b) Muon == SignSGD on a diagonal embedding ----------------------------------------------------------------
