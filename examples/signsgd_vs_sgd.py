@@ -7,6 +7,9 @@ from a grid, and we count the steps until the expected loss E f(x_t) (mean over 
 1. ``f(x) = ||x||^2 / 2`` in d = 100 dimensions, stochastic gradient ``x + xi e_1`` with ``xi ~ N(0, 100^2)``.
 2. An ill-conditioned quadratic ``f(x) = (L x_1^2 + sum_{i>1} x_i^2) / 2`` with one large curvature ``L = d`` and
    exact gradients: SGD's step is capped by ``2 / L``, sign descent's is not.
+3. Problem 1 at d = 10 ... 1000 (:func:`sweep`): the step-count ratio SGD / SignSGD against d and its log-log
+   slope. On this instance the ratio does not grow like d (it falls slowly): SGD's count is set by its noise floor
+   ``lr sigma^2 / 4`` (``~ sigma^2 log d``), sign descent's grows like ``sqrt(d log d)``; docs/reproductions.md.
 
 Both methods are configurations of the one driver of this package:
 
@@ -117,7 +120,8 @@ def sweep(dims=(10, 30, 100, 300, 1000), sigma: float = 100.0, runs: int = 64, m
 
     The grids are coarser than :func:`run`'s and centred on where the best steps lie: SGD's noise floor on the noisy
     coordinate is ``lr sigma^2 / 4``, so its best step has ``lr sigma^2 / 4`` of order the target (grid
-    ``[0.25, 16] / sigma^2``); sign descent's grid is ``[0.01, 1]``. Every best step is checked to be inside its grid."""
+    ``[0.25, 16] / sigma^2``); sign descent's grid is ``[0.01, 1]``. Every best step is checked to be inside its
+    grid."""
     rows = []
     for d in dims:
         x0 = np.random.default_rng(1).standard_normal(d)
@@ -208,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['ratio_sgd_over_sign']}")
     if "d_sweep" in res:
         sw = res["d_sweep"]
-        print(f"{'d':>6s} {'f0':>7s} {'SGD steps':>9s} {'SGD lr':>8s} {'Sign steps':>10s} {'Sign lr':>8s} {'ratio':>8s}")
+        print(f"{'d':>6s} {'f0':>7s} {'SGD steps':>9s} {'SGD lr':>8s} {'Sign steps':>10s} {'Sign lr':>8s} "
+              f"{'ratio':>8s}")
         for row in sw["rows"]:
             ratio = f"{row['ratio']:.1f}" if row["ratio"] is not None else "-"
             print(f"{row['d']:6d} {row['f0']:7.1f} {str(row['SGD_best_steps']):>9s} {row['SGD_best_lr'] or 0:8.2g} "

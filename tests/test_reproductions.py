@@ -140,6 +140,27 @@ def test_critical_batch_size_quick():
     assert set(agreement) == {"beta_sweep", "weight_decay_sweep"}
 
 
+def test_critical_batch_size_direction_error_diagnosis():
+    """The documented reason the beta scaling does not show: at a small batch and beta = 0.5 momentum averages the
+    direction's noise exactly as the theory's variance factor says; at beta = 0.98 the buffer's lag dominates and
+    the direction is several times noisier than that factor."""
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    torch = pytest.importorskip("torch")
+    ex = _example("critical_batch_size")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        X, y = ex.load_digits_tensors()
+        low = ex.direction_error(X, y, batch=8, beta=0.5, lr=0.01, steps=300)
+        high = ex.direction_error(X, y, batch=8, beta=0.98, lr=0.01, steps=300)
+    finally:
+        torch.set_num_threads(threads)
+    assert low["minibatch_rel_sq_error"] > 5  # noise-dominated: the minibatch gradient's error exceeds the gradient
+    assert abs(low["ratio"] / low["variance_factor"] - 1) < 0.15, low  # measured 0.592 against 0.583
+    assert high["ratio"] > 3 * high["variance_factor"], high  # measured 0.076 against 0.011: the lag
+    assert high["ratio"] < low["ratio"]  # momentum still reduces the direction's noise
+
+
 # -- (f) the tiny transformer and the demo ----------------------------------------------------------------------
 @needs_spectral
 def test_char_transformer_quick(tmp_path):
