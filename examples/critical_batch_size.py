@@ -15,9 +15,12 @@ matrix trained by this package's ``Muon`` (torch adapter; Nesterov, 5 Newton-Sch
 of steps until the full training set is classified with accuracy >= the target, for batch sizes 4..512, averaged
 over seeds. ``K(b) = X b / (eps' b - Y)`` is linear in ``1/b`` (``1/K = eps'/X - (Y/X) / b``), so a least-squares
 line through ``(1/b, 1/K)`` gives the fitted ``b* = 2 Y / eps'`` for each (beta, lambda), which we set against the
-theory's factor.
+theory's factor. The lambda scaling shows; the beta scaling does not, at any learning rate or target tried
+(``--lr``, ``--target``, ``--grad-norm``); ``--diagnose`` measures why (docs/reproductions.md, section (d)).
 
-    python examples/critical_batch_size.py [--out out/] [--quick]
+    python examples/critical_batch_size.py [--out out/] [--quick] [--lr LR] [--target ACC] [--betas-only]
+                                           [--grad-norm EPS] [--seeds N] [--max-steps N] [--batches B ...]
+                                           [--diagnose]
 """
 
 from __future__ import annotations
@@ -40,9 +43,23 @@ def load_digits_tensors():
     return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
 
 
+def full_grad_nuclear_norm(model, X, y) -> float:
+    """The theorem's measure: the nuclear norm of the full-batch gradient, summed over the weight matrices."""
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(X), y).backward()
+    norm = sum(torch.linalg.matrix_norm(p.grad, "nuc").item() for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    return norm
+
+
 def steps_to_target(X, y, *, batch: int, beta: float, weight_decay: float, lr: float, target: float, seed: int,
-                    max_steps: int, hidden: int = 128) -> int | None:
-    """Steps of Muon (this package's torch adapter) until the training accuracy reaches ``target``."""
+                    max_steps: int, hidden: int = 128, grad_norm: float | None = None,
+                    check_every: int = 5) -> int | None:
+    """Steps of Muon (this package's torch adapter) until the training accuracy reaches ``target`` or, with
+    ``grad_norm``, until the full-batch gradient's nuclear norm is ``<= grad_norm`` (checked every ``check_every``
+    steps)."""
     import torch
 
     from lmo.optimizers.torch import Muon
@@ -59,10 +76,65 @@ def steps_to_target(X, y, *, batch: int, beta: float, weight_decay: float, lr: f
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if grad_norm is not None:
+            if step % check_every == 0 and full_grad_nuclear_norm(model, X, y) <= grad_norm:
+                return step
+            continue
         with torch.no_grad():
             if (model(X).argmax(1) == y).float().mean().item() >= target:
                 return step
     return None
+
+
+def nesterov_variance_factor(beta: float) -> float:
+    """``E||c - E c||^2 / sigma^2`` for the Nesterov direction ``c = beta m + (1 - beta) g`` of the EMA buffer
+    ``m <- beta m + (1 - beta) g`` with i.i.d. gradients of variance ``sigma^2`` at a fixed point (no lag)."""
+    return (1 - beta) ** 2 * (1 + beta) ** 2 + (1 - beta) * beta**4 / (1 + beta)
+
+
+def direction_error(X, y, *, batch: int, beta: float, lr: float, steps: int = 600, burn_in: int = 100,
+                    every: int = 10, seed: int = 0, hidden: int = 128) -> dict:
+    """Along one Muon run, the mean squared error of Muon's direction before orthogonalisation (the Nesterov
+    combination ``c_t``) against the full-batch gradient ``grad f(W_t)``, and that of the minibatch gradient
+    alone, both relative to ``||grad f(W_t)||^2``. Their ratio is what momentum buys: the variance factor
+    :func:`nesterov_variance_factor` if the buffer did not lag behind the moving iterate."""
+    import torch
+
+    from lmo.optimizers.torch import Muon
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, hidden, bias=False), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, 10, bias=False))
+    params = list(model.parameters())
+    opt = Muon(params, lr=lr, momentum=beta, nesterov=True, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    errors, raw = [], []
+    for step in range(1, steps + 1):
+        check = step > burn_in and step % every == 0
+        if check:
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(X), y).backward()
+            full = [p.grad.clone() for p in params]
+        idx = torch.randint(X.shape[0], (batch,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if check:
+            e = r = n = 0.0
+            for p, f in zip(params, full):
+                buf = opt.state[p].get("momentum_buffer", torch.zeros_like(p))
+                m = beta * buf + (1 - beta) * p.grad
+                c = beta * m + (1 - beta) * p.grad
+                e += float(((c - f) ** 2).sum())
+                r += float(((p.grad - f) ** 2).sum())
+                n += float((f**2).sum())
+            errors.append(e / n)
+            raw.append(r / n)
+        opt.step()
+    direction, minibatch = float(np.mean(errors)), float(np.mean(raw))
+    return {"batch": batch, "beta": beta, "lr": lr, "direction_rel_sq_error": direction,
+            "minibatch_rel_sq_error": minibatch, "ratio": direction / minibatch,
+            "variance_factor": nesterov_variance_factor(beta)}
 
 
 def fit_critical(batches: np.ndarray, steps: np.ndarray) -> dict:
@@ -83,7 +155,7 @@ def theory_factor(beta: float, weight_decay: float) -> float:
 
 def run(*, batches=(4, 8, 16, 32, 64, 128, 256, 512), betas=(0.5, 0.9, 0.98), weight_decays=(0.0, 0.3, 1.0),
         base=(0.9, 0.0), lr: float = 0.05, target: float = 0.97, seeds: int = 2, max_steps: int = 3000,
-        show: bool = True) -> dict:
+        grad_norm: float | None = None, show: bool = True) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -98,7 +170,7 @@ def run(*, batches=(4, 8, 16, 32, 64, 128, 256, 512), betas=(0.5, 0.9, 0.98), we
                 ks = []
                 for seed in range(seeds):
                     ks.append(steps_to_target(X, y, batch=b, beta=beta, weight_decay=wd, lr=lr, target=target,
-                                              seed=seed, max_steps=max_steps))
+                                              seed=seed, max_steps=max_steps, grad_norm=grad_norm))
                     bar.update(1)
                 steps.append(float(np.mean(ks)) if all(k is not None for k in ks) else float("nan"))
             steps = np.array(steps)
@@ -110,8 +182,9 @@ def run(*, batches=(4, 8, 16, 32, 64, 128, 256, 512), betas=(0.5, 0.9, 0.98), we
                 "measured_b_star": int(np.array(batches)[finite][np.argmin(sfo[finite])]) if finite.any() else None,
                 "theory_factor": theory_factor(beta, wd),
             })
-    return {"batches": list(batches), "lr": lr, "target_accuracy": target, "seeds": seeds, "max_steps": max_steps,
-            "base": list(base), "results": results}
+    return {"batches": list(batches), "lr": lr, "target_accuracy": None if grad_norm is not None else target,
+            "target_grad_nuclear_norm": grad_norm, "seeds": seeds, "max_steps": max_steps, "base": list(base),
+            "results": results}
 
 
 def scaling_agreement(res: dict) -> dict:
@@ -162,7 +235,9 @@ def plot(res: dict, agreement: dict, path: Path) -> Path:
         ax.set_xlabel("batch size b")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"Muon on digits (MLP 64-128-10), target train acc {res['target_accuracy']}\n"
+    goal = (f"target train acc {res['target_accuracy']}" if res.get("target_grad_nuclear_norm") is None
+            else f"target full-batch grad nuclear norm {res['target_grad_nuclear_norm']}")
+    axes[0].set_title(f"Muon on digits (MLP 64-128-10), lr {res['lr']}, {goal}\n"
                       "points: measured; lines: fitted K(b) = X b / (eps b - Y)", fontsize=9)
     axes[1].set_title("SFO complexity; dotted: fitted critical batch size b* = 2Y/eps", fontsize=9)
     axes[0].legend(fontsize=7)
@@ -186,13 +261,34 @@ def plot(res: dict, agreement: dict, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = _repro.parser(__doc__).parse_args(argv)
+    p = _repro.parser(__doc__)
+    p.add_argument("--lr", type=float, default=None, help="Muon's constant learning rate (default 0.05)")
+    p.add_argument("--target", type=float, default=None, help="target training accuracy (default 0.97)")
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 4 8 ... 512)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds averaged per point (default 2)")
+    p.add_argument("--max-steps", type=int, default=None, help="step limit per run (default 3000)")
+    p.add_argument("--grad-norm", type=float, default=None,
+                   help="target the full-batch gradient's nuclear norm (the theorem's measure) instead of accuracy")
+    p.add_argument("--betas-only", action="store_true", help="run the beta sweep only (weight decay 0)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also measure the error of Muon's momentum direction against the full gradient, per beta")
+    args = p.parse_args(argv)
     out = _repro.out_dir(args.out)
     if args.quick:
-        res = run(batches=(4, 16, 64, 256), betas=(0.5, 0.95), weight_decays=(0.0, 1.0), base=(0.95, 0.0),
-                  target=0.9, seeds=1, max_steps=1500, show=not args.no_progress)
+        kwargs = dict(batches=(4, 16, 64, 256), betas=(0.5, 0.95), weight_decays=(0.0, 1.0), base=(0.95, 0.0),
+                      target=0.9, seeds=1, max_steps=1500)
     else:
-        res = run(show=not args.no_progress)
+        kwargs = {}
+    for key in ("lr", "target", "batches", "seeds", "max_steps", "grad_norm"):
+        if getattr(args, key) is not None:
+            kwargs[key] = tuple(args.batches) if key == "batches" else getattr(args, key)
+    if args.betas_only:
+        kwargs["weight_decays"] = (kwargs.get("base", (0.9, 0.0))[1],)
+    res = run(show=not args.no_progress, **kwargs)
+    if args.diagnose:
+        X, y = load_digits_tensors()
+        res["direction_error"] = [direction_error(X, y, batch=b, beta=beta, lr=res["lr"])
+                                  for b in (8, 64) for beta in (0.5, 0.9, 0.98)]
     agreement = scaling_agreement(res)
     png = plot(res, agreement, out / "critical_batch_size.png")
     _repro.save_json(out / "critical_batch_size.json", {**res, "scaling_agreement": agreement})
@@ -203,6 +299,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{str(r['measured_b_star']):>9s}  {np.round(r['steps'], 1).tolist()}")
     print(f"rank agreement with the theory: beta sweep {agreement['beta_sweep']['spearman']}, "
           f"weight-decay sweep {agreement['weight_decay_sweep']['spearman']}")
+    for row in res.get("direction_error", []):
+        print(f"direction error, b={row['batch']:3d} beta={row['beta']:4.2f}: E||c - grad f||^2 / ||grad f||^2 = "
+              f"{row['direction_rel_sq_error']:.3g}, minibatch gradient {row['minibatch_rel_sq_error']:.3g}, ratio "
+              f"{row['ratio']:.3g} (no-lag variance factor {row['variance_factor']:.3g})")
     print(f"plot: {png}")
     return {**res, "scaling_agreement": agreement}
 

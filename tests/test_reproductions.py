@@ -52,8 +52,9 @@ def test_signsgd_beats_sgd_under_one_noisy_coordinate(tmp_path):
     res = ex.run(d=d, sigma=10.0, runs=16, max_steps=3000, points=7, show=False)
     noisy, stiff = res["noisy_coordinate"], res["one_large_curvature"]
     assert noisy["SGD"]["best_steps"] is not None and noisy["SignSGD"]["best_steps"] is not None
-    # the claim: with each method's best constant step, sign descent needs about d times fewer steps
-    assert noisy["ratio_sgd_over_sign"] >= d / 2, noisy["ratio_sgd_over_sign"]
+    # with each method's best constant step, sign descent needs many times fewer steps (21.5x here; the size of
+    # the factor is set by the noise level, not by d: see the sweep over d below)
+    assert noisy["ratio_sgd_over_sign"] >= 10, noisy["ratio_sgd_over_sign"]
     # one large curvature caps SGD's step at 2/L; sign descent is faster
     assert stiff["ratio_sgd_over_sign"] >= 2, stiff["ratio_sgd_over_sign"]
     # SGD's best step is inside its grid (smaller steps were tried and were slower): the search did its job
@@ -61,6 +62,25 @@ def test_signsgd_beats_sgd_under_one_noisy_coordinate(tmp_path):
     assert lrs[0] < noisy["SGD"]["best_lr"] < lrs[-1], (noisy["SGD"]["best_lr"], lrs)
     ex.plot(res, tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 10_000
+
+
+def test_signsgd_advantage_against_the_dimension():
+    """The sweep over d, as documented: SignSGD wins at every d, but on this instance the factor does not grow like
+    d (the paper's factor d compares worst-case bounds): SGD's step count is set by the noise on x_1 and is flat in
+    d, while sign descent's grows with d (its step must shrink so that d coordinates oscillating by +-lr stay under
+    the target)."""
+    ex = _example("signsgd_vs_sgd")
+    sweep = ex.sweep(ex.QUICK_DIMS, sigma=10.0, runs=16, max_steps=3000, show=False)
+    rows = sweep["rows"]
+    assert [row["d"] for row in rows] == list(ex.QUICK_DIMS)
+    for row in rows:
+        assert row["SGD_best_inside_grid"] and row["SignSGD_best_inside_grid"], row  # the grids bracket the best
+        assert row["ratio"] is not None and row["ratio"] >= 1.5, row
+    sgd = [row["SGD_best_steps"] for row in rows]
+    sign = [row["SignSGD_best_steps"] for row in rows]
+    assert max(sgd) <= 1.5 * min(sgd), sgd
+    assert sign[-1] >= 2 * sign[0], sign
+    assert sweep["loglog_slope"] < 0.5, sweep["loglog_slope"]  # measured -0.54; "proportional to d" would be 1
 
 
 # -- (b) Muon == SignSGD on a diagonal embedding ----------------------------------------------------------------
@@ -118,6 +138,27 @@ def test_critical_batch_size_quick():
         assert 0 < r["fit"]["b_star"] < 256, r
     agreement = ex.scaling_agreement(res)
     assert set(agreement) == {"beta_sweep", "weight_decay_sweep"}
+
+
+def test_critical_batch_size_direction_error_diagnosis():
+    """The documented reason the beta scaling does not show: at a small batch and beta = 0.5 momentum averages the
+    direction's noise exactly as the theory's variance factor says; at beta = 0.98 the buffer's lag dominates and
+    the direction is several times noisier than that factor."""
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    torch = pytest.importorskip("torch")
+    ex = _example("critical_batch_size")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        X, y = ex.load_digits_tensors()
+        low = ex.direction_error(X, y, batch=8, beta=0.5, lr=0.01, steps=300)
+        high = ex.direction_error(X, y, batch=8, beta=0.98, lr=0.01, steps=300)
+    finally:
+        torch.set_num_threads(threads)
+    assert low["minibatch_rel_sq_error"] > 5  # noise-dominated: the minibatch gradient's error exceeds the gradient
+    assert abs(low["ratio"] / low["variance_factor"] - 1) < 0.15, low  # measured 0.592 against 0.583
+    assert high["ratio"] > 3 * high["variance_factor"], high  # measured 0.076 against 0.011: the lag
+    assert high["ratio"] < low["ratio"]  # momentum still reduces the direction's noise
 
 
 # -- (f) the tiny transformer and the demo ----------------------------------------------------------------------
