@@ -15,12 +15,14 @@ matrix trained by this package's ``Muon`` (torch adapter; Nesterov, 5 Newton-Sch
 of steps until the full training set is classified with accuracy >= the target, for batch sizes 4..512, averaged
 over seeds. ``K(b) = X b / (eps' b - Y)`` is linear in ``1/b`` (``1/K = eps'/X - (Y/X) / b``), so a least-squares
 line through ``(1/b, 1/K)`` gives the fitted ``b* = 2 Y / eps'`` for each (beta, lambda), which we set against the
-theory's factor. The lambda scaling shows; the beta scaling does not, at any learning rate or target tried
-(``--lr``, ``--target``, ``--grad-norm``); ``--diagnose`` measures why (docs/reproductions.md, section (d)).
+theory's factor. The lambda scaling shows. The beta scaling does not at a fixed learning rate, because the bound's
+constant ``Z`` holds the momentum's lag ``2 beta/(1 - beta) L lr``, which moves ``eps' = eps - Z`` with beta;
+``--hold-lag`` scales the learning rate as ``(1 - beta)/beta`` to hold it fixed, and then ``b*`` falls with beta as
+predicted (in direction; docs/reproductions.md, section (d)). ``--diagnose`` measures the momentum direction's noise.
 
     python examples/critical_batch_size.py [--out out/] [--quick] [--lr LR] [--target ACC] [--betas-only]
-                                           [--grad-norm EPS] [--seeds N] [--max-steps N] [--batches B ...]
-                                           [--diagnose]
+                                           [--betas B ...] [--hold-lag] [--grad-norm EPS] [--seeds N]
+                                           [--max-steps N] [--batches B ...] [--diagnose]
 """
 
 from __future__ import annotations
@@ -153,9 +155,20 @@ def theory_factor(beta: float, weight_decay: float) -> float:
     return (2 * beta + 1) * (1 - beta) + weight_decay
 
 
+def lag_matched_lr(lr: float, beta: float, reference: float = 0.5) -> float:
+    """The learning rate at momentum ``beta`` that keeps the bound's lag term ``2 beta/(1 - beta) L lr`` (in ``Z``)
+    at its value for ``lr`` at ``beta = reference``: ``lr * (1 - beta)/beta * reference/(1 - reference)``. With it
+    the other ``Z`` terms stay within a factor ``1/beta`` too, so ``eps' = eps - Z`` is about fixed across ``beta``,
+    the regime in which ``b* = 2 Y / eps'`` follows the factor ``(2 beta + 1)(1 - beta)`` of ``Y``."""
+    return lr * (1 - beta) / beta * reference / (1 - reference)
+
+
 def run(*, batches=(4, 8, 16, 32, 64, 128, 256, 512), betas=(0.5, 0.9, 0.98), weight_decays=(0.0, 0.3, 1.0),
         base=(0.9, 0.0), lr: float = 0.05, target: float = 0.97, seeds: int = 2, max_steps: int = 3000,
-        grad_norm: float | None = None, show: bool = True) -> dict:
+        grad_norm: float | None = None, hold_lag: bool = False, show: bool = True) -> dict:
+    """Steps to the target per batch size for each ``(beta, weight_decay)``, and the fitted critical batch size.
+    ``hold_lag``: each ``beta`` runs at :func:`lag_matched_lr` (``lr`` is the learning rate at ``beta = 0.5``)
+    instead of one ``lr`` for all."""
     import torch
 
     torch.set_num_threads(1)
@@ -165,11 +178,12 @@ def run(*, batches=(4, 8, 16, 32, 64, 128, 256, 512), betas=(0.5, 0.9, 0.98), we
     results = []
     with _repro.progress(total=total, desc="Muon runs", disable=not show) as bar:
         for beta, wd in configs:
+            config_lr = lag_matched_lr(lr, beta) if hold_lag else lr
             steps = []
             for b in batches:
                 ks = []
                 for seed in range(seeds):
-                    ks.append(steps_to_target(X, y, batch=b, beta=beta, weight_decay=wd, lr=lr, target=target,
+                    ks.append(steps_to_target(X, y, batch=b, beta=beta, weight_decay=wd, lr=config_lr, target=target,
                                               seed=seed, max_steps=max_steps, grad_norm=grad_norm))
                     bar.update(1)
                 steps.append(float(np.mean(ks)) if all(k is not None for k in ks) else float("nan"))
@@ -178,12 +192,13 @@ def run(*, batches=(4, 8, 16, 32, 64, 128, 256, 512), betas=(0.5, 0.9, 0.98), we
             fit = fit_critical(np.array(batches, dtype=float), steps)
             finite = np.isfinite(sfo)
             results.append({
-                "beta": beta, "weight_decay": wd, "steps": steps, "sfo": sfo, "fit": fit,
+                "beta": beta, "weight_decay": wd, "lr": config_lr, "steps": steps, "sfo": sfo, "fit": fit,
                 "measured_b_star": int(np.array(batches)[finite][np.argmin(sfo[finite])]) if finite.any() else None,
                 "theory_factor": theory_factor(beta, wd),
             })
-    return {"batches": list(batches), "lr": lr, "target_accuracy": None if grad_norm is not None else target,
-            "target_grad_nuclear_norm": grad_norm, "seeds": seeds, "max_steps": max_steps, "base": list(base),
+    return {"batches": list(batches), "lr": lr, "hold_lag": hold_lag,
+            "target_accuracy": None if grad_norm is not None else target, "target_grad_nuclear_norm": grad_norm,
+            "seeds": seeds, "max_steps": max_steps, "base": list(base),
             "results": results}
 
 
@@ -237,7 +252,8 @@ def plot(res: dict, agreement: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     goal = (f"target train acc {res['target_accuracy']}" if res.get("target_grad_nuclear_norm") is None
             else f"target full-batch grad nuclear norm {res['target_grad_nuclear_norm']}")
-    axes[0].set_title(f"Muon on digits (MLP 64-128-10), lr {res['lr']}, {goal}\n"
+    rate = (f"lr {res['lr']} x (1-beta)/beta (lag held fixed)" if res.get("hold_lag") else f"lr {res['lr']}")
+    axes[0].set_title(f"Muon, digits MLP 64-128-10, {rate}\n{goal}; "
                       "points: measured; lines: fitted K(b) = X b / (eps b - Y)", fontsize=9)
     axes[1].set_title("SFO complexity; dotted: fitted critical batch size b* = 2Y/eps", fontsize=9)
     axes[0].legend(fontsize=7)
@@ -246,9 +262,12 @@ def plot(res: dict, agreement: dict, path: Path) -> Path:
     for key, marker, name in (("beta_sweep", "o", "beta sweep (wd fixed)"),
                               ("weight_decay_sweep", "s", "weight-decay sweep (beta fixed)")):
         sweep = agreement[key]
+        if len(sweep["theory_factor"]) < 2:  # a sweep of one point (e.g. --betas-only) shows nothing
+            continue
         f = np.array(sweep["theory_factor"])
         bs = np.array(sweep["fitted_b_star"])
-        ax.plot(f, bs, marker, label=f"{name}: Spearman {sweep['spearman']}")
+        rho = "n/a" if sweep["spearman"] is None else f"{sweep['spearman']:+.2f}"
+        ax.plot(f, bs, marker, label=f"{name}: Spearman {rho}")
         labels = sweep["beta"] if key == "beta_sweep" else sweep["weight_decay"]
         for x_, y_, t in zip(f, bs, labels):
             ax.annotate(f"{'b' if key == 'beta_sweep' else 'wd'}={t}", (x_, y_), fontsize=7)
@@ -269,7 +288,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-steps", type=int, default=None, help="step limit per run (default 3000)")
     p.add_argument("--grad-norm", type=float, default=None,
                    help="target the full-batch gradient's nuclear norm (the theorem's measure) instead of accuracy")
+    p.add_argument("--betas", type=float, nargs="+", default=None,
+                   help="momenta of the beta sweep (default 0.5 0.9 0.98)")
     p.add_argument("--betas-only", action="store_true", help="run the beta sweep only (weight decay 0)")
+    p.add_argument("--hold-lag", action="store_true",
+                   help="scale the learning rate with beta so that the bound's momentum-lag term stays fixed "
+                        "(--lr is then the rate at beta = 0.5)")
     p.add_argument("--diagnose", action="store_true",
                    help="also measure the error of Muon's momentum direction against the full gradient, per beta")
     args = p.parse_args(argv)
@@ -279,9 +303,10 @@ def main(argv: list[str] | None = None) -> dict:
                       target=0.9, seeds=1, max_steps=1500)
     else:
         kwargs = {}
-    for key in ("lr", "target", "batches", "seeds", "max_steps", "grad_norm"):
+    for key in ("lr", "target", "batches", "betas", "seeds", "max_steps", "grad_norm"):
         if getattr(args, key) is not None:
-            kwargs[key] = tuple(args.batches) if key == "batches" else getattr(args, key)
+            kwargs[key] = tuple(getattr(args, key)) if key in ("batches", "betas") else getattr(args, key)
+    kwargs["hold_lag"] = args.hold_lag
     if args.betas_only:
         kwargs["weight_decays"] = (kwargs.get("base", (0.9, 0.0))[1],)
     res = run(show=not args.no_progress, **kwargs)
@@ -290,13 +315,14 @@ def main(argv: list[str] | None = None) -> dict:
         res["direction_error"] = [direction_error(X, y, batch=b, beta=beta, lr=res["lr"])
                                   for b in (8, 64) for beta in (0.5, 0.9, 0.98)]
     agreement = scaling_agreement(res)
-    png = plot(res, agreement, out / "critical_batch_size.png")
-    _repro.save_json(out / "critical_batch_size.json", {**res, "scaling_agreement": agreement})
-    print(f"{'beta':>5s} {'wd':>5s} {'theory':>7s} {'fit b*':>7s} {'min SFO b':>9s}  steps per batch size "
+    stem = "critical_batch_size_hold_lag" if args.hold_lag else "critical_batch_size"
+    png = plot(res, agreement, out / f"{stem}.png")
+    _repro.save_json(out / f"{stem}.json", {**res, "scaling_agreement": agreement})
+    print(f"{'beta':>5s} {'wd':>5s} {'lr':>8s} {'theory':>7s} {'fit b*':>7s} {'min SFO b':>9s}  steps per batch size "
           f"{res['batches']}")
     for r in res["results"]:
-        print(f"{r['beta']:5.2f} {r['weight_decay']:5.2f} {r['theory_factor']:7.3f} {r['fit']['b_star']:7.1f} "
-              f"{str(r['measured_b_star']):>9s}  {np.round(r['steps'], 1).tolist()}")
+        print(f"{r['beta']:5.2f} {r['weight_decay']:5.2f} {r['lr']:8.3g} {r['theory_factor']:7.3f} "
+              f"{r['fit']['b_star']:7.1f} {str(r['measured_b_star']):>9s}  {np.round(r['steps'], 1).tolist()}")
     print(f"rank agreement with the theory: beta sweep {agreement['beta_sweep']['spearman']}, "
           f"weight-decay sweep {agreement['weight_decay_sweep']['spearman']}")
     for row in res.get("direction_error", []):

@@ -140,6 +140,28 @@ def test_critical_batch_size_quick():
     assert set(agreement) == {"beta_sweep", "weight_decay_sweep"}
 
 
+@needs_spectral
+def test_critical_batch_size_falls_with_beta_when_the_lag_is_held_fixed():
+    """The theory's regime: with lr scaled as (1 - beta)/beta the bound's lag term 2 beta/(1 - beta) L lr, and so
+    eps' = eps - Z, stay fixed, and the fitted b* falls with beta as the factor (2 beta + 1)(1 - beta) does (full
+    run: 6.9, 4.4, 1.6 for beta = 0.5, 0.9, 0.98; this smaller run: one seed, four batch sizes)."""
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    pytest.importorskip("torch")
+    ex = _example("critical_batch_size")
+    for beta in (0.5, 0.7, 0.9, 0.98):  # the lag term is the same for every beta
+        lr = ex.lag_matched_lr(0.05, beta)
+        assert lr * beta / (1 - beta) == pytest.approx(0.05)
+    res = ex.run(batches=(4, 16, 64, 256), betas=(0.5, 0.9, 0.98), weight_decays=(0.0,), base=(0.9, 0.0),
+                 lr=0.05, target=0.97, seeds=1, max_steps=5000, hold_lag=True, show=False)
+    rows = [r for r in res["results"] if r["weight_decay"] == 0.0]
+    assert [r["beta"] for r in rows] == [0.5, 0.9, 0.98]
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05 / 9, 0.05 / 49])
+    b_star = [r["fit"]["b_star"] for r in rows]
+    assert all(np.isfinite(b_star)), b_star
+    assert b_star[0] > b_star[1] > b_star[2], b_star
+    assert ex.scaling_agreement(res)["beta_sweep"]["spearman"] == pytest.approx(1.0)
+
+
 def test_critical_batch_size_direction_error_diagnosis():
     """The documented reason the beta scaling does not show: at a small batch and beta = 0.5 momentum averages the
     direction's noise exactly as the theory's variance factor says; at beta = 0.98 the buffer's lag dominates and
