@@ -5,7 +5,7 @@ The claim under test (Jordan et al. 2024 for Muon; Pethick et al. 2025 for Scion
 steepest descent under the spectral norm of the hidden matrices (Muon, Scion) reaches a lower loss than AdamW in
 the same number of steps, at a small cost per step; sign descent without momentum (SignSGD) trails. Everything is
 offline: the text is the installed standard library. The model, the data and the optimizer recipes are those of
-``python -m lmo demo`` (:mod:`lmo.demo`), here at full size (more steps, more validation batches).
+``python -m lmo demo`` (:mod:`lmo.optimizers.demo`), here at full size (more steps, more validation batches).
 
     python examples/char_transformer.py [--out out/] [--quick] [--steps N]
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _repro  # noqa: E402
 
-from lmo import demo  # noqa: E402
+from lmo.optimizers import demo  # noqa: E402
 
 FULL = demo.Config(steps=600, eval_every=50, eval_batches=8, text_chars=800_000)
 QUICK = demo.Config(layers=1, width=32, heads=2, context=32, batch=8, steps=30, eval_every=10, eval_batches=2,

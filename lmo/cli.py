@@ -116,7 +116,7 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
               f'  pip install "torch==2.13.0" -e ".[demo]"\n'
               "(python -m lmo check needs only numpy and hypothesis)", file=sys.stderr)
         return 2
-    from lmo import demo
+    from lmo.optimizers import demo
 
     return demo.main(args.out, quick=args.quick, steps=args.steps, show=not args.no_progress)
 
