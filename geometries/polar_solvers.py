@@ -47,7 +47,7 @@ import numpy as np
 
 from lmo.backend import Array, Namespace, device, namespace, safe_divide, widen
 
-from ._torch import compiled, scaled_add_matmul
+from ._torch import add_diagonal, compiled, frobenius_normalized, scaled_add_matmul
 from .precision import DTYPES, iterate_dtype
 
 __all__ = [
@@ -62,7 +62,9 @@ __all__ = [
 ]
 
 METHODS = ("svd", "newton_schulz", "cubic", "quintic", "polar_express", "gram_newton_schulz", "auto")
-SCALINGS = ("frobenius", "gram")
+#: Spectral-norm bounds of the start: (sum s^2)^(1/2), (sum s^4)^(1/4) = ||X X^T||_F^(1/2), (sum s^8)^(1/8)
+SCALINGS = ("frobenius", "gram", "s8")
+_SCALING_POWER = {"frobenius": 2, "gram": 4, "s8": 8}
 KELLER = (3.4445, -4.7750, 2.0315)
 CUBIC = (1.5, -0.5)
 QUINTIC = (15 / 8, -10 / 8, 3 / 8)
@@ -70,6 +72,12 @@ PE_LOWER = 1e-3
 PE_STEPS = 8
 PE_CUSHION = 0.02407327424182761
 PE_SAFETY = 0.01
+#: "auto": 4 Polar Express steps from [AUTO_LOWER, 1] after the s8 scaling; Gram Newton-Schulz (restarted every
+#: AUTO_RESTART steps, in the iterate dtype) on matrices of aspect ratio >= AUTO_GRAM_ASPECT (benchmarks/muon_step.py)
+AUTO_LOWER = 4e-3
+AUTO_STEPS = 4
+AUTO_GRAM_ASPECT = 2
+AUTO_RESTART = 2
 
 #: Declared bounds of the iterative solvers hold for every input whose smaller side is at most this (see ``bounds``).
 BOUND_RANK = 4096
@@ -78,7 +86,7 @@ BOUND_RANK = 4096
 # loss against exact arithmetic on the same hard inputs (condition number 1e6, rank-deficient, 1e-30/1e30 scales);
 # the worst seen is 4e-5 in float32 and 0.10 in bfloat16 (Polar Express cut to 5 steps), and the allowance is at least
 # twice that. float16 (unmeasured; 3 more mantissa bits than bfloat16) is taken as 0.05.
-_ROUNDING = {"float64": 1e-6, "float32": 2e-3, "bfloat16": 0.2, "float16": 0.05}
+_ROUNDING = {"float64": 1e-6, "float32": 2e-3, "bfloat16": 0.2, "float16": 0.05, "bfloat16_gram": 0.2}
 
 
 def _coefficient_schedule(method: str, steps: int | None, coefficients: Any) -> tuple[tuple[float, ...], ...]:
@@ -93,7 +101,10 @@ def _coefficient_schedule(method: str, steps: int | None, coefficients: Any) -> 
         if method in ("newton_schulz", "quintic", "cubic"):
             seq = _as_schedule({"newton_schulz": KELLER, "quintic": QUINTIC, "cubic": CUBIC}[method])
             default = 10 if method == "cubic" else 5
-        else:  # polar_express, gram_newton_schulz, auto
+        elif method == "auto":
+            seq = polar_express_coefficients(AUTO_LOWER, steps if steps is not None else AUTO_STEPS)
+            default = len(seq)
+        else:  # polar_express, gram_newton_schulz
             seq = polar_express_coefficients(PE_LOWER, steps if steps is not None else PE_STEPS)
             default = len(seq)
     else:
@@ -138,7 +149,7 @@ class PolarSolver:
     coefficients: Any = None
     eps: float = 1e-7
     dtype: str | None = None
-    scaling: str = "frobenius"
+    scaling: str | None = None
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -154,6 +165,8 @@ class PolarSolver:
             raise ValueError(f"polar: eps must be a number in (0, 1); got eps={self.eps!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"polar: dtype must be None or one of {', '.join(DTYPES)}; got dtype={self.dtype!r}")
+        if self.scaling is None:
+            object.__setattr__(self, "scaling", "s8" if self.method == "auto" else "frobenius")
         if self.scaling not in SCALINGS:
             raise ValueError(f"polar: scaling must be one of {', '.join(SCALINGS)}; got scaling={self.scaling!r}")
         if self.method == "svd":
@@ -191,62 +204,86 @@ class PolarSolver:
         """
         if self.exact:
             return 1.0, 0.0
-        delta, slack = _polynomial_bounds(self.schedule, 2 if self.scaling == "frobenius" else 4, int(rank))
+        delta, slack = _polynomial_bounds(self.schedule, _SCALING_POWER[self.scaling], int(rank))
         worst = max(_ROUNDING[d] for d in self._possible_dtypes())
         return delta - worst, slack + worst
 
     def _possible_dtypes(self) -> tuple[str, ...]:
-        if self.method in ("gram_newton_schulz", "auto"):
-            gram = ("float64",) if self.dtype == "float64" else ("float32",)
-        else:
-            gram = ()
-        if self.method == "gram_newton_schulz":
-            return gram
+        """The dtypes the iteration may run in (their rounding allowances bound the declaration): the pinned
+        dtype, else float32 or bfloat16 by device; ``gram_newton_schulz`` at least float32; "auto"'s Gram runs in
+        the iterate dtype with restarts, and its bfloat16 rounding has an allowance of its own."""
         plain = (self.dtype,) if self.dtype is not None else ("float32", "bfloat16")
-        return plain + gram
+        if self.method == "gram_newton_schulz":
+            return ("float64",) if self.dtype == "float64" else ("float32",)
+        if self.method == "auto":
+            return tuple("bfloat16_gram" if d == "bfloat16" else d for d in plain)
+        return plain
 
     # -- the solver ------------------------------------------------------------------------------------------
     def __call__(self, g: Array) -> Array:
         xp = namespace(g)
+        x, narrow = self._check(xp, g)
+        p = self._polar(xp, x)
+        return narrow(p if p.dtype == x.dtype else xp.astype(p, x.dtype))
+
+    def iterate(self, g: Array) -> Array:
+        """The polar factor as the solver produced it: ``g``'s shape, in the iterate dtype (e.g. bfloat16; the
+        input's dtype, at least float32, for ``"svd"``), possibly a transposed view. ``solver(g)`` is this cast to
+        ``g``'s dtype; an optimizer adds it to its parameters directly (:meth:`lmo.Norm.lmo_factored`)."""
+        xp = namespace(g)
+        x, _ = self._check(xp, g)
+        return self._polar(xp, x)
+
+    def _check(self, xp: Namespace, g: Array) -> tuple[Array, Any]:
         if g.ndim < 2:
             raise ValueError(f"polar: g must have at least 2 axes (a matrix or a stack); got shape {tuple(g.shape)}")
         if any(n == 0 for n in g.shape[-2:]):
             raise ValueError(f"polar: g has an empty matrix core {tuple(g.shape[-2:])} (shape {tuple(g.shape)})")
-        x, narrow = widen(xp, g, name="g", where="polar: ")
-        if self.method == "svd":
-            return narrow(_svd_polar(xp, x))
-        m, n = g.shape[-2], g.shape[-1]
-        method = self.method
-        if method == "auto":
-            method = "gram_newton_schulz" if max(m, n) >= 4 * min(m, n) else "polar_express"
-        return narrow(self._iterate(xp, x, gram=method == "gram_newton_schulz"))
+        return widen(xp, g, name="g", where="polar: ")
 
-    def _iterate(self, xp: Namespace, x: Array, *, gram: bool) -> Array:
-        out_dtype = x.dtype
+    def _polar(self, xp: Namespace, x: Array) -> Array:
+        if self.method == "svd":
+            return _svd_polar(xp, x)
+        m, n = x.shape[-2], x.shape[-1]
+        wide = max(m, n) / min(m, n)
+        if self.method == "auto":
+            return self._iterate(xp, x, gram=wide >= AUTO_GRAM_ASPECT, restart=AUTO_RESTART, gram_dtype=None)
+        return self._iterate(xp, x, gram=self.method == "gram_newton_schulz", restart=_GRAM_RESTART,
+                             gram_dtype="float32")
+
+    def _iterate(self, xp: Namespace, x: Array, *, gram: bool, restart: int, gram_dtype: str | None) -> Array:
+        """The polynomial iteration on the wide orientation of ``x``. ``gram``: on the Gram side
+        (:func:`_gram_newton_schulz`, restarted every ``restart`` steps, in at least ``gram_dtype`` if given)."""
         tall = x.shape[-2] > x.shape[-1]
         if tall:
             x = xp.matrix_transpose(x)
-        # scale safety: divide by the largest entry in the wide dtype, then by a spectral-norm bound; the factors are
-        # formed on the (batch, 1, 1) scalars, so the iterate itself takes three passes (scale, bound, scale + cast)
-        peak = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)
-        x = x / xp.where(peak > 0, peak, xp.ones_like(peak))  # a zero matrix stays zero
-        if gram:  # the Gram recursion does not self-correct: at least float32
-            work = xp.float64 if self.dtype == "float64" else xp.float32
+        if gram and gram_dtype is not None:  # a Gram recursion restarted rarely does not self-correct
+            work = xp.float64 if self.dtype == "float64" else getattr(xp, gram_dtype)
         else:
             work = iterate_dtype(xp, x, self.dtype)
-        if self.scaling == "frobenius":
-            bound = xp.linalg.vector_norm(x, axis=(-2, -1), keepdims=True)
-        else:
-            a0 = xp.matmul(x, xp.matrix_transpose(x))
-            bound = xp.sqrt(xp.linalg.vector_norm(a0, axis=(-2, -1), keepdims=True))
-        x = xp.astype(x * (1 / xp.maximum(bound, xp.asarray(self.eps, dtype=bound.dtype, device=device(bound)))),
-                      work)
+        x = self._start(xp, x, work)
         run = _gram_newton_schulz if gram else _newton_schulz
         if self.compile:
             run = compiled(xp, run)
-        x = run(xp, x, self.schedule)
-        x = xp.astype(x, out_dtype)
+        x = run(xp, x, self.schedule, self.scaling, restart)
         return xp.matrix_transpose(x) if tall else x
+
+    def _start(self, xp: Namespace, x: Array, work: Any) -> Array:
+        """The iteration's start ``x / ||x||_F`` in the dtype ``work`` (the tighter scalings ``gram`` and ``s8``
+        are applied in the first step, from the Gram matrix it forms anyway).
+
+        Scale safety: any scale from subnormal to near-overflow gives the same start as a unit one, and a zero
+        matrix stays zero. float32 torch inputs (the common case) take one fused pass
+        (:func:`lmo.geometries._torch.frobenius_normalized`); others are divided by their largest entry in their
+        own dtype first."""
+        fast = frobenius_normalized(xp, x, work)
+        if fast is not None:
+            return fast
+        peak = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)
+        x = x / xp.where(peak > 0, peak, xp.ones_like(peak))
+        bound = xp.linalg.vector_norm(x, axis=(-2, -1), keepdims=True)
+        floor = xp.asarray(self.eps, dtype=bound.dtype, device=device(bound))
+        return xp.astype(x * (1 / xp.maximum(bound, floor)), work)
 
 
 def polar(
@@ -288,64 +325,106 @@ def _svd_polar(xp: Namespace, x: Array) -> Array:
     return xp.matmul(u, vh)
 
 
-def _eye_like(xp: Namespace, a: Array) -> Array:
-    return xp.eye(a.shape[-1], dtype=a.dtype, device=device(a))
+def _poly_tail(xp: Namespace, a: Array, coeffs: tuple[float, ...]) -> Array:
+    """``c1 A + c2 A^2 + ... + ck A^k`` (``k >= 2``) by Horner's rule, each step one fused product
+    (``c_j A + T A``; the first ``c_{k-1} A + c_k A A``): ``k - 1`` products and no element-wise pass."""
+    t = scaled_add_matmul(xp, coeffs[-2], a, a, coeffs[-1])
+    for c in coeffs[-3:0:-1]:
+        t = scaled_add_matmul(xp, c, a, t)
+    return t
 
 
-def _poly_tail(xp: Namespace, a: Array, coeffs: tuple[float, ...], eye: Array | None = None) -> Array:
-    """``c1 A + c2 A^2 + ...`` by Horner's rule (``len(coeffs) - 2`` matrix products)."""
-    p = coeffs[-1] * a
-    if len(coeffs) > 2:
-        eye = _eye_like(xp, a) if eye is None else eye
-        for c in coeffs[-2:0:-1]:
-            p = xp.matmul(p + c * eye, a)
-    return p
+def _poly_step(xp: Namespace, x: Array, a: Array, coeffs: tuple[float, ...]) -> Array:
+    """``c0 X + (c1 A + ... + ck A^k) X`` for ``A = X X^T``: fused products only (torch.optim.Muon's form)."""
+    if len(coeffs) == 2:
+        return scaled_add_matmul(xp, coeffs[0], x, a, coeffs[1])
+    return scaled_add_matmul(xp, coeffs[0], x, _poly_tail(xp, a, coeffs))
 
 
-def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...]) -> Array:
-    """``X <- c0 X + (c1 A + c2 A^2 + ...) X`` with ``A = X X^T``; ``X`` is wide (``m <= n``).
+def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: str) -> tuple[Array, Array]:
+    """The first step for the scalings ``gram`` and ``s8`` as ``(Q, A)``: ``X_1 = Q X_0`` and ``A = X_0 X_0^T``.
 
-    ``c0 X + B X`` is one fused product for torch (:func:`lmo.geometries._torch.scaled_add_matmul`); the identity
-    used by Horner's rule on the small side is made once.
-    """
-    eye = None
-    for coeffs in schedule:
-        a = xp.matmul(x, xp.matrix_transpose(x))
-        if eye is None and len(coeffs) > 2:
-            eye = _eye_like(xp, a)
-        x = scaled_add_matmul(xp, coeffs[0], x, _poly_tail(xp, a, coeffs, eye))
+    The start ``X_0`` has Frobenius norm 1; the tighter bound ``t`` of its spectral norm comes from the Gram matrix
+    the step forms anyway: ``t^2 = ||A||_F`` (``gram``: ``t = (sum s^4)^(1/4)``) or ``t^2 = ||A^2||_F^(1/2)``
+    (``s8``: ``t = (sum s^8)^(1/8)``, with the ``A^2`` the quintic needs). The step on ``X = X_0 / t`` is
+    ``X_1 = (c0 + c1 A/t^2 + c2 A^2/t^4 + ...) X_0 / t``: the per-matrix factors act on the small ``m x m`` side."""
+    a = xp.matmul(x, xp.matrix_transpose(x))
+    if scaling == "s8":
+        a2 = xp.matmul(a, a)
+        inv = 1 / xp.maximum(xp.sqrt(_frobenius(xp, a2)), _tiny(xp, a))  # 1 / t^2
+    else:
+        a2 = None
+        inv = 1 / xp.maximum(_frobenius(xp, a), _tiny(xp, a))
+    root = xp.sqrt(inv)  # 1 / t
+    if a2 is not None and len(coeffs) == 3:  # the quintic: element-wise only
+        tail = a * (coeffs[1] * inv * root) + a2 * (coeffs[2] * inv * inv * root)
+    else:
+        scaled = a * inv
+        tail = (coeffs[1] * scaled if len(coeffs) == 2 else _poly_tail(xp, scaled, coeffs)) * root
+    return add_diagonal(xp, tail, coeffs[0] * root), a
+
+
+def _frobenius(xp: Namespace, a: Array) -> Array:
+    return xp.astype(xp.linalg.vector_norm(a, axis=(-2, -1), keepdims=True), a.dtype)
+
+
+def _tiny(xp: Namespace, a: Array) -> Array:
+    return xp.asarray(xp.finfo(a.dtype).tiny, dtype=a.dtype, device=device(a))
+
+
+def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...], scaling: str = "frobenius",
+                   restart: int = 0) -> Array:
+    """``X <- c0 X + (c1 A + c2 A^2 + ...) X`` with ``A = X X^T``; ``X`` is wide (``m <= n``), ``||X||_F = 1``.
+    ``scaling`` ``gram``/``s8`` rescales in the first step (:func:`_first_factor`); ``restart`` is unused."""
+    start = 0
+    if scaling != "frobenius":
+        q, _ = _first_factor(xp, x, schedule[0], scaling)
+        x, start = xp.matmul(q, x), 1
+    for coeffs in schedule[start:]:
+        x = _poly_step(xp, x, xp.matmul(x, xp.matrix_transpose(x)), coeffs)
     return x
 
 
-def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...]) -> Array:
+def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...], scaling: str = "frobenius",
+                        restart: int = 4) -> Array:
     """The Newton-Schulz iteration on the Gram side: ``X_k = Q_k X_0`` with ``Q_k`` a polynomial in ``A = X_0 X_0^T``.
 
     ``R_k = X_k X_k^T = Q_k A Q_k``; ``h_k = c0 + c1 R_k + ...``; ``Q_{k+1} = h_k Q_k``, ``R_{k+1} = R_k h_k^2``
-    (all of them commute). ``R`` is re-symmetrised each step, and every ``_GRAM_RESTART`` steps the iteration
-    restarts from ``X = Q X_0`` with a freshly formed Gram matrix: without restarts, rounding in ``R`` is amplified by
-    the large early slopes (measured in float32 at condition number 1e6: spectral-norm errors up to 0.14 without
-    restarts, 2e-6 with a restart every 4 steps).
+    (all of them commute). ``R`` is re-symmetrised each step, and every ``restart`` steps the iteration restarts
+    from ``X = Q X_0`` with a freshly formed Gram matrix: without restarts, rounding in ``R`` is amplified by the
+    large early slopes (measured in float32 at condition number 1e6: spectral-norm errors up to 0.14 without
+    restarts, 2e-6 with a restart every 4 steps; in bfloat16 the iteration diverges without restarts and matches
+    the plain one with a restart every 2 steps, benchmarks/polar_accuracy.py).
 
     Products (``m x m``, quintic steps): the first step of a run needs ``R^2`` and ``R h^2`` (``Q = h``, no product),
     a middle step ``R^2``, ``h^2``, ``R h^2`` and ``h Q``, the step before a restart or the end only ``R^2`` and
-    ``h Q`` (its ``R`` is never used). Five steps with the restart after the fourth take 14 such products (the
-    plain loop took 18), plus three ``m x n`` products: ``X X^T`` and ``Q X_0`` at the restart, ``Q X`` at the end.
+    ``h Q`` (its ``R`` is never used); plus the ``m x n`` products ``X X^T`` and ``Q X_0`` at each restart and
+    ``Q X`` at the end. Five steps restarted after the fourth take 14 ``m x m`` and three ``m x n`` products (the
+    plain loop: 5 and 10); "auto"'s four steps restarted after two take 9 and 4.
     """
-    q = None
     steps = len(schedule)
-    for i, coeffs in enumerate(schedule):
-        if q is None or i % _GRAM_RESTART == 0:
+    if scaling == "frobenius":
+        q, r, first = None, None, 0
+    else:  # the first step with the scaling folded in, then R_1 = Q A Q
+        q, a = _first_factor(xp, x, schedule[0], scaling)
+        r = _symmetric(xp, xp.matmul(xp.matmul(q, q), a)) if steps > 1 and restart != 1 else None
+        first = 1
+    for i in range(first, steps):
+        coeffs = schedule[i]
+        if q is None or i % restart == 0:
             if q is not None:
                 x = xp.matmul(q, x)
             r = xp.matmul(x, xp.matrix_transpose(x))
-            eye = _eye_like(xp, r)
             q = None
-        h = coeffs[0] * eye + _poly_tail(xp, r, coeffs, eye)
+        h = add_diagonal(xp, _poly_tail(xp, r, coeffs) if len(coeffs) > 2 else coeffs[1] * r, coeffs[0])
         q = h if q is None else xp.matmul(h, q)
-        if i + 1 < steps and (i + 1) % _GRAM_RESTART != 0:  # R is needed by the next step of this run
-            r = xp.matmul(r, xp.matmul(h, h))
-            r = 0.5 * (r + xp.matrix_transpose(r))
+        if i + 1 < steps and (i + 1) % restart != 0:  # R is needed by the next step of this run
+            r = _symmetric(xp, xp.matmul(r, xp.matmul(h, h)))
     return xp.matmul(q, x)
+
+
+def _symmetric(xp: Namespace, r: Array) -> Array:
+    return 0.5 * (r + xp.matrix_transpose(r))
 
 
 _GRAM_RESTART = 4

@@ -162,6 +162,15 @@ class Spectral(Norm, name="spectral"):
         p = self.solver(self._matrix(g))
         return narrow(xp.reshape(p, g.shape) * (-self._factor(self._core(g))))
 
+    def lmo_factored(self, g: Array) -> tuple[Array, float]:
+        """``(P, -f)``: the solver's polar factor ``P`` in its iterate dtype (:meth:`PolarSolver.iterate`, e.g. the
+        bfloat16 Newton-Schulz iterate) and the shape factor, ``lmo(g) = -f P``."""
+        if type(self).lmo is not Spectral.lmo:  # a subclass with an oracle of its own (low rank): its lmo
+            return super().lmo_factored(g)
+        xp, g, _ = self._prepare(g)
+        p = self.solver.iterate(self._matrix(g))
+        return xp.reshape(p, g.shape), -self._factor(self._core(g))
+
 
 class SpectralConv(Spectral, name="spectral_conv"):
     """The spectral norm of a convolution kernel ``(c_out, c_in, *kernel)`` reshaped to ``(c_out, c_in * K)``,

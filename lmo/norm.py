@@ -95,6 +95,17 @@ class Norm(abc.ABC):
     def lmo(self, g: Array) -> Array:
         """``argmin_{||d|| <= 1} <g, d>``; same namespace, device, dtype and shape as ``g``; ``lmo(0) = 0``."""
 
+    def lmo_factored(self, g: Array) -> tuple[Array, float]:
+        """``(d, f)`` with ``lmo(g) = f * d``: the oracle as a direction and the number it is multiplied by.
+
+        ``d`` has ``g``'s shape and namespace but may be in the oracle's working dtype (a bfloat16 polar iteration
+        returns its bfloat16 iterate) and strided (a transposed view); ``f`` is a Python float. An optimizer's update
+        ``x + lr * rho * lmo(g)`` then reads ``d`` once, with the coefficient ``lr * rho * f``, instead of casting and
+        scaling it first. Default: ``(lmo(g), 1.0)``; ``lmo.testing`` checks that ``f * d`` is ``lmo(g)`` up to the
+        rounding of ``d``'s dtype.
+        """
+        return self.lmo(g), 1.0
+
     def sharp(self, g: Array) -> Array:
         """``g^# = -||g||_* lmo(g)``: the steepest-descent step ``argmax_d <g, d> - ||d||^2 / 2``, up to sign.
 

@@ -11,9 +11,10 @@ torch (``torch.optim.Optimizer`` subclasses; torch is imported only when one of 
 
     from lmo.optimizers import Muon, Scion, Lion, Signum, SignSGD, LMOOptimizer, muon_with_adamw
 
-Differential privacy: the configurations ``dp_muon``, ``dp_sign_sgd``, ``dp_scion``, ``dp_sgd`` (drivers with the
-``Privatize`` hook, taking per-example gradients), and the torch optimizers ``DPMuon`` and ``DPOptimizer``
-(see ``lmo.optimizers.privacy``, ``lmo.privacy`` and docs/privacy.md).
+Differential privacy: ``private(driver, ...)`` makes any configuration private; ``dp_muon``, ``dp_sign_sgd``,
+``dp_scion``, ``dp_sgd`` are the private versions of their configurations (drivers taking per-example gradients),
+and the torch optimizers ``DPMuon`` and ``DPOptimizer`` train every parameter privately (see
+``lmo.optimizers.privacy``, ``lmo.privacy`` and docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from .privacy import *  # noqa: F403
 from .variants import *  # noqa: F403
 
 # torch is imported only when one of these is used (``import lmo.optimizers`` works without torch)
-_TORCH_NAMES = ("LMOOptimizer", "Muon", "SignSGD", "Signum", "Lion", "Scion", "muon_with_adamw", "split_muon_params",
-                "OptimizerInputs")
+_TORCH_NAMES = ("DriverOptimizer", "LMOOptimizer", "Muon", "SignSGD", "Signum", "Lion", "Scion", "muon_with_adamw",
+                "split_muon_params", "OptimizerInputs")
 _TORCH_PRIVACY_NAMES = ("DPOptimizer", "DPMuon")
 
 __all__ = [

@@ -1,15 +1,17 @@
 """The driver's element-wise list operations, with torch's ``_foreach`` kernels where they apply.
 
-The driver's element-wise work per step -- the two-beta estimator and the update ``(1 - lr decay) x + s d`` -- is
-a handful of passes over every parameter. For torch tensors of one device and dtype these run as ``torch._foreach_*``
-calls (one dispatch for the whole list instead of one per parameter and operation, and fused multi-tensor kernels on
-CUDA); every other namespace, and mixed lists, use the generic array-API expressions. This is the only torch-specific
-code of the driver.
+The element-wise work of a step -- the two-beta estimator, the update ``(1 - lr decay) x + a d`` and the finiteness
+test of the gradients -- is a handful of passes over every parameter. For torch tensors these run as
+``torch._foreach_*`` calls or fused in-place kernels (one dispatch for a whole list, and on CUDA multi-tensor
+kernels); every other namespace uses the generic array-API expressions. This is the only torch-specific code of the
+driver.
 
-Results are new arrays (the driver is pure) unless ``inplace=True``: then the first list (the momenta, the
-parameters) is overwritten with the result and returned, with the same values bit for bit as the pure call (the
-same kernels, writing into the inputs instead of new arrays). ``inplace=True`` needs torch lists of one device and
-dtype (:func:`can_write`) and raises ``ValueError`` otherwise: the generic path has no in-place form.
+A learning rate, and every coefficient made from it, is a number or a 0-d tensor (torch's idiom under LR schedulers
+and ``torch.compile``): a tensor coefficient is applied with ``addcmul_`` / ``_foreach_mul_``, never read on the
+host. Results are new arrays (the driver is pure) unless ``inplace=True``: then the first list (the momenta, the
+parameters) is overwritten and returned, with the same values bit for bit as the pure call (the same kernels,
+writing into the inputs). ``inplace=True`` needs torch lists of one device and dtype (:func:`can_write`) and raises
+``ValueError`` otherwise: the generic path has no in-place form.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["can_write", "estimator", "scale", "shrink_add", "shrink_add_scaled"]
+__all__ = ["can_write", "estimator", "shrink_factor", "shrink_add", "shrink_add_scaled", "all_finite"]
 
 Array = Any
 
 
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
 def _torch_list(*lists: Sequence[Array]) -> bool:
     first = lists[0][0] if lists and lists[0] else None
-    if first is None or type(first).__module__.split(".")[0] != "torch":
+    if first is None or not _is_torch(first):
         return False
     import torch
 
@@ -86,28 +92,34 @@ def estimator(
     return est, new
 
 
-def scale(arrays: Sequence[Array], factors: Sequence[Any]) -> list[Array]:
-    """``[f * a]``; a factor is a number or an array that broadcasts against ``a``."""
-    if arrays and all(isinstance(f, float) for f in factors) and _torch_list(arrays):
-        import torch
-
-        return list(torch._foreach_mul(list(arrays), list(factors)))
-    return [f * a for a, f in zip(arrays, factors)]
+def shrink_factor(lr: Any, decay: float) -> Any:
+    """``1 - lr * decay``: a number, or a 0-d tensor for a tensor ``lr``; exactly ``1.0`` without decay."""
+    return 1.0 if decay == 0 else 1 - lr * decay
 
 
-def _shrunk(xs: Sequence[Array], shrink: float, inplace: bool) -> list[Array]:
+def _shrunk(xs: Sequence[Array], shrink: Any, inplace: bool) -> list[Array]:
     """torch: ``shrink * x`` into new tensors, or into ``xs`` (``inplace``); ``shrink = 1`` is a copy or nothing."""
     import torch
 
     xs = list(xs)
+    unit = isinstance(shrink, float) and shrink == 1.0
     if inplace:
-        if shrink != 1:
-            torch._foreach_mul_(xs, float(shrink))
+        if not unit:
+            torch._foreach_mul_(xs, shrink)
         return xs
-    return list(torch._foreach_mul(xs, float(shrink))) if shrink != 1 else [x.clone() for x in xs]
+    return [x.clone() for x in xs] if unit else list(torch._foreach_mul(xs, shrink))
 
 
-def shrink_add(xs: Sequence[Array], shrink: float, updates: Sequence[Array], *, inplace: bool = False) -> list[Array]:
+def _add_scaled_(out: Any, d: Any, coefficient: Any) -> None:
+    """``out += coefficient * d`` in one pass: ``add_`` for a number, ``addcmul_`` for a 0-d tensor (no host read);
+    ``d`` may have another dtype (a bfloat16 direction into a float32 parameter)."""
+    if isinstance(coefficient, (int, float)):
+        out.add_(d, alpha=coefficient)
+    else:
+        out.addcmul_(d, coefficient)
+
+
+def shrink_add(xs: Sequence[Array], shrink: Any, updates: Sequence[Array], *, inplace: bool = False) -> list[Array]:
     """``[shrink * x + u]`` (``x + u`` when ``shrink == 1``); ``inplace``: written into ``xs`` (torch lists only)."""
     if inplace:
         _check_inplace("shrink_add", xs, updates)
@@ -117,19 +129,56 @@ def shrink_add(xs: Sequence[Array], shrink: float, updates: Sequence[Array], *, 
         out = _shrunk(xs, shrink, inplace)
         torch._foreach_add_(out, list(updates))
         return out
-    return [(x * shrink if shrink != 1 else x) + u for x, u in zip(xs, updates)]
+    return [(x if isinstance(shrink, float) and shrink == 1.0 else x * shrink) + u for x, u in zip(xs, updates)]
 
 
 def shrink_add_scaled(
-    xs: Sequence[Array], shrink: float, ds: Sequence[Array], factors: Sequence[Any], *, inplace: bool = False
+    xs: Sequence[Array], shrink: Any, ds: Sequence[Array], coefficients: Sequence[Any], *, inplace: bool = False
 ) -> list[Array]:
-    """``[shrink * x + f * d]``; for torch with number factors, ``f * d`` is added in place (``add_(d, alpha=f)``)
-    into the new array, or into ``xs`` itself with ``inplace`` (torch lists only)."""
+    """``[shrink * x + a * d]`` with ``a`` a number or a 0-d tensor per array. torch: ``a * d`` is added in one
+    pass into the new array, or into ``xs`` itself with ``inplace`` (``xs`` one device and dtype; ``ds`` may be of
+    another floating dtype). Other namespaces: ``d`` is cast to ``x``'s dtype, then the expression."""
     if inplace:
-        _check_inplace("shrink_add_scaled", xs, ds)
-    if xs and all(isinstance(f, float) for f in factors) and _torch_list(xs, ds):
+        _check_inplace("shrink_add_scaled", xs)
+    if xs and _torch_list(xs) and all(_is_torch(d) for d in ds):
         out = _shrunk(xs, shrink, inplace)
-        for o, d, f in zip(out, ds, factors):
-            o.add_(d, alpha=f)
+        for o, d, a in zip(out, ds, coefficients):
+            _add_scaled_(o, d, a)
         return out
-    return shrink_add(xs, shrink, scale(ds, factors), inplace=inplace)
+    out = []
+    for x, d, a in zip(xs, ds, coefficients):
+        if d.dtype != x.dtype:
+            from lmo.backend import namespace
+
+            d = namespace(x).astype(d, x.dtype)
+        out.append((x if isinstance(shrink, float) and shrink == 1.0 else shrink * x) + a * d)
+    return out
+
+
+def all_finite(arrays: Sequence[Array]) -> Any:
+    """A 0-d boolean array, computed on the arrays' device and read once by the caller: True when every entry of
+    every array is finite. False may be a false alarm (the caller confirms with an exact test, see
+    :func:`lmo.optimizers.driver.first_nonfinite`): torch computes one ``_foreach_norm`` per dtype and device (a
+    fused multi-tensor kernel; NaN or inf exactly when an entry is, or when the sum of squares overflows, i.e.
+    entries beyond ~1e19 in float32). ``None`` for an empty list."""
+    if not arrays:
+        return None
+    if all(_is_torch(a) for a in arrays):
+        import torch
+
+        buckets: dict[tuple[Any, Any], list[Any]] = {}
+        for a in arrays:
+            buckets.setdefault((a.dtype, a.device), []).append(a)
+        flags = [torch.stack(torch._foreach_norm(b)).isfinite().all() for b in buckets.values()]
+        return flags[0] if len(flags) == 1 else torch.stack([f.to(flags[0].device) for f in flags]).all()
+    from lmo.backend import namespace
+
+    flags = []
+    for a in arrays:
+        xp = namespace(a)
+        flags.append(xp.all(xp.isfinite(a)))
+    try:
+        xp = namespace(flags[0])
+        return xp.all(xp.stack(flags))
+    except Exception:  # flags of different libraries or devices
+        return all(bool(f) for f in flags)

@@ -23,9 +23,12 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lmo.geometries.polar_solvers import METHODS as POLAR_METHODS
 from lmo.norm import Norm, get_norm, norms
 
+from . import validation
 from .driver import Driver, ParamGeometry
+from .validation import HyperparameterError, renamed
 
 __all__ = [
     "sign_sgd",
@@ -39,7 +42,10 @@ __all__ = [
     "ScionGeometry",
     "ScionRecipe",
     "SCION_NORMS",
-    "scion_geometry",
+    "vector_geometry",
+    "ADJUST_LR",
+    "VIEWS",
+    "flattens",
     "Configuration",
     "configuration",
     "configurations",
@@ -107,19 +113,14 @@ def configurations() -> dict[str, Configuration]:
     return dict(_CONFIGURATIONS)
 
 
-_MATRICES = {"w": (6, 4), "v": (3, 5), "e": (2, 3, 3)}
+MATRIX_SHAPES = {"w": (6, 4), "v": (3, 5), "e": (2, 3, 3)}
 
 
-def _check_beta(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1); got {name}={value!r}")
-    return float(value)
-
-
-def _check_nonneg(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0; got {name}={value!r}")
-    return float(value)
+def configured(names: Mapping[str, tuple[str, Any]], **fields: Any) -> Driver:
+    """``Driver(**fields)``, its errors naming the configuration's hyperparameters (``names``: field -> (keyword,
+    value), e.g. ``beta2 -> beta``)."""
+    with renamed(names):
+        return Driver(**fields)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ def _check_nonneg(name: str, value: Any) -> float:
 )
 def sign_sgd(lr: float | Callable[[int], float] = 1e-3, *, weight_decay: float = 0.0, **driver: Any) -> Driver:
     """SignSGD (Bernstein et al., 2018): ``x <- (1 - lr wd) x - lr sign(g)``; the LMO of the l-inf ball."""
-    return Driver(geometry=get_norm("sign"), lr=lr, decay=weight_decay, **driver)
+    return configured({"decay": ("weight_decay", weight_decay)}, geometry=get_norm("sign"), lr=lr, decay=weight_decay,
+                   **driver)
 
 
 @configuration(
@@ -142,8 +144,8 @@ def signum(
     lr: float | Callable[[int], float] = 1e-3, *, beta: float = 0.9, weight_decay: float = 0.0, **driver: Any
 ) -> Driver:
     """Signum (Bernstein et al., 2018): ``m <- b m + (1 - b) g``, ``x <- (1 - lr wd) x - lr sign(m)``."""
-    beta = _check_beta("beta", beta)
-    return Driver(geometry=get_norm("sign"), lr=lr, beta1=beta, beta2=beta, decay=weight_decay, **driver)
+    names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
+    return configured(names, geometry=get_norm("sign"), lr=lr, beta1=beta, beta2=beta, decay=weight_decay, **driver)
 
 
 @configuration(
@@ -164,15 +166,22 @@ def lion(
     try:
         beta1, beta2 = betas
     except (TypeError, ValueError):
-        raise ValueError(f"betas must be a pair (beta1, beta2); got betas={betas!r}") from None
-    return Driver(geometry=get_norm("sign"), lr=lr, beta1=beta1, beta2=beta2, decay=weight_decay, **driver)
+        raise HyperparameterError("betas", betas, "a pair (beta1, beta2)") from None
+    return configured({"decay": ("weight_decay", weight_decay)}, geometry=get_norm("sign"), lr=lr, beta1=beta1,
+                   beta2=beta2, decay=weight_decay, **driver)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Muon
 # ---------------------------------------------------------------------------------------------------------------
-_ADJUST = ("original", "match_rms_adamw", "none")
-_VIEWS = ("auto", "batch", "flatten")
+ADJUST_LR = ("original", "match_rms_adamw", "none")
+VIEWS = ("auto", "batch", "flatten")
+
+
+def flattens(ndim: int, view: str) -> bool:
+    """Whether a parameter with ``ndim`` axes is one matrix ``(O, I * k1 * ...)`` under ``view`` (a conv kernel):
+    4 or more axes under ``"auto"``, 3 or more under ``"flatten"``; else its leading axes are batch axes."""
+    return ndim >= 3 and (view == "flatten" or (view == "auto" and ndim >= 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,61 +198,83 @@ class MuonGeometry:
       computed from that matrix: ``A = O``, ``B = I * k1 * ...``
       (so ``original`` gives ``sqrt(max(1, O / (I k1 ...)))``).
       Use ``view="flatten"`` for Conv1d kernels ``(O, I, k)``, which ``"auto"`` would read as ``O`` matrices.
+    - vectors and scalars (fewer than 2 axes): the geometry ``vectors`` if given (a ``Norm``, registry name or
+      ``ParamGeometry``: e.g. ``"rms"`` or :func:`vector_geometry`), else refused.
 
-    Radius (``adjust``, torch.optim.Muon's ``adjust_lr_fn``) from the matrix shape ``(A, B)``:
+    Radius (``adjust_lr``, torch.optim.Muon's ``adjust_lr_fn``) from the matrix shape ``(A, B)``:
     ``"original"`` ``sqrt(max(1, A / B))`` (Keller Jordan), ``"match_rms_adamw"`` ``0.2 sqrt(max(A, B))`` (Moonshot),
-    ``"none"`` 1. Vectors and scalars are rejected: optimise them with AdamW (see
-    :func:`lmo.optimizers.torch.muon_with_adamw`).
+    ``"none"`` 1.
     """
 
     norm: Norm
-    adjust: str = "original"
+    adjust_lr: str | None = "original"
     view: str = "auto"
+    vectors: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", get_norm(self.norm))
         if self.norm.ndim != 2:
-            raise ValueError(f"MuonGeometry: norm must be a matrix norm (ndim=2); got {self.norm!r}")
-        adjust = "original" if self.adjust is None else self.adjust
-        if adjust not in _ADJUST:
-            raise ValueError(f"MuonGeometry: adjust must be one of {_ADJUST} (or None); got adjust={self.adjust!r}")
-        object.__setattr__(self, "adjust", adjust)
-        if self.view not in _VIEWS:
-            raise ValueError(f"MuonGeometry: view must be one of {_VIEWS}; got view={self.view!r}")
+            raise HyperparameterError("norm", self.norm, "a matrix norm (ndim=2)")
+        adjust = "original" if self.adjust_lr is None else self.adjust_lr
+        object.__setattr__(self, "adjust_lr", validation.choice("adjust_lr", adjust, ADJUST_LR))
+        validation.choice("view", self.view, VIEWS)
+        if self.vectors is not None and not isinstance(self.vectors, ParamGeometry):
+            object.__setattr__(self, "vectors", ParamGeometry(get_norm(self.vectors)))
 
-    def ratio(self, rows: int, cols: int) -> float:
-        """The radius of an ``(rows, cols)`` matrix's update under this geometry's ``adjust``."""
-        if self.adjust == "original":
+    def radius(self, rows: int, cols: int) -> float:
+        """The radius of an ``(rows, cols)`` matrix's update under this geometry's ``adjust_lr``."""
+        if self.adjust_lr == "original":
             return math.sqrt(max(1.0, rows / cols))
-        if self.adjust == "match_rms_adamw":
+        if self.adjust_lr == "match_rms_adamw":
             return 0.2 * math.sqrt(max(rows, cols))
         return 1.0
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
         if len(shape) < 2:
+            if self.vectors is not None:
+                return self.vectors
             raise ValueError(
-                f"Muon acts on matrices; parameter {name!r} has shape {tuple(shape)}. Optimise vectors and scalars "
-                f"with AdamW (lmo.optimizers.torch.muon_with_adamw splits a model for you)"
+                f"Muon acts on matrices; parameter {name!r} has shape {tuple(shape)}. Give the vectors a geometry "
+                f"of their own: muon(..., vectors='rms') (or lmo.optimizers.vector_geometry()), or optimise them "
+                f"with another optimizer"
             )
-        flatten = len(shape) >= 3 and (self.view == "flatten" or (self.view == "auto" and len(shape) >= 4))
-        if flatten:
+        if flattens(len(shape), self.view):
             view = (shape[0], math.prod(shape[1:]))
-            return ParamGeometry(self.norm, self.ratio(*view), view)
-        return ParamGeometry(self.norm, self.ratio(shape[-2], shape[-1]))
+            return ParamGeometry(self.norm, self.radius(*view), view)
+        return ParamGeometry(self.norm, self.radius(shape[-2], shape[-1]))
+
+
+def vector_geometry(radius: float = 1.0) -> ParamGeometry:
+    """The documented geometry of vectors (biases, norm gains, scalars) beside matrices: the RMS norm, so that each
+    vector's step ``lr * radius * lmo(c) = -lr * radius * c / rms(c)`` has RMS ``lr * radius`` (Scion's ``BiasRMS``;
+    a scalar moves by ``lr * radius``). The private optimizers (:class:`lmo.optimizers.DPMuon`) use it by default."""
+    return ParamGeometry(get_norm("rms"), radius)
+
+
+def _ns_coefficients(value: Any) -> tuple[float, ...]:
+    """torch.optim.Muon's rule: one quintic ``(a, b, c)``."""
+    if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3
+            or not all(validation.is_number(v) and math.isfinite(v) for v in value)):
+        raise HyperparameterError("ns_coefficients", value, "a tuple of exactly 3 finite numbers (a, b, c)",
+                                  f"Coefficients must be a tuple of exactly 3 values; got ns_coefficients={value!r}")
+    return tuple(float(v) for v in value)
 
 
 @configuration(
     cases=[
         {"lr": 0.1, "weight_decay": 0.0},
         {"lr": 0.1, "nesterov": False, "weight_decay": 0.01, "adjust_lr": "match_rms_adamw"},
+        {"lr": 0.1, "weight_decay": 0.0, "method": "auto"},
     ],
     bad=[
         ({"beta": 1.5}, "beta"),
         ({"weight_decay": -0.1}, "decay"),
         ({"adjust_lr": "bogus"}, "adjust"),
         ({"ns_steps": 0}, "steps"),
+        ({"nesterov": 1}, "nesterov"),
+        ({"ns_coefficients": (1.0, 2.0)}, "ns_coefficients"),
     ],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def muon(
@@ -260,6 +291,7 @@ def muon(
     method: str = "newton_schulz",
     norm: Norm | str | None = None,
     ns_dtype: str | None = None,
+    vectors: Any = "rms",
     **driver: Any,
 ) -> Driver:
     """Muon (Jordan et al., 2024), exactly as torch.optim.Muon computes it, in this package's sign convention::
@@ -271,34 +303,41 @@ def muon(
     i.e. the driver with ``(beta1, beta2) = (b^2, b)`` (Nesterov) or ``(b, b)``, the spectral geometry
     ``get_norm("spectral", method="newton_schulz", steps=ns_steps, coefficients=ns_coefficients, eps=eps)``
     and the radius ``adjust(A, B)`` of :class:`MuonGeometry` (conv kernels and batches of matrices included).
-    ``method="svd"`` (or any other spectral method) replaces Newton-Schulz by that polar solver; ``norm`` (a matrix
-    ``Norm`` or registry name) replaces the geometry altogether (then ``ns_*``, ``eps`` and ``method`` are unused).
-    ``ns_dtype`` (``"float32"``, ``"bfloat16"``, ...) pins the dtype of the polar iteration; the default follows the
-    device (bf16 where bf16 matrix products are fast, as torch.optim.Muon always uses; fp32 elsewhere).
+    ``method`` replaces Newton-Schulz by another polar solver of the spectral geometry: ``"auto"`` (the fastest
+    one whose update is at least as orthogonal as the default's: docs/polar_solvers.md), ``"polar_express"``,
+    ``"svd"`` (exact), ...; ``norm`` (a matrix ``Norm`` or registry name) replaces the geometry altogether (then
+    ``ns_*``, ``eps`` and ``method`` are unused). ``ns_dtype`` (``"float32"``, ``"bfloat16"``, ...) pins the dtype
+    of the polar iteration; the default follows the device (bf16 where bf16 matrix products are fast, as
+    torch.optim.Muon always uses; fp32 elsewhere).
+
+    ``vectors``: the geometry of parameters with fewer than 2 axes (biases, gains): a ``Norm``, registry name or
+    ``ParamGeometry``; default ``"rms"``, each vector's step of RMS ``lr`` (Scion's ``BiasRMS``), so that
+    ``muon(lr).init({"w": W, "b": b})`` works; ``None`` refuses them, as torch.optim.Muon does.
     """
-    beta = _check_beta("beta", beta)
-    if adjust_lr not in (None, *_ADJUST):
-        raise ValueError(f"adjust_lr must be one of {_ADJUST} or None; got adjust_lr={adjust_lr!r}")
-    if view not in _VIEWS:
-        raise ValueError(f"view must be one of {_VIEWS}; got view={view!r}")
+    validation.boolean("nesterov", nesterov)
     if norm is not None:
         norm = get_norm(norm)
     elif method == "newton_schulz":
-        if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
-            raise ValueError(f"ns_steps must be an int >= 1; got ns_steps={ns_steps!r}")
-        norm = get_norm("spectral", method=method, steps=ns_steps, coefficients=tuple(ns_coefficients), eps=eps,
-                        dtype=ns_dtype)
+        norm = get_norm("spectral", method=method, steps=validation.integer("ns_steps", ns_steps, 1, 100),
+                        coefficients=_ns_coefficients(ns_coefficients), eps=eps, dtype=ns_dtype)
     else:
-        norm = get_norm("spectral", method=method, dtype=ns_dtype)
-    geometry = MuonGeometry(norm, adjust=adjust_lr, view=view)
-    beta1 = beta * beta if nesterov else beta
-    return Driver(geometry=geometry, lr=lr, beta1=beta1, beta2=beta, decay=weight_decay, **driver)
+        with renamed({"dtype": ("ns_dtype", ns_dtype)}):
+            norm = _spectral(method, ns_dtype)
+    geometry = MuonGeometry(norm, adjust_lr=adjust_lr, view=view, vectors=vectors)
+    beta1 = beta * beta if nesterov and validation.is_number(beta) else beta
+    names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
+    return configured(names, geometry=geometry, lr=lr, beta1=beta1, beta2=beta, decay=weight_decay, **driver)
+
+
+def _spectral(method: str, dtype: str | None) -> Norm:
+    validation.choice("method", method, POLAR_METHODS)
+    return get_norm("spectral", method=method, dtype=dtype)
 
 
 @configuration(
     cases=[{"lr": 0.5}],
     bad=[({"lr": -0.5}, "lr")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def spectral_descent(
@@ -308,14 +347,11 @@ def spectral_descent(
 
     The driver with the spectral geometry and ``rule="sharp"``: the step is scaled by the dual (nuclear) norm.
     """
-    beta = _check_beta("beta", beta)
-    geometry = MuonGeometry(get_norm("spectral", method=method), adjust="none", view="batch")
-    return Driver(geometry=geometry, lr=lr, beta1=beta, beta2=beta, rule="sharp", **driver)
+    geometry = MuonGeometry(_spectral(method, None), adjust_lr="none", view="batch")
+    names = {"beta1": ("beta", beta), "beta2": ("beta", beta)}
+    return configured(names, geometry=geometry, lr=lr, beta1=beta, beta2=beta, rule="sharp", **driver)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Scion
-# ---------------------------------------------------------------------------------------------------------------
 def _scion_spectral(name: str, shape: tuple[int, ...], *, max: bool = False, normalized: bool = True,
                     steps: int = 5) -> ParamGeometry:
     if len(shape) != 2:
@@ -399,18 +435,17 @@ See :mod:`lmo.geometries.columns` for the correspondence of each class."""
 @dataclasses.dataclass(frozen=True)
 class ScionGeometry:
     """A Scion parameter group's geometry: ``norm`` (a Scion name, a registry name, or a ``Norm``) with
-    ``norm_kwargs``, and the group's ``scale`` (radius). Scion names get Scion's shape factors (:data:`SCION_NORMS`);
-    registry names and ``Norm`` instances are used as they are."""
+    ``norm_kwargs``, and the group's ``radius`` (the reference's ``scale``). Scion names get Scion's shape factors
+    (:data:`SCION_NORMS`); registry names and ``Norm`` instances are used as they are."""
 
     norm: str | Norm = "Auto"
     norm_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    scale: float = 1.0
+    radius: float = 1.0
 
     def __post_init__(self) -> None:
         kwargs = dict(self.norm_kwargs or {})
         object.__setattr__(self, "norm_kwargs", tuple(sorted(kwargs.items())))  # hashable
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale < math.inf:
-            raise ValueError(f"scale must be a finite number > 0; got scale={self.scale!r}")
+        object.__setattr__(self, "radius", validation.real("radius", self.radius, 0.0, low_open=True))
         if isinstance(self.norm, str) and self.norm in SCION_NORMS:
             fn = SCION_NORMS[self.norm]
             import inspect
@@ -432,15 +467,9 @@ class ScionGeometry:
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
         if isinstance(self.norm, Norm):
-            return ParamGeometry(self.norm, self.scale)
+            return ParamGeometry(self.norm, self.radius)
         geo = SCION_NORMS[self.norm](name, tuple(shape), **dict(self.norm_kwargs))
-        return dataclasses.replace(geo, radius=geo.radius * self.scale)
-
-
-def scion_geometry(norm: str | Norm = "Auto", norm_kwargs: Mapping[str, Any] | None = None, scale: float = 1.0
-                   ) -> ScionGeometry:
-    """The geometry rule of one Scion group (see :class:`ScionGeometry`)."""
-    return ScionGeometry(norm, dict(norm_kwargs or {}), scale)
+        return dataclasses.replace(geo, radius=geo.radius * self.radius)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,9 +495,7 @@ class ScionRecipe:
 
     def __post_init__(self) -> None:
         for field in ("radius", "output_radius", "embedding_radius", "bias_radius"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"ScionRecipe: {field} must be a finite number > 0; got {field}={value!r}")
+            object.__setattr__(self, field, validation.real(field, getattr(self, field), 0.0, low_open=True))
         object.__setattr__(self, "output", tuple(self.output))
         object.__setattr__(self, "embedding", tuple(self.embedding))
 
@@ -491,10 +518,11 @@ class ScionRecipe:
 
 
 def _scion_driver(lr: Any, beta: float, geometry: Any, constrained: bool, driver: dict[str, Any]) -> Driver:
-    beta = _check_beta("beta", beta)
     if geometry is None:
         geometry = ScionRecipe()
-    return Driver(geometry=geometry, lr=lr, beta1=beta, beta2=beta, decay=1.0 if constrained else 0.0, **driver)
+    names = {"beta1": ("beta", beta), "beta2": ("beta", beta)}
+    return configured(names, geometry=geometry, lr=lr, beta1=beta, beta2=beta, decay=1.0 if constrained else 0.0,
+                   **driver)
 
 
 @configuration(

@@ -2,8 +2,9 @@
 
 Everything but the oracle is element-wise (estimator, weight decay, update), so every rank runs it on what it holds:
 the full tensors under DDP, its shards under FSDP2. The oracle is where the work is and where a matrix must be seen
-whole. :class:`Distribution` evaluates it for :meth:`lmo.optimizers.Driver.apply` (its ``oracle=`` argument) with
-the driver's own batched oracle, only splitting the work:
+whole. :class:`Distribution` is an executor of a plan's oracle stage (``executor=`` of
+:func:`lmo.optimizers.step.run_step`, the other one being :func:`lmo.optimizers.step.evaluate`): it evaluates the
+same oracle on the same batches, only splitting the work:
 
 - **replicated** parameters (DDP; a ``Replicate`` DTensor): the matrices whose norm needs the whole matrix are
   dealt out to the ranks, balanced by the oracle's cost (``batch * m * n * min(m, n)`` flops, greedy
@@ -36,7 +37,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .driver import Driver, ParamGeometry, _nonfinite
+from .driver import ParamGeometry, find_nonfinite, first_nonfinite
+from .step import Direction, Plan, evaluate, oracle_directions
 
 __all__ = ["Distribution", "StepRecord", "balance", "chunk_sizes"]
 
@@ -165,15 +167,14 @@ class Distribution:
         """Whether a step on ``tensors`` needs this module (more than one rank, or DTensors)."""
         return self.world > 1 or any(isinstance(t, DTensor) for t in tensors)
 
-    def oracle(self, driver: Driver, params: Sequence[torch.Tensor]) -> Callable[..., Any] | None:
-        """The ``oracle=`` argument of ``driver.apply`` for a step on ``params`` (None: the driver's own)."""
-        if not self.active(params):
-            return None
-        return lambda geometries, estimates: self._oracle(driver, geometries, estimates)
+    def executor(self, params: Sequence[torch.Tensor]) -> Callable[..., dict[int, Direction]] | None:
+        """The oracle stage for a step on ``params``: this distribution's (``None``: one process, the plan's own)."""
+        return self.evaluate if self.active(params) else None
 
     def nonfinite(self, names: Sequence[str], grads: Sequence[torch.Tensor]) -> str | None:
         """The first parameter with a non-finite gradient on any rank holding a shard of it (the same answer on
-        every rank, so that all of them raise or skip together), or None."""
+        every rank, so that all of them raise or skip together), or None. One test on the device for all gradients
+        (read once) when nothing is sharded."""
         groups: dict[int, Any] = {}
         for g in grads:
             if isinstance(g, DTensor):
@@ -181,10 +182,10 @@ class Distribution:
                     pg = g.device_mesh.get_group(i)
                     groups.setdefault(id(pg), pg)
         if not groups:
-            return _nonfinite(names, grads)
+            return find_nonfinite(names, grads)
         held = [(i, g.to_local() if isinstance(g, DTensor) else g) for i, g in enumerate(grads)]
         held = [(i, t) for i, t in held if t.numel()]
-        bad = _nonfinite([names[i] for i, _ in held], [t for _, t in held])
+        bad = first_nonfinite([names[i] for i, _ in held], [t for _, t in held])
         device = grads[0].to_local().device if isinstance(grads[0], DTensor) else grads[0].device
         index = torch.tensor([names.index(bad) if bad is not None else len(names)], device=device)
         for pg in groups.values():
@@ -193,27 +194,50 @@ class Distribution:
         return names[i] if i < len(names) else None
 
     # -- the oracle stage ----------------------------------------------------------------------------------------
+    def evaluate(
+        self,
+        plan: Plan,
+        batches: Sequence[int],
+        estimates: dict[int, torch.Tensor],
+        params: dict[int, torch.Tensor],
+        slots: dict[int, dict[str, Any]],
+        step: int,
+    ) -> dict[int, Direction]:
+        """The oracle stage of ``batches`` of ``plan``, shared across the ranks (same signature and values as
+        :func:`lmo.optimizers.step.evaluate`). A stateful oracle runs where its state is: on every rank."""
+        stateful = [j for j in batches if plan.batches[j].stateful]
+        found = evaluate(plan, stateful, estimates, params, slots, step) if stateful else {}
+        members = [i for j in batches if not plan.batches[j].stateful for i in plan.batches[j].members]
+        if members:
+            ds, duals = self._oracle(plan, [plan.entries[i].geometry for i in members],
+                                     [estimates[i] for i in members])
+            for i, d, dual in zip(members, ds, duals):
+                found[i] = Direction(d, 1.0, dual)
+        return found
+
     def _oracle(
-        self, driver: Driver, geometries: list[ParamGeometry], estimates: list[torch.Tensor]
+        self, plan: Plan, geometries: list[ParamGeometry], estimates: list[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        sharp = driver.rule == "sharp"
+        rule, batch = plan.driver.rule, plan.driver.batch
+        sharp = rule == "sharp"
         n = len(estimates)
         out: list[Any] = [None] * n  # (direction, dual) on what this rank holds
-        items = [self._classify(driver, i, g, c) for i, (g, c) in enumerate(zip(geometries, estimates))]
+        items = [self._classify(rule, i, g, c) for i, (g, c) in enumerate(zip(geometries, estimates))]
         stats = {"computed": 0, "sent": 0}
 
         def compute(pairs: list[tuple[ParamGeometry, torch.Tensor]]) -> list[tuple[torch.Tensor, Any]]:
-            """The driver's own oracle on whole tensors: ``(direction, dual broadcast to the tensor or None)``."""
+            """The plan's oracle on whole tensors: ``(direction, dual broadcast to the tensor or None)``, the
+            direction in the tensor's dtype (what travels between the ranks)."""
             results: list[Any] = [None] * len(pairs)
             todo = [j for j, (_, t) in enumerate(pairs) if t.numel()]
             for j, (_, t) in enumerate(pairs):
                 if not t.numel():
                     results[j] = (torch.zeros_like(t), torch.zeros_like(t) if sharp else None)
             if todo:
-                ds, duals = driver._oracle([pairs[j][0] for j in todo], [pairs[j][1] for j in todo])
-                for j, d, dual in zip(todo, ds, duals):
+                found = oracle_directions([pairs[j][0] for j in todo], [pairs[j][1] for j in todo], rule, batch)
+                for j, dr in zip(todo, found):
                     t = pairs[j][1]
-                    results[j] = (d, None if dual is None else torch.broadcast_to(dual, t.shape))
+                    results[j] = (dr.full(t), None if dr.dual is None else torch.broadcast_to(dr.dual, t.shape))
                     view = pairs[j][0].view or tuple(t.shape)
                     stats["computed"] += math.prod(view[: len(view) - pairs[j][0].norm.ndim])
             return results
@@ -283,7 +307,7 @@ class Distribution:
         )
         return directions, duals
 
-    def _classify(self, driver: Driver, index: int, geo: ParamGeometry, c: torch.Tensor) -> _Item:
+    def _classify(self, rule: str, index: int, geo: ParamGeometry, c: torch.Tensor) -> _Item:
         if not isinstance(c, DTensor):
             path = OWNER if self.world > 1 and _needs_whole(geo) else LOCAL
             return _Item(index, geo, c, path, group=self.group, world=self.world, rank=self.rank,
@@ -306,7 +330,7 @@ class Distribution:
         if tuple(local.shape) != shape[:dim] + (sizes[rank],) + shape[dim + 1 :]:
             return item  # not torch.chunk's layout: FULL
         item.dim, item.sizes, item.world, item.rank, item.group = dim, sizes, world, rank, mesh.get_group()
-        local_geo = _local_geometry(geo, shape, dim, sizes[rank], driver.rule)
+        local_geo = _local_geometry(geo, shape, dim, sizes[rank], rule)
         if local_geo is not None:
             item.path, item.local_geo = LOCAL, local_geo
         else:

@@ -29,23 +29,26 @@ starts in the ball stays in it (constrained Scion). Other ``decay`` values are d
 (AdamW/Muon convention: the factor is ``1 - lr * decay``, with the *unadjusted* ``lr``).
 
 The driver is pure: :meth:`Driver.init` returns a state and :meth:`Driver.step` returns new parameters and a new
-state, leaving its inputs untouched, over any array-API namespace (numpy, torch, CuPy, array-api-strict). The torch
-adapters, which own their parameters and momenta, call :meth:`Driver.apply` with ``inplace=True``: the same step
-written into those tensors (``lerp_``, ``mul_``, ``add_``), bit for bit the pure step's values, where no hook needs
-the pure form (the rule is in :meth:`Driver.apply`).
+state, leaving its inputs untouched, over any array-API namespace (numpy, torch, CuPy, array-api-strict). What can
+be decided before the first step -- each parameter's geometry, view and radius, the same-shape batches of the
+oracle -- is a :class:`lmo.optimizers.step.Plan`, made once per parameter structure and kept
+(:meth:`Driver.plan`); the step itself is :func:`lmo.optimizers.step.run_step`. The torch adapters keep one plan
+per param group and step their own parameters and momenta in place (``inplace=True``: the same values, bit for
+bit, written into those tensors).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-from lmo.backend import Array, device, namespace
+from lmo.backend import Array, namespace
 from lmo.norm import Norm, get_norm
 
-from . import _foreach
+from . import _foreach, validation
+from .validation import HyperparameterError
 
 __all__ = [
     "Driver",
@@ -60,6 +63,11 @@ __all__ = [
     "NonFiniteGradientError",
     "flatten_tree",
     "stateful_oracle",
+    "hook_slots",
+    "set_hook_slots",
+    "find_nonfinite",
+    "first_nonfinite",
+    "MOMENTUM",
 ]
 
 
@@ -92,18 +100,35 @@ class ParamGeometry:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", get_norm(self.norm))
-        if isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) or not (
-            0 < self.radius < math.inf
-        ):
-            raise ValueError(f"ParamGeometry: radius must be a finite number > 0; got radius={self.radius!r}")
-        object.__setattr__(self, "radius", float(self.radius))
+        object.__setattr__(self, "radius", validation.real("radius", self.radius, 0.0, low_open=True))
         if self.view is not None:
             view = tuple(self.view)
             if not view or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in view):
-                raise ValueError(f"ParamGeometry: view must be a tuple of positive ints; got view={self.view!r}")
+                raise HyperparameterError("view", self.view, "a tuple of positive ints")
             object.__setattr__(self, "view", view)
-        if not isinstance(self.transpose, bool):
-            raise ValueError(f"ParamGeometry: transpose must be a bool; got transpose={self.transpose!r}")
+        validation.boolean("transpose", self.transpose)
+
+    def oracle_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape that :meth:`to_oracle` gives an array of shape ``shape``."""
+        view = self.view if self.view is not None else tuple(shape)
+        return (*view[:-2], view[-1], view[-2]) if self.transpose else tuple(view)
+
+    def to_oracle(self, c: Array) -> Array:
+        """``c`` as the oracle sees it: reshaped to the view, then transposed if asked."""
+        if self.view is None and not self.transpose:
+            return c
+        xp = namespace(c)
+        v = c if self.view is None else xp.reshape(c, self.view)
+        return xp.matrix_transpose(v) if self.transpose else v
+
+    def from_oracle(self, d: Array, like: Array) -> Array:
+        """Undo :meth:`to_oracle`: ``d`` back to the shape of ``like``."""
+        if self.view is None and not self.transpose:
+            return d
+        xp = namespace(d)
+        if self.transpose:
+            d = xp.matrix_transpose(d)
+        return xp.reshape(d, tuple(like.shape))
 
 
 GeometryRule = Callable[[str, tuple[int, ...]], Norm | str | ParamGeometry]
@@ -123,10 +148,11 @@ class StepInfo:
     """
 
     step: int  # 0-based index of the step being taken
-    lr: float  # the learning rate of this step
+    lr: Any  # the learning rate of this step: a number, or a 0-d tensor (torch adapters with a tensor lr)
     names: tuple[str, ...]  # parameter names, aligned with every list a hook receives
     estimates: tuple[Array, ...] | None = None  # the oracle's inputs c (direction_transform only)
     geometries: tuple[ParamGeometry, ...] | None = None  # the parameters' geometries (direction_transform only)
+    gradient_noise_std: float | None = None  # noise std per entry that the gradient transform released (DP)
 
 
 class Hook:
@@ -178,6 +204,11 @@ class GradientTransform(Hook):
         self, grads: list[Array], slots: list[dict[str, Array]], params: list[Array], info: StepInfo
     ) -> tuple[list[Array], list[dict[str, Array]]]:
         raise NotImplementedError(f"{type(self).__name__} must define __call__(grads, slots, params, info)")
+
+    def gradient_noise_std(self, names: Sequence[str]) -> float | None:
+        """The std per entry of the noise this transform adds to the gradients of the parameters ``names`` (None:
+        it adds none); the step passes it on to later hooks as :attr:`StepInfo.gradient_noise_std`."""
+        return None
 
 
 class DirectionTransform(Hook):
@@ -252,6 +283,25 @@ MOMENTUM = "momentum_buffer"  # the slot name of the estimator state (the same k
 _NONFINITE = ("raise", "skip", "ignore")
 
 
+def hook_slots(slots: Sequence[Mapping[str, Array]], stage: str) -> list[dict[str, Array]]:
+    """Each parameter's slots of one stage (``"<stage>.<key>"`` in the state), with the prefix removed."""
+    prefix = stage + "."
+    return [{k[len(prefix):]: v for k, v in s.items() if k.startswith(prefix)} for s in slots]
+
+
+def set_hook_slots(slots: list[dict[str, Array]], stage: str, stage_slots: Sequence[Mapping[str, Array]]) -> None:
+    """Replace each parameter's slots of ``stage`` by ``stage_slots`` (one dict per parameter, in order)."""
+    stage_slots = list(stage_slots)
+    if len(stage_slots) != len(slots):
+        raise ValueError(f"the {stage} hook returned {len(stage_slots)} slot dicts for {len(slots)} parameters")
+    prefix = stage + "."
+    for s, h in zip(slots, stage_slots):
+        for k in [k for k in s if k.startswith(prefix)]:
+            del s[k]
+        for k, v in h.items():
+            s[prefix + k] = v
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Trees of parameters
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,8 +343,7 @@ def flatten_tree(tree: Any) -> tuple[list[str], list[Array], Callable[[list[Any]
 # ---------------------------------------------------------------------------------------------------------------
 # The driver
 # ---------------------------------------------------------------------------------------------------------------
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_PLAN_CACHE = 8  # plans kept per driver (one per parameter structure it has stepped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +365,8 @@ class Driver:
     geometry
         A :class:`~lmo.Norm` (or registry name, or :class:`ParamGeometry`) for every parameter, or a rule
         ``rule(name, shape) -> Norm | str | ParamGeometry`` that assigns one per parameter from its dotted name and
-        shape. A rule is called once per parameter and step; it should be cheap and deterministic.
+        shape. The rule is called once per parameter when the driver first meets a parameter structure (the
+        plan); it must be deterministic.
     lr
         The learning rate: a number ``>= 0`` or a schedule ``lr(t)`` of the 0-based step index.
     beta1, beta2
@@ -337,14 +387,14 @@ class Driver:
         Policy for a gradient with NaN or Inf: ``"raise"`` (default) raises :class:`NonFiniteGradientError` (a
         ``ValueError``) naming the parameter, and nothing changes; ``"skip"`` returns the parameters and state
         unchanged (the step counter does not advance), as loss-scaling AMP does; ``"ignore"`` performs no check
-        (no host synchronisation on accelerators; NaN then propagates into the parameters).
+        (no host synchronisation on accelerators; NaN then propagates into the parameters). The check is one
+        test on the device for all gradients together, read once per step.
     batch
         Whether parameters whose oracle inputs have the same core shape, dtype, device and norm are stacked and
         sent to the oracle in one batched call (one Newton-Schulz chain for all same-shape matrices). The result
         is the same as one call per parameter; only matrix norms (``ndim >= 2``) are batched. ``"auto"`` (the
-        default) batches everywhere except large matrices on a CPU: there one stacked chain is measured slower
-        than one chain per matrix (``benchmarks/muon_step.py``: 7-11% on a GPT-shaped set, for the stacking copy
-        and the batched product), while on accelerators and for small matrices the fewer calls pay.
+        default) batches everywhere except large float32 matrices on a CPU
+        (:data:`lmo.optimizers.step.CPU_BATCH_LIMIT`; ``benchmarks/muon_step.py`` measures both).
     """
 
     geometry: Norm | str | ParamGeometry | GeometryRule
@@ -362,43 +412,39 @@ class Driver:
     nonfinite: Literal["raise", "skip", "ignore"] = "raise"
     batch: bool | Literal["auto"] = "auto"
 
-    # -- validation ----------------------------------------------------------------------------------------------
+    # -- validation: the one place where the driver's fields are checked ----------------------------------------
     def __post_init__(self) -> None:
         geometry = self.geometry
         if isinstance(geometry, (str, Norm)):
             object.__setattr__(self, "geometry", ParamGeometry(get_norm(geometry)))
         elif not isinstance(geometry, ParamGeometry) and not callable(geometry):
-            raise ValueError(
-                "Driver: geometry must be a Norm, a registry name, a ParamGeometry or a rule "
-                f"(name, shape) -> Norm | ParamGeometry; got geometry={geometry!r}"
+            raise HyperparameterError(
+                "geometry", geometry, "a Norm, a registry name, a ParamGeometry or a rule (name, shape) -> geometry"
             )
-        if callable(self.lr):
-            pass
-        elif not _number(self.lr) or not (0 <= self.lr < math.inf):
-            raise ValueError(f"Driver: lr must be a finite number >= 0 or a schedule lr(step); got lr={self.lr!r}")
         for field in ("beta1", "beta2"):
-            value = getattr(self, field)
-            if not _number(value) or not (0 <= value < 1):
-                raise ValueError(f"Driver: {field} must be a number in [0, 1); got {field}={value!r}")
-        if self.rule not in ("lmo", "sharp"):
-            raise ValueError(f"Driver: rule must be 'lmo' or 'sharp'; got rule={self.rule!r}")
-        if not _number(self.decay) or not (0 <= self.decay < math.inf):
-            raise ValueError(f"Driver: decay must be a finite number >= 0; got decay={self.decay!r}")
-        if not _number(self.radius) or not (0 < self.radius < math.inf):
-            raise ValueError(f"Driver: radius must be a finite number > 0; got radius={self.radius!r}")
-        if not callable(self.lr) and self.lr * self.decay > 1:
-            raise ValueError(
-                f"Driver: lr * decay must be <= 1 (the factor 1 - lr * decay would flip x); got lr={self.lr!r}, "
-                f"decay={self.decay!r}"
-            )
+            object.__setattr__(self, field, validation.probability(field, getattr(self, field)))
+        validation.choice("rule", self.rule, ("lmo", "sharp"))
+        object.__setattr__(self, "decay", validation.real("decay", self.decay, 0.0))
+        object.__setattr__(self, "radius", validation.real("radius", self.radius, 0.0, low_open=True))
+        if not callable(self.lr):
+            object.__setattr__(self, "lr", self.check_lr(self.lr))
         for field, kind in _HOOKS.items():
             hook = getattr(self, field)
             if hook is not None and not isinstance(hook, kind):
-                raise ValueError(f"Driver: {field} must be a {kind.__name__} instance or None; got {hook!r}")
-        if self.nonfinite not in _NONFINITE:
-            raise ValueError(f"Driver: nonfinite must be one of {_NONFINITE}; got nonfinite={self.nonfinite!r}")
-        if not isinstance(self.batch, bool) and self.batch != "auto":
-            raise ValueError(f"Driver: batch must be a bool or 'auto'; got batch={self.batch!r}")
+                raise HyperparameterError(field, hook, f"a {kind.__name__} instance or None")
+        validation.choice("nonfinite", self.nonfinite, _NONFINITE)
+        if self.batch is not True and self.batch is not False:
+            validation.choice("batch", self.batch, ("auto",))
+        object.__setattr__(self, "_plans", {})
+
+    def check_lr(self, lr: Any, name: str = "lr") -> Any:
+        """The check of a learning rate value for this driver: a finite number ``>= 0`` (or a one-element tensor,
+        checked once on the host) with ``lr * decay <= 1``; returns it (a number as a float)."""
+        lr = validation.learning_rate(name, lr)
+        if self.decay and float(lr) * self.decay > 1:
+            raise HyperparameterError(name, lr, f"at most 1 / decay = {1 / self.decay:g} (lr * decay must be <= 1: "
+                                      "the factor 1 - lr * decay would flip x)")
+        return lr
 
     def replace(self, **changes: Any) -> Driver:
         """A copy with some fields changed (validated like a new driver)."""
@@ -411,25 +457,25 @@ class Driver:
         return self.grad_transform is not None and bool(self.grad_transform.per_example)
 
     @property
-    def stateful(self) -> bool:
+    def has_momentum(self) -> bool:
         """Whether the estimator keeps a momentum buffer (``beta1 > 0``)."""
         return self.beta1 > 0
 
-    def learning_rate(self, step: int) -> float:
-        """The learning rate of step ``step`` (0-based), validated."""
-        lr = self.lr(step) if callable(self.lr) else self.lr
+    def learning_rate(self, step: int) -> Any:
+        """The learning rate of step ``step`` (0-based): the number, or the schedule's value (checked)."""
+        if not callable(self.lr):
+            return self.lr
+        value = self.lr(step)
         try:
-            lr = float(lr)
+            return self.check_lr(value, f"lr({step})")
+        except HyperparameterError:
+            raise
         except (TypeError, ValueError):
-            raise ValueError(f"Driver: the schedule lr({step}) returned {lr!r}, not a number") from None
-        if not (0 <= lr < math.inf):
-            raise ValueError(f"Driver: lr({step}) = {lr!r}; a learning rate must be finite and >= 0")
-        if lr * self.decay > 1:
-            raise ValueError(f"Driver: lr({step}) * decay = {lr * self.decay!r} > 1 (1 - lr * decay would flip x)")
-        return lr
+            raise HyperparameterError(f"lr({step})", value, "a number (the schedule's value)") from None
 
     def geometry_for(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
-        """The :class:`ParamGeometry` of the parameter ``name`` with shape ``shape``."""
+        """The :class:`ParamGeometry` of the parameter ``name`` with shape ``shape`` (``ValueError`` if it does not
+        fit the shape)."""
         geometry = self.geometry
         if not isinstance(geometry, ParamGeometry):
             geometry = geometry(name, tuple(shape))
@@ -450,16 +496,31 @@ class Driver:
             )
         return geometry
 
+    def plan(self, names: Sequence[str], params: Sequence[Array]) -> Any:
+        """The :class:`lmo.optimizers.step.Plan` of this driver for these parameters: made on the first call for a
+        parameter structure (names, shapes, dtypes, devices) and kept."""
+        from .step import build_plan
+
+        key = (tuple(names), tuple((tuple(x.shape), str(x.dtype), str(getattr(x, "device", "")), type(x))
+                                   for x in params))
+        plans = self._plans  # type: ignore[attr-defined]
+        plan = plans.get(key)
+        if plan is None:
+            plan = build_plan(self, names, params)
+            if len(plans) >= _PLAN_CACHE:
+                plans.pop(next(iter(plans)))
+            plans[key] = plan
+        return plan
+
     # -- state ---------------------------------------------------------------------------------------------------
     def init_slots(self, name: str, param: Array) -> dict[str, Array]:
         """The state of one parameter: the momentum buffer (zeros) if ``beta1 > 0``, and the hooks' slots."""
         geo = self.geometry_for(name, tuple(param.shape))  # reject an unfit geometry now, not at the first step
         slots: dict[str, Array] = {}
-        if self.stateful:
-            xp = namespace(param)
-            slots[MOMENTUM] = xp.zeros_like(param)
+        if self.has_momentum:
+            slots[MOMENTUM] = namespace(param).zeros_like(param)
         if stateful_oracle(geo.norm):
-            for key, value in geo.norm.init_state(name, _to_oracle(geo, param)).items():
+            for key, value in geo.norm.init_state(name, geo.to_oracle(param)).items():
                 slots[f"{GEOMETRY}.{key}"] = value
         for stage in _HOOKS:
             hook = getattr(self, stage)
@@ -493,7 +554,7 @@ class Driver:
         if self.point is None:
             return list(params)
         info = StepInfo(step, self.learning_rate(step), tuple(names))
-        return list(self.point.point(list(params), _hook_slots([dict(s) for s in slots], "point"), info))
+        return list(self.point.point(list(params), hook_slots([dict(s) for s in slots], "point"), info))
 
     # -- the step ------------------------------------------------------------------------------------------------
     def step(self, params: Any, grads: Any, state: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -522,35 +583,21 @@ class Driver:
         slots: Sequence[Mapping[str, Array]],
         step: int,
         *,
-        oracle: Callable[[list[ParamGeometry], list[Array]], tuple[list[Array], list[Array | None]]] | None = None,
         inplace: bool = False,
+        executor: Any = None,
     ) -> tuple[list[Array], list[dict[str, Array]], bool]:
-        """The step over aligned lists (what :meth:`step` and the torch adapters call).
+        """The step over aligned lists (what :meth:`step` calls): checks, then
+        :func:`lmo.optimizers.step.run_step` on this driver's plan for the parameters.
 
         Returns ``(new_params, new_slots, taken)``; ``taken`` is False when ``nonfinite="skip"`` skipped the step.
-        ``oracle``: who evaluates the oracle stage ``(geometries, estimates) -> (directions, duals)``; default this
-        driver's own batched oracle. :mod:`lmo.optimizers.distributed` passes one that splits the same work across
-        ranks (and calls this driver's oracle on each rank's part); the values must be those of the default.
-
-        ``inplace``: the caller hands over ``params`` and the momentum buffers (``slots[i]["momentum_buffer"]``)
-        and the step may overwrite them: ``m <- m'`` by ``lerp_`` (``copy_`` of ``g`` when ``beta2 = 0``) and
-        ``x <- (1 - lr decay) x + f d`` by ``mul_`` and ``add_``, the same values bit for bit as the pure step;
-        the returned parameters and momenta are then the very objects handed in. The rule: it is honoured when
-        the driver has none of the hooks ``point``, ``direction_transform``, ``error_feedback``, ``retraction``
-        and no stateful oracle (those see the estimates -- the momentum itself when ``beta1 = beta2`` -- or the
-        new parameters, and may keep them in their slots, where a later in-place write would change what they
-        kept), for each part (below) whose parameters, gradients and momenta are torch tensors of one device and
-        dtype. Otherwise, numpy and other namespaces included, the step is the pure one and leaves its inputs
-        untouched: the new values are always what is returned, and a caller that owns the arrays copies them in
-        unless they are the same objects. A ``grad_transform`` runs before anything is written and is allowed.
-        ``nonfinite="skip"`` returns before anything is written; an exception raised after the estimator (a
-        failing oracle) may leave the handed-over arrays partly updated.
-
-        Parts: without hooks after the estimator and with the driver's own oracle, the parameters are stepped in
-        parts -- one per group the oracle evaluates in one call (same-shape matrices it stacks, or one matrix),
-        one for all vector geometries -- so that only one part's estimates and directions exist at a time (the
-        peak memory of torch.optim.Muon's per-parameter loop); the values are those of one pass over all.
+        Everything that can be refused (gradient shapes, non-finite gradients, the learning rate) is checked
+        before anything is computed. ``inplace``: the caller hands over ``params`` and the momentum buffers,
+        which the step may overwrite (see :func:`~lmo.optimizers.step.run_step`); the returned arrays are then
+        the very objects handed in. ``executor``: the oracle stage (default
+        :func:`lmo.optimizers.step.evaluate`; :class:`lmo.optimizers.distributed.Distribution` shares it out).
         """
+        from .step import run_step
+
         names = tuple(names)
         params, grads = list(params), list(grads)
         slots = [dict(s) for s in slots]
@@ -559,251 +606,40 @@ class Driver:
         else:
             _check_grad_shapes(names, params, grads)
         lr = self.learning_rate(step)
-        info = StepInfo(step, lr, names)
-        if self.nonfinite != "ignore":
-            bad = _nonfinite(names, grads)
-            if bad is not None:
-                if self.nonfinite == "skip":
-                    return params, slots, False
-                raise NonFiniteGradientError(
-                    f"gradient of parameter {bad!r} holds NaN or Inf; nothing was changed (set nonfinite='skip' to "
-                    f"skip such steps, as loss-scaled mixed precision does)"
-                )
-
-        if self.grad_transform is not None:
-            grads, hs = self.grad_transform(grads, _hook_slots(slots, "grad_transform"), params, info)
-            _set_hook_slots(slots, "grad_transform", hs)
-            grads = list(grads)
-            if self.per_example:
-                _check_grad_shapes(names, params, grads)
-
-        geometries = [self.geometry_for(n, tuple(x.shape)) for n, x in zip(names, params)]
-        stateful = [stateful_oracle(geo.norm) for geo in geometries]
-        plain = self._plain(stateful)
-        parts = self._parts(geometries, params) if plain and oracle is None else [list(range(len(params)))]
-        new_params: list[Array] = [None] * len(params)  # type: ignore[list-item]
-        for part in parts:
-            xs, gs, ss = [params[i] for i in part], [grads[i] for i in part], [slots[i] for i in part]
-            stepped = self._step_part(
-                xs, gs, ss, [geometries[i] for i in part], [stateful[i] for i in part],
-                StepInfo(step, lr, tuple(names[i] for i in part)), oracle,
-                inplace and plain and self._writes_in_place(xs, gs, ss),  # decided per part: mixed dtypes
+        bad = None if self.nonfinite == "ignore" else find_nonfinite(names, grads)
+        if bad is not None:
+            if self.nonfinite == "skip":
+                return params, slots, False
+            raise NonFiniteGradientError(
+                f"gradient of parameter {bad!r} holds NaN or Inf; nothing was changed (set nonfinite='skip' to "
+                f"skip such steps, as loss-scaled mixed precision does)"
             )
-            for i, x in zip(part, stepped):
-                new_params[i] = x
-        return new_params, slots, True
-
-    def _writes_in_place(self, params: list[Array], grads: list[Array], slots: list[dict[str, Array]]) -> bool:
-        """Whether the ``_foreach`` in-place forms take these parameters, gradients and momenta."""
-        moments = [s[MOMENTUM] for s in slots] if self.stateful else []
-        return _foreach.can_write(params, grads, moments)
-
-    def _plain(self, stateful: Sequence[bool]) -> bool:
-        """No hook after the estimator and no stateful oracle: the step is estimator, oracle, update per part."""
-        hooks = (self.point, self.direction_transform, self.error_feedback, self.retraction)
-        return all(h is None for h in hooks) and not any(stateful)
-
-    def _parts(self, geometries: Sequence[ParamGeometry], params: Sequence[Array]) -> list[list[int]]:
-        """The parts in which :meth:`apply` steps parameters that need no hook after the estimator: one per group
-        that the oracle evaluates in one call (the same-shape matrices it stacks, or one matrix when it does not
-        stack, see ``batch``), and one for all parameters with a vector geometry (``norm.ndim < 2``: element-wise
-        or row-wise oracles, cheap, whose element-wise work stays one ``_foreach`` call for all of them)."""
-        vectors = [i for i, geo in enumerate(geometries) if geo.norm.ndim < 2]
-        matrices = [i for i, geo in enumerate(geometries) if geo.norm.ndim >= 2]
-        groups = self._groups([geometries[i] for i in matrices], [params[i] for i in matrices])
-        out = [[matrices[j] for j in members] for members in groups]
-        return out + [vectors] if vectors else out
-
-    def _step_part(
-        self,
-        params: list[Array],
-        grads: list[Array],
-        slots: list[dict[str, Array]],
-        geometries: list[ParamGeometry],
-        stateful: list[bool],
-        info: StepInfo,
-        oracle: Callable[..., tuple[list[Array], list[Array | None]]] | None,
-        inplace: bool,
-    ) -> list[Array]:
-        """Estimator, oracle, update (and the hooks around them) for aligned lists; returns the new parameters and
-        sets the new state in ``slots`` (dicts owned by :meth:`apply`)."""
-        lr, step = info.lr, info.step
-        # the two-beta estimator
-        if self.stateful:
-            b1, b2 = self.beta1, self.beta2
-            moments = [s[MOMENTUM] for s in slots]
-            estimates, new_moments = _foreach.estimator(moments, grads, b1, b2, inplace=inplace)
-            for s, m in zip(slots, new_moments):
-                s[MOMENTUM] = m
-        else:
-            estimates = grads
-
-        if self.error_feedback is not None:
-            estimates = self.error_feedback.before(estimates, _hook_slots(slots, "error_feedback"), info)
-
-        oracle = self._oracle if oracle is None else oracle
-        if any(stateful):
-            directions, duals = self._stateful_oracles(
-                info.names, params, geometries, estimates, slots, stateful, step, oracle=oracle
-            )
-        else:
-            directions, duals = oracle(geometries, estimates)
-
-        if self.direction_transform is not None:
-            seen = dataclasses.replace(info, estimates=tuple(estimates), geometries=tuple(geometries))
-            directions, hs = self.direction_transform(
-                directions, _hook_slots(slots, "direction_transform"), params, seen
-            )
-            _set_hook_slots(slots, "direction_transform", hs)
-
-        scales = [lr * self.radius * geo.radius for geo in geometries]
-        factors = [s if dual is None else s * dual for s, dual in zip(scales, duals)]
-        shrink = 1 - lr * self.decay
-        if self.error_feedback is not None:
-            updates = _foreach.scale(directions, factors)
-            updates = list(self.error_feedback.compress(estimates, directions, updates, geometries, info))
-            hs = self.error_feedback.after(estimates, updates, _hook_slots(slots, "error_feedback"), info)
-            _set_hook_slots(slots, "error_feedback", hs)
-            new_params = _foreach.shrink_add(params, shrink, updates)
-        else:  # no hook needs the updates: x' = shrink x + f d without materialising f d (one array less)
-            new_params = _foreach.shrink_add_scaled(params, shrink, directions, factors, inplace=inplace)
-
-        if self.retraction is not None:
-            new_params = list(self.retraction(new_params, geometries, info))
-        if self.point is not None:
-            hs = self.point.update(new_params, _hook_slots(slots, "point"), info)
-            _set_hook_slots(slots, "point", hs)
-        return new_params
-
-    # -- stateful oracles ----------------------------------------------------------------------------------------
-    def _stateful_oracles(
-        self,
-        names: Sequence[str],
-        params: list[Array],
-        geometries: list[ParamGeometry],
-        estimates: list[Array],
-        slots: list[dict[str, Array]],
-        stateful: list[bool],
-        step: int,
-        oracle: Callable[..., tuple[list[Array], list[Array | None]]] | None = None,
-    ) -> tuple[list[Array], list[Array | None]]:
-        """The stateless oracles batched by :meth:`_oracle` (or ``oracle``, see :meth:`apply`), the stateful ones
-        (:func:`stateful_oracle`) one by one."""
-        plain = [i for i, s in enumerate(stateful) if not s]
-        d_plain, dual_plain = (oracle or self._oracle)([geometries[i] for i in plain], [estimates[i] for i in plain])
-        directions: list[Array] = [None] * len(params)  # type: ignore[list-item]
-        duals: list[Array | None] = [None] * len(params)
-        for i, d, dual in zip(plain, d_plain, dual_plain):
-            directions[i], duals[i] = d, dual
-        for i in (i for i, s in enumerate(stateful) if s):
-            geo, c = geometries[i], estimates[i]
-            x, v = _to_oracle(geo, params[i]), _to_oracle(geo, c)
-            state = _hook_slots([slots[i]], GEOMETRY)[0] or geo.norm.init_state(names[i], x)
-            d, state = geo.norm.lmo_stateful(x, v, dict(state), step)
-            _set_hook_slots([slots[i]], GEOMETRY, [state])
-            directions[i] = _from_oracle(geo, d, c)
-            if self.rule == "sharp":
-                xp = namespace(c)
-                dual = geo.norm.dual_norm(v)
-                dual = xp.reshape(dual, tuple(dual.shape) + (1,) * geo.norm.ndim) * xp.ones_like(v)
-                duals[i] = _from_oracle(geo, dual, c)
-        return directions, duals
-
-    # -- the oracle, batched -------------------------------------------------------------------------------------
-    def _groups(self, geometries: Sequence[ParamGeometry], arrays: Sequence[Array]) -> list[list[int]]:
-        """The indices that :meth:`_oracle` evaluates in one call, in order: matrices (``norm.ndim >= 2``) whose
-        oracle inputs share core shape, dtype, device and norm are stacked (see ``batch``); all others are alone."""
-        groups: dict[Hashable, list[int]] = {}
-        for i, (geo, x) in enumerate(zip(geometries, arrays)):
-            shape = _oracle_shape(geo, tuple(x.shape))
-            core = shape[len(shape) - geo.norm.ndim :]
-            if geo.norm.ndim >= 2 and (self.batch is True or (self.batch == "auto" and _batch_pays(x, core))):
-                key = (geo.norm, core, str(x.dtype), str(device(x)), type(x))
-                groups.setdefault(key, []).append(i)
-            else:
-                groups[("single", i)] = [i]
-        return list(groups.values())
-
-    def _oracle(
-        self, geometries: list[ParamGeometry], estimates: list[Array]
-    ) -> tuple[list[Array], list[Array | None]]:
-        """``d_i = lmo_i(c_i)`` for every parameter (and ``||c_i||_*`` for the sharp rule, shaped to broadcast)."""
-        n = len(estimates)
-        directions: list[Array] = [None] * n  # type: ignore[list-item]
-        duals: list[Array | None] = [None] * n
-        sharp = self.rule == "sharp"
-        views = [_to_oracle(geo, c) for geo, c in zip(geometries, estimates)]
-        groups = self._groups(geometries, estimates)
-        for members in groups:
-            norm = geometries[members[0]].norm
-            k = norm.ndim
-            if len(members) == 1:
-                v = views[members[0]]
-                outs = [norm.lmo(v)]
-                dual_outs = [norm.dual_norm(v) if sharp else None]
-            else:
-                xp = namespace(views[members[0]])
-                core = tuple(views[members[0]].shape[-k:])
-                stacked = xp.concat([xp.reshape(views[i], (-1, *core)) for i in members], axis=0)
-                d_all = norm.lmo(stacked)
-                dual_all = norm.dual_norm(stacked) if sharp else None
-                outs, dual_outs, start = [], [], 0
-                for i in members:
-                    v = views[i]
-                    batch = tuple(v.shape[: v.ndim - k])
-                    count = math.prod(batch)
-                    outs.append(xp.reshape(d_all[start : start + count, ...], tuple(v.shape)))
-                    dual_outs.append(None if dual_all is None else xp.reshape(dual_all[start : start + count], batch))
-                    start += count
-            for i, d, dual in zip(members, outs, dual_outs):
-                geo, c, v = geometries[i], estimates[i], views[i]
-                directions[i] = _from_oracle(geo, d, c)
-                if dual is not None:
-                    xp = namespace(c)
-                    dual = xp.reshape(dual, tuple(dual.shape) + (1,) * k)
-                    if geo.view is not None or geo.transpose:
-                        dual = _from_oracle(geo, dual * xp.ones_like(v), c)
-                    duals[i] = dual
-        return directions, duals
+        if self.has_momentum:
+            for x, s in zip(params, slots):
+                if MOMENTUM not in s:  # e.g. a state saved with momentum 0, loaded with momentum > 0
+                    s[MOMENTUM] = namespace(x).zeros_like(x)
+        new = run_step(self.plan(names, params), params, grads, slots, lr, step, inplace=inplace, executor=executor)
+        return new, slots, True
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
-_CPU_BATCH_LIMIT = 256 * 256  # entries per matrix above which a CPU runs same-shape matrices one by one
+def find_nonfinite(names: Sequence[str], arrays: Sequence[Array]) -> str | None:
+    """The name of the first array with a NaN or Inf entry, or None: one test on the device for all arrays, read
+    once (:func:`lmo.optimizers._foreach.all_finite`); only when it fails are the arrays tested one by one."""
+    flag = _foreach.all_finite(arrays)
+    return None if flag is None or bool(flag) else first_nonfinite(names, arrays)
 
 
-def _batch_pays(v: Array, core: tuple[int, ...]) -> bool:
-    """``batch="auto"``: stack same-shape matrices unless they are large and on a CPU."""
-    if math.prod(core) <= _CPU_BATCH_LIMIT:
-        return True
-    dev = device(v)
-    return str(getattr(dev, "type", dev)) not in ("cpu",)
-
-
-def _oracle_shape(geo: ParamGeometry, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape of :func:`_to_oracle` of an array of shape ``shape``."""
-    view = geo.view if geo.view is not None else shape
-    return (*view[:-2], view[-1], view[-2]) if geo.transpose else tuple(view)
-
-
-def _to_oracle(geo: ParamGeometry, c: Array) -> Array:
-    """``c`` as the oracle sees it: reshaped to the geometry's view, then transposed if asked."""
-    if geo.view is None and not geo.transpose:
-        return c
-    xp = namespace(c)
-    v = c if geo.view is None else xp.reshape(c, geo.view)
-    return xp.matrix_transpose(v) if geo.transpose else v
-
-
-def _from_oracle(geo: ParamGeometry, d: Array, like: Array) -> Array:
-    """Undo :func:`_to_oracle`: back to the shape of ``like``."""
-    if geo.view is None and not geo.transpose:
-        return d
-    xp = namespace(d)
-    if geo.transpose:
-        d = xp.matrix_transpose(d)
-    return xp.reshape(d, tuple(like.shape))
+def first_nonfinite(names: Sequence[str], arrays: Sequence[Array]) -> str | None:
+    """The name of the first array with a NaN or Inf entry, or None (one host read per array: for the message of
+    a step that is refused, not for the check itself)."""
+    for name, a in zip(names, arrays):
+        xp = namespace(a)
+        if not bool(xp.all(xp.isfinite(a))):
+            return name
+    return None
 
 
 def _check_grad_shapes(names: Sequence[str], params: Sequence[Array], grads: Sequence[Array]) -> None:
@@ -836,41 +672,3 @@ def _check_names(names: list[str]) -> None:
         if n in seen:
             raise ValueError(f"parameter name {n!r} occurs twice in the tree")
         seen.add(n)
-
-
-def _hook_slots(slots: list[dict[str, Array]], stage: str) -> list[dict[str, Array]]:
-    prefix = stage + "."
-    return [{k[len(prefix) :]: v for k, v in s.items() if k.startswith(prefix)} for s in slots]
-
-
-def _set_hook_slots(slots: list[dict[str, Array]], stage: str, hook_slots: list[dict[str, Array]]) -> None:
-    hook_slots = list(hook_slots)
-    if len(hook_slots) != len(slots):
-        raise ValueError(f"the {stage} hook returned {len(hook_slots)} slot dicts for {len(slots)} parameters")
-    prefix = stage + "."
-    for s, h in zip(slots, hook_slots):
-        for k in [k for k in s if k.startswith(prefix)]:
-            del s[k]
-        for k, v in h.items():
-            s[prefix + k] = v
-
-
-def _nonfinite(names: Sequence[str], grads: Sequence[Array]) -> str | None:
-    """The name of the first parameter whose gradient is not finite, or None; one host sync when all are finite."""
-    if not grads:
-        return None
-    flags = []
-    for g in grads:
-        xp = namespace(g)
-        flags.append(xp.all(xp.isfinite(g)))
-    try:
-        xp = namespace(flags[0])
-        ok = bool(xp.all(xp.stack(flags)))
-    except Exception:  # flags on different devices
-        ok = all(bool(f) for f in flags)
-    if ok:
-        return None
-    for name, f in zip(names, flags):
-        if not bool(f):
-            return name
-    return None

@@ -15,32 +15,15 @@ Each is one small :class:`~lmo.optimizers.driver.Hook` with its per-parameter sl
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from lmo.backend import Array, device, namespace
 
-from .driver import (
-    DirectionTransform,
-    ErrorFeedback,
-    GradientPoint,
-    ParamGeometry,
-    Retraction,
-    StepInfo,
-    _from_oracle,
-    _to_oracle,
-)
+from . import validation
+from .configs import VIEWS, flattens
+from .driver import DirectionTransform, ErrorFeedback, GradientPoint, ParamGeometry, Retraction, StepInfo
 
 __all__ = ["ScaledLMOCompressor", "Transport", "ScheduleFree", "RowNormalize", "Retract"]
-
-
-def _number(name: str, value: Any, low: float, high: float, *, closed_high: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value
-    ok = ok and (value <= high if closed_high else value < high)
-    if not ok:
-        end = "]" if closed_high else ")"
-        raise ValueError(f"{name} must be a number in [{low}, {high}{end}; got {name}={value!r}")
-    return float(value)
 
 
 def _inner(xp: Any, a: Array, b: Array, ndim: int) -> Array:
@@ -90,11 +73,11 @@ class ScaledLMOCompressor(ErrorFeedback):
         out = []
         for p, d, geo in zip(inputs, directions, geometries):
             xp = namespace(p)
-            vp, vd = _to_oracle(geo, p), _to_oracle(geo, d)
+            vp, vd = geo.to_oracle(p), geo.to_oracle(d)
             k = geo.norm.ndim
             dd = _inner(xp, vd, vd, k)
             coef = _inner(xp, vp, vd, k) / xp.where(dd > 0, dd, xp.ones_like(dd))
-            out.append(_from_oracle(geo, -(coef * vd), p))  # -C(p), C(p) = coef d: the added update
+            out.append(geo.from_oracle(-(coef * vd), p))  # -C(p), C(p) = coef d: the added update
         return out
 
     def after(
@@ -119,7 +102,7 @@ class Transport(GradientPoint):
     gamma: float = 9.0
 
     def __post_init__(self) -> None:
-        _number("gamma", self.gamma, 0.0, math.inf)
+        validation.real("gamma", self.gamma, 0.0)
 
     def init(self, name: str, param: Array) -> dict[str, Array]:
         xp = namespace(param)
@@ -150,8 +133,8 @@ class ScheduleFree(GradientPoint):
     power: float = 2.0
 
     def __post_init__(self) -> None:
-        _number("beta", self.beta, 0.0, 1.0, closed_high=True)
-        _number("power", self.power, 0.0, math.inf)
+        validation.real("beta", self.beta, 0.0, 1.0)
+        validation.real("power", self.power, 0.0)
 
     def init(self, name: str, param: Array) -> dict[str, Array]:
         xp = namespace(param)
@@ -180,9 +163,6 @@ class ScheduleFree(GradientPoint):
 # ---------------------------------------------------------------------------------------------------------------
 # direction transforms
 # ---------------------------------------------------------------------------------------------------------------
-_VIEWS = ("auto", "batch", "flatten")
-
-
 @dataclasses.dataclass(frozen=True)
 class RowNormalize(DirectionTransform):
     r"""NorMuon's neuron-wise normalisation (Li et al. 2025, arXiv 2510.05491) of the oracle's direction ``d``
@@ -201,17 +181,13 @@ class RowNormalize(DirectionTransform):
     view: str = "auto"
 
     def __post_init__(self) -> None:
-        _number("beta2", self.beta2, 0.0, 1.0)
-        _number("eps", self.eps, 0.0, math.inf)
-        if self.view not in _VIEWS:
-            raise ValueError(f"RowNormalize: view must be one of {_VIEWS}; got view={self.view!r}")
-
-    def _flat(self, ndim: int) -> bool:
-        return ndim >= 3 and (self.view == "flatten" or (self.view == "auto" and ndim >= 4))
+        validation.probability("beta2", self.beta2)
+        validation.real("eps", self.eps, 0.0)
+        validation.choice("view", self.view, VIEWS)
 
     def _axes(self, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(row-reduction axes, matrix axes) of a parameter with ``ndim`` axes."""
-        if self._flat(ndim):
+        if flattens(ndim, self.view):
             axes = tuple(range(1, ndim))
             return axes, tuple(range(ndim))
         if ndim < 2:
@@ -262,6 +238,6 @@ class Retract(Retraction):
                 out.append(x)
                 continue
             xp = namespace(x)
-            v = _to_oracle(geo, x)
-            out.append(_from_oracle(geo, retract(v, xp.zeros_like(v)), x))
+            v = geo.to_oracle(x)
+            out.append(geo.from_oracle(retract(v, xp.zeros_like(v)), x))
         return out

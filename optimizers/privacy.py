@@ -12,11 +12,12 @@ followed by the driver's step (momentum, LMO, ...), which is post-processing: th
 of the subsampled Gaussian mechanism with noise multiplier ``sigma``, one release per step, accounted by
 :mod:`lmo.privacy`.
 
-Configurations (each is the configuration of the same name with :class:`Privatize`):
-:func:`dp_muon` (and DP-MuonBC with ``bias_correction=True``), :func:`dp_sign_sgd`, :func:`dp_scion`,
-:func:`dp_sgd` (the ``l2`` geometry with the sharp rule: SGD). For any other driver ``d``,
-``d.replace(grad_transform=Privatize(...))`` is its private version; torch users run private drivers in
-:class:`lmo.optimizers.DPOptimizer` (or :class:`lmo.optimizers.DPMuon`), which also accounts for privacy.
+Privacy is one slice: :func:`private` makes any configuration private (its driver with :class:`Privatize` as the
+gradient transform and, for DP-MuonBC, :class:`BiasCorrection` after the oracle). :func:`dp_muon` (DP-MuonBC with
+``bias_correction=True``), :func:`dp_sign_sgd`, :func:`dp_scion` and :func:`dp_sgd` (the ``l2`` geometry with the
+sharp rule: SGD) are ``private`` of the configuration of the same name. torch users run private drivers in
+:class:`lmo.optimizers.DPOptimizer` (or :class:`lmo.optimizers.DPMuon`), which privatises all param groups together
+and accounts for privacy.
 
 The driver of a private configuration takes per-example gradients: ``driver.step(params, grads, state)`` with each
 leaf of ``grads`` of shape ``(B, *param.shape)``, the same ``B`` for every leaf (``B = 0`` is an empty batch: the
@@ -30,14 +31,17 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from lmo.backend import Array, namespace, safe_divide
+from lmo.backend import Array, device, namespace, safe_divide
 from lmo.norm import Norm, norms
 from lmo.random import RandomSource
 
-from .configs import _MATRICES, ScionRecipe, configuration, muon, scion, sign_sgd
-from .driver import DirectionTransform, Driver, GradientTransform, ParamGeometry, StepInfo, _from_oracle, _to_oracle
+from . import validation
+from .configs import MATRIX_SHAPES, ScionRecipe, configuration, configured, muon, scion, sign_sgd
+from .driver import DirectionTransform, Driver, GradientTransform, ParamGeometry, StepInfo
+from .validation import HyperparameterError
 
 __all__ = [
+    "private",
     "Privatize",
     "BiasCorrection",
     "clip_per_example",
@@ -55,11 +59,7 @@ CLIPPING = ("per_matrix", "flat")
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-        value < 0 if allow_zero else value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}; got {name}={value!r}")
-    return float(value)
+    return validation.real(name, value, 0.0, low_open=not allow_zero)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -110,8 +110,7 @@ def clip_factors(
     for float32 gradients with up to a billion entries) absorbs floating-point rounding, so that the clipped values,
     formed in float32 or wider, obey the bound exactly; a zero gradient gets the factor 1.
     """
-    if clipping not in CLIPPING:
-        raise ValueError(f"clipping must be one of {CLIPPING}; got clipping={clipping!r}")
+    validation.choice("clipping", clipping, CLIPPING)
     grads = list(grads)
     if not grads:
         return []
@@ -217,8 +216,7 @@ class Privatize(GradientTransform):
         object.__setattr__(self, "noise_multiplier", float(self.noise_multiplier))
         _positive("expected_batch_size", self.expected_batch_size)
         object.__setattr__(self, "expected_batch_size", float(self.expected_batch_size))
-        if self.clipping not in CLIPPING:
-            raise ValueError(f"clipping must be one of {CLIPPING}; got clipping={self.clipping!r}")
+        validation.choice("clipping", self.clipping, CLIPPING)
         c = self.max_grad_norm
         if isinstance(c, (int, float)) and not isinstance(c, bool):
             _positive("max_grad_norm", c)
@@ -289,7 +287,7 @@ class Privatize(GradientTransform):
             if g.shape[0] > 0:
                 out.append(xp.tensordot(f, xp.astype(g, f.dtype), axes=1))
             else:
-                out.append(xp.zeros(tuple(g.shape[1:]), dtype=f.dtype, device=_device(g)))
+                out.append(xp.zeros(tuple(g.shape[1:]), dtype=f.dtype, device=device(g)))
         return out
 
     def add_noise(self, sums: Sequence[Array], names: Sequence[str]) -> list[Array]:
@@ -307,12 +305,6 @@ class Privatize(GradientTransform):
             xp = namespace(s)
             out.append(xp.astype(s / self.expected_batch_size, x.dtype))
         return out
-
-
-def _device(x: Array) -> Any:
-    from lmo.backend import device
-
-    return device(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,8 +376,10 @@ class BiasCorrection(DirectionTransform):
     Fields
     ------
     noise
-        The noise of the privatised gradient: a number (its std per entry) or the :class:`Privatize` hook of the
-        driver (then ``noise_multiplier * S / expected_batch_size`` over the step's parameters).
+        The noise of the privatised gradient: a number (its std per entry), or the :class:`Privatize` hook of the
+        driver (the default's meaning too, ``None``): then the std that the privatisation released in this step,
+        ``noise_multiplier * S / expected_batch_size`` with ``S`` over all parameters privatised together
+        (:attr:`StepInfo.gradient_noise_std`; the private torch optimizers privatise all their groups together).
     beta1, beta2
         The driver's estimator, which carries the noise of past steps into ``c`` (:func:`noise_variance_factor`).
     max_correction
@@ -395,39 +389,43 @@ class BiasCorrection(DirectionTransform):
         ``-f U V^T`` for every method). Other parameters' directions pass unchanged.
     """
 
-    noise: Any
+    noise: Any = None
     beta1: float = 0.0
     beta2: float = 0.0
     max_correction: float = 1.0
     polar: Callable[[Norm], bool] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.noise, Privatize):
+        if self.noise is not None and not isinstance(self.noise, Privatize):
             _positive("noise", self.noise, allow_zero=True)
         for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"{name} must be a number in [0, 1); got {name}={value!r}")
+            validation.probability(name, getattr(self, name))
         _positive("max_correction", self.max_correction)
 
-    def gradient_noise_std(self, names: Sequence[str]) -> float:
+    def noise_std(self, info: StepInfo) -> float:
+        """The std per entry of the noise in this step's privatised gradients."""
+        if self.noise is not None and not isinstance(self.noise, Privatize):
+            return float(self.noise)
+        if info.gradient_noise_std is not None:
+            return info.gradient_noise_std
         if isinstance(self.noise, Privatize):
-            return self.noise.gradient_noise_std(names)
-        return float(self.noise)
+            return self.noise.gradient_noise_std(info.names)
+        raise ValueError("BiasCorrection(noise=None) reads the noise of the step's privatisation; this driver has no "
+                         "private gradient transform: give the noise std as a number")
 
     def __call__(
         self, directions: list[Array], slots: list[dict[str, Array]], params: list[Array], info: StepInfo
     ) -> tuple[list[Array], list[dict[str, Array]]]:
         if info.estimates is None or info.geometries is None:
             raise ValueError("BiasCorrection needs the oracle's inputs and geometries (StepInfo.estimates/geometries)")
-        tau = self.gradient_noise_std(info.names)
+        tau = self.noise_std(info)
         variance = tau * tau * noise_variance_factor(info.step, self.beta1, self.beta2)
         polar = self.polar or _is_polar
         out = []
         for d, c, geo in zip(directions, info.estimates, info.geometries):
             if variance > 0 and polar(geo.norm):
-                out.append(_from_oracle(geo, polar_bias_correction(_to_oracle(geo, c), _to_oracle(geo, d), variance,
-                                                                   self.max_correction), d))
+                corrected = polar_bias_correction(geo.to_oracle(c), geo.to_oracle(d), variance, self.max_correction)
+                out.append(geo.from_oracle(corrected, d))
             else:
                 out.append(d)
         return out, slots
@@ -436,24 +434,56 @@ class BiasCorrection(DirectionTransform):
 # ---------------------------------------------------------------------------------------------------------------
 # Configurations
 # ---------------------------------------------------------------------------------------------------------------
-def _private(
+@configuration(
+    cases=[
+        {"driver": sign_sgd(), "lr": 0.05, "noise_multiplier": 0.0, "max_grad_norm": 1e6, "expected_batch_size": 1},
+        {"driver": muon(weight_decay=0.0), "lr": 0.1, "noise_multiplier": 0.01, "max_grad_norm": 5.0,
+         "expected_batch_size": 1, "generator": 0, "bias_correction": True},
+    ],
+    bad=[({"driver": sign_sgd(0.05), "noise_multiplier": 1.0, "max_grad_norm": 1.0}, "expected_batch_size"),
+         ({"driver": sign_sgd(0.05), "privatizer": "noise"}, "privatizer")],
+    shapes=MATRIX_SHAPES,
+    needs=("spectral",),
+)
+def private(
     driver: Driver,
+    privatizer: Privatize | None = None,
     *,
-    noise_multiplier: float,
-    max_grad_norm: Any,
-    expected_batch_size: float,
-    clipping: str,
-    generator: Any,
+    noise_multiplier: float | None = None,
+    max_grad_norm: Any = None,
+    expected_batch_size: float | None = None,
+    clipping: str = "per_matrix",
+    generator: Any = None,
     bias_correction: bool = False,
     max_correction: float = 1.0,
+    lr: Any = None,
 ) -> Driver:
+    """``driver`` made differentially private: its gradient transform :class:`Privatize` (per-example clipping,
+    Gaussian noise of std ``noise_multiplier * S``, division by ``expected_batch_size``), and with
+    ``bias_correction`` DP-MuonBC's :class:`BiasCorrection` after the oracle. The driver then takes per-example
+    gradients ``(B, *shape)``.
+
+    Give the privacy parameters, or ``privatizer`` (a :class:`Privatize`: the private torch optimizers make one and
+    share it between their groups). ``driver`` must not have a gradient transform (nor, with ``bias_correction``,
+    a direction transform) of its own. ``lr`` (if given) replaces the driver's, as in the other wrappers.
+    """
+    validation.boolean("bias_correction", bias_correction)
+    if privatizer is None:
+        missing = [name for name, v in (("noise_multiplier", noise_multiplier), ("max_grad_norm", max_grad_norm),
+                                         ("expected_batch_size", expected_batch_size)) if v is None]
+        if missing:
+            raise ValueError(f"private() needs {', '.join(missing)} (or a Privatize hook as privatizer=)")
+        privatizer = Privatize(noise_multiplier, max_grad_norm, expected_batch_size, clipping, generator)
+    elif not isinstance(privatizer, Privatize):
+        raise HyperparameterError("privatizer", privatizer, "a Privatize hook or None")
     if driver.grad_transform is not None or (bias_correction and driver.direction_transform is not None):
-        raise ValueError("a private configuration sets the driver's grad_transform (and, with bias_correction, its "
-                         "direction_transform); do not pass them")
-    hook = Privatize(noise_multiplier, max_grad_norm, expected_batch_size, clipping, generator)
-    changes: dict[str, Any] = {"grad_transform": hook}
+        raise ValueError("private() sets the driver's grad_transform (and, with bias_correction, its "
+                         "direction_transform); the driver has one already")
+    changes: dict[str, Any] = {"grad_transform": privatizer}
+    if lr is not None:
+        changes["lr"] = lr
     if bias_correction:
-        changes["direction_transform"] = BiasCorrection(hook, driver.beta1, driver.beta2, max_correction)
+        changes["direction_transform"] = BiasCorrection(None, driver.beta1, driver.beta2, max_correction)
     return driver.replace(**changes)
 
 
@@ -475,7 +505,7 @@ _NOISY = {"noise_multiplier": 0.01, "max_grad_norm": 5.0, "expected_batch_size":
         {"lr": 0.1, "weight_decay": 0.0, **_NOISY, "clipping": "flat", "nesterov": False},
     ],
     bad=_BAD_PRIVACY,
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def dp_muon(
@@ -495,7 +525,7 @@ def dp_muon(
     :func:`muon`'s (``beta``, ``nesterov``, ``weight_decay``, ``ns_steps``, ``method``, ...). The driver takes
     per-example gradients ``(B, *shape)``.
     """
-    return _private(
+    return private(
         muon(lr, **muon_arguments), noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         expected_batch_size=expected_batch_size, clipping=clipping, generator=generator,
         bias_correction=bias_correction, max_correction=max_correction,
@@ -518,7 +548,7 @@ def dp_sign_sgd(
     **driver: Any,
 ) -> Driver:
     """DP-SignSGD: :func:`sign_sgd` on the privatised gradient (:class:`Privatize`). Per-example gradients."""
-    return _private(
+    return private(
         sign_sgd(lr, weight_decay=weight_decay, **driver), noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size, clipping=clipping, generator=generator,
     )
@@ -545,7 +575,7 @@ def dp_scion(
     """DP-Scion: :func:`scion` (constrained; ``scion_arguments`` are its ``beta``, ``geometry``, ...) on the
     privatised gradient; ``bias_correction`` corrects the parameters with a ``spectral`` geometry. Per-example
     gradients."""
-    return _private(
+    return private(
         scion(lr, **scion_arguments), noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         expected_batch_size=expected_batch_size, clipping=clipping, generator=generator,
         bias_correction=bias_correction, max_correction=max_correction,
@@ -573,11 +603,10 @@ def dp_sgd(
     (``lr * ||c|| * lmo(c) = -lr c`` on every row), so ``x <- (1 - lr wd) x - lr c`` with ``c`` the EMA (``beta``;
     0: none) of the privatised gradient. With ``clipping="flat"`` and ``beta=0`` this is Opacus's ``DPOptimizer``
     around ``torch.optim.SGD``. Per-example gradients."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
-        raise ValueError(f"beta must be a number in [0, 1); got beta={beta!r}")
-    base = Driver(geometry=ParamGeometry(norms()["l2"]()), lr=lr, beta1=beta, beta2=beta, rule="sharp",
-                  decay=weight_decay, **driver)
-    return _private(
+    names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
+    base = configured(names, geometry=ParamGeometry(norms()["l2"]()), lr=lr, beta1=beta, beta2=beta, rule="sharp",
+                      decay=weight_decay, **driver)
+    return private(
         base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size,
         clipping=clipping, generator=generator,
     )

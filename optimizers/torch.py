@@ -2,46 +2,55 @@
 
 The classes here do bookkeeping only: param groups and their hyperparameters, per-parameter state (so
 ``state_dict()``/``load_state_dict()`` work as in torch.optim), closures, LR schedulers (``lr`` lives in each param
-group), validation of gradients. Each step builds the group's ``Driver`` from the group's hyperparameters and hands
-it the parameters, gradients and state: the update itself is computed by the driver and nowhere else.
+group), validation of gradients. A named class is a table from its torch arguments to a configuration
+(``arguments``, e.g. ``momentum -> beta``): :meth:`~DriverOptimizer.configure` builds the group's driver from it.
+
+Resolve once, step simply: each param group's :class:`~lmo.optimizers.step.Plan` (each parameter's geometry, view
+and radius, the same-shape batches, the validated hyperparameters) is made when the group is first stepped and
+kept until a hyperparameter other than ``lr`` changes (or the group's parameters do). ``step()`` reads each
+group's ``lr`` -- a float, or a 0-d tensor that schedulers update in place and that is never read on the host --
+checks all gradients at once, then runs :func:`lmo.optimizers.step.run_step` per group::
+
+    Optimizer.step -> DriverOptimizer._step_group -> run_step (estimator, one batched oracle, update)
 
 Guarantees (all classes):
 
 - ``p.grad`` is never modified, and no state tensor shares storage with a gradient (the momentum is a new tensor).
-- The step writes into the parameters and their momentum buffers in place, as torch.optim does (no new tensors
-  per step; the driver's ``apply(..., inplace=True)``), and steps a group's matrices one oracle group at a time,
-  so that its transient memory is about one group's estimates and directions; a driver with a hook after the
-  estimator (error feedback, schedule-free, ...) takes the pure step and its results are copied in.
-- Sparse and complex gradients (and complex parameters) raise ``ValueError`` naming the parameter.
+- A step writes into the parameters and their momentum buffers in place, as torch.optim does (no new tensors per
+  step), one oracle batch at a time (the transient memory of torch.optim.Muon's per-parameter loop); a driver with
+  a hook after the estimator (error feedback, schedule-free, ...) takes the pure step and its results are copied in.
+- A step either completes for every parameter or changes nothing: gradients are checked (sparse, complex, shape,
+  finiteness -- one test on the device for all gradients of all groups, read once) before the first write.
 - Non-finite gradients: ``nonfinite="raise"`` (default) raises :class:`~lmo.optimizers.NonFiniteGradientError`
-  naming the parameter before anything is changed (in any group); ``"skip"`` leaves a group with a non-finite
-  gradient unchanged for that step; ``"ignore"`` skips the check (no host synchronisation).
-- Parameters of a group whose oracle inputs share a shape are orthogonalised in one batched call.
+  naming the parameter; ``"skip"`` skips the whole step (every group); ``"ignore"`` skips the check.
 - ``process_group=`` (every class): ``None`` is one process; a ``ProcessGroup`` or 1-D ``DeviceMesh`` shares the
   oracle's work across its ranks (DDP), and DTensor parameters (FSDP2) are handled through their mesh; the step is
   the single-process step (:mod:`lmo.optimizers.distributed`, docs/distributed.md).
 - ``param_groups`` may carry ``param_names`` (``Optimizer(model.named_parameters())``); geometry rules then see the
   real parameter names, else ``"<group>.<index>"``.
+- ``torch.compile(optimizer.step)`` with a tensor ``lr`` compiles once under an LR scheduler (docs/optimizers.md).
 
 ``state_dict()`` holds, per parameter, ``"step"`` (an int) and the driver's slots (``"momentum_buffer"`` as in
 torch.optim.Muon, and hooks' slots). Hyperparameters in ``param_groups`` are numbers, strings and tuples for the
-named classes, so ``torch.load(..., weights_only=True)`` reads their checkpoints; ``LMOOptimizer`` groups hold a
-geometry (a ``Norm`` or rule) that ``weights_only=True`` does not unpickle: load those with ``weights_only=False``.
+named classes, so ``torch.load(..., weights_only=True)`` reads their checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 
-from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, sign_sgd, signum
+from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, scion, sign_sgd, signum, uscion
 from .distributed import Distribution
-from .driver import Driver, NonFiniteGradientError, StepInfo, _hook_slots
+from .driver import MOMENTUM, Driver, NonFiniteGradientError, StepInfo, hook_slots
+from .step import Plan, build_plan, run_step
+from .validation import renamed
 
 __all__ = [
+    "DriverOptimizer",
     "LMOOptimizer",
     "Muon",
     "SignSGD",
@@ -53,7 +62,8 @@ __all__ = [
     "OptimizerInputs",
 ]
 
-_ITERATE = "iterate"  # state key of the base iterate when a driver has a gradient-point hook
+ITERATE = "iterate"  # state key of the base iterate when a driver has a gradient-point hook
+_NOT_HYPERPARAMETERS = ("params", "param_names", "lr")  # what does not make a group's plan stale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,32 +80,65 @@ class OptimizerInputs:
     shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=lambda: {"w": (6, 4), "b": (5,)})
 
 
-_MATRICES = {"w": (6, 4), "v": (3, 5), "e": (2, 3, 3)}
+MATRIX_SHAPES = {"w": (6, 4), "v": (3, 5), "e": (2, 3, 3)}
 
 
-def _float(name: str, value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"Tensor {name} must have one element; got shape {tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number; got {name}={value!r}")
-    return float(value)
+@dataclasses.dataclass(eq=False)
+class _GroupPlan:
+    """A group's plan and what it was made from (the hyperparameters other than lr, the parameters)."""
+
+    hyperparameters: dict[str, Any]
+    params: tuple[int, ...]
+    plan: Plan
 
 
-class _DriverOptimizer(torch.optim.Optimizer):
-    """Bookkeeping shared by every adapter; a subclass defines ``_driver(group) -> Driver``."""
+@dataclasses.dataclass(eq=False)
+class _GroupStep:
+    """One group's part of a step, gathered and checked before anything is written."""
+
+    index: int
+    group: dict[str, Any]
+    plan: Plan
+    names: list[str]
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+
+
+def _arguments(table: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The group defaults of a named class: its constructor's values of the torch arguments in ``table``."""
+    return {name: values[name] for name in table}
+
+
+class DriverOptimizer(torch.optim.Optimizer):
+    """Bookkeeping shared by every adapter.
+
+    A named class gives ``configuration`` (a factory of :mod:`lmo.optimizers.configs`) and ``arguments``, a table
+    from its torch argument names (the param-group keys) to the configuration's keywords; ``messages`` may give
+    torch's own wording of an error by torch name (``"{name}"``, ``"{value}"``). Hyperparameters are validated by
+    the configuration (the one place), and its errors name the torch argument.
+    """
+
+    configuration: ClassVar[Callable[..., Driver]]
+    arguments: ClassVar[Mapping[str, str]] = {}
+    messages: ClassVar[Mapping[str, str]] = {}
+    accepts_private_drivers: ClassVar[bool] = False  # drivers that take per-example gradients: the DP classes
 
     def __init__(self, params: Any, defaults: dict[str, Any], process_group: Any = None) -> None:
         # distributed: who shares the oracle's work (lmo.optimizers.distributed); None is one process
         self._distribution = Distribution(process_group)
+        self._plans: dict[int, _GroupPlan] = {}
         super().__init__(params, defaults)
-        if any(self._driver(group).point is not None for group in self.param_groups):
+        if any(self.configure(group).point is not None for group in self.param_groups):
             self._init_points()
 
-    # -- what a subclass defines ---------------------------------------------------------------------------------
-    def _driver(self, group: dict[str, Any]) -> Driver:
-        raise NotImplementedError
+    # -- the configuration ---------------------------------------------------------------------------------------
+    def configure(self, group: Mapping[str, Any]) -> Driver:
+        """The driver that this optimizer computes for the param group ``group`` (its hyperparameters validated:
+        ``ValueError`` naming the torch argument)."""
+        kwargs = {keyword: group[name] for name, keyword in self.arguments.items()}
+        names = {keyword: (name, group[name], self.messages.get(name)) for name, keyword in self.arguments.items()}
+        with renamed(names):
+            return type(self).configuration(**kwargs)
 
     @property
     def distribution(self) -> Distribution:
@@ -105,8 +148,13 @@ class _DriverOptimizer(torch.optim.Optimizer):
 
     def _gradient(self, p: torch.Tensor) -> torch.Tensor | None:
         """The gradient that a step hands the driver for ``p`` (``None``: ``p`` sits this step out); ``p.grad`` here,
-        the privatised gradient in :class:`lmo.optimizers.DPOptimizer`."""
+        the privatised gradient in the private optimizers."""
         return p.grad
+
+    def _transformed(self) -> tuple[bool, float | None]:
+        """Whether :meth:`_gradient` gives gradients that passed the drivers' ``grad_transform`` already, and the
+        noise std it released (the private optimizers privatise all groups together); here, no."""
+        return False, None
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -115,13 +163,14 @@ class _DriverOptimizer(torch.optim.Optimizer):
         gi = len(self.param_groups) - 1
         group = self.param_groups[gi]
         try:
-            driver = self._driver(group)  # rejects bad hyperparameters, with ValueError naming them
-            for name, p in zip(self._names(gi, group), group["params"]):
+            names = self._names(gi, group)
+            for name, p in zip(names, group["params"]):
                 if torch.is_complex(p):
                     raise ValueError(f"parameter {name!r} is complex; {type(self).__name__} supports real parameters")
-                driver.geometry_for(name, tuple(p.shape))  # rejects a geometry that does not fit the parameter
+            self._plan(gi, group, names, list(group["params"]))  # rejects a geometry that does not fit a parameter
         except Exception:
             self.param_groups.pop()
+            self._plans.pop(gi, None)
             raise
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -132,54 +181,65 @@ class _DriverOptimizer(torch.optim.Optimizer):
         for group, values in zip(self.param_groups, current):
             for key, value in values.items():
                 group.setdefault(key, value)
+        self._plans.clear()
 
     @staticmethod
-    def _names(gi: int, group: dict[str, Any]) -> list[str]:
+    def _names(gi: int, group: Mapping[str, Any]) -> list[str]:
         names = group.get("param_names")
         if names is not None and len(names) == len(group["params"]):
             return list(names)
         return [f"{gi}.{j}" for j in range(len(group["params"]))]
 
+    def _plan(self, gi: int, group: Mapping[str, Any], names: list[str], params: list[torch.Tensor]) -> Plan:
+        """The group's plan for these parameters: kept while the group's hyperparameters (other than lr) and its
+        parameters stay the same."""
+        hyperparameters = {k: v for k, v in group.items() if k not in _NOT_HYPERPARAMETERS}
+        ids = tuple(map(id, params))
+        kept = self._plans.get(gi)
+        if kept is None or kept.params != ids or kept.hyperparameters != hyperparameters:
+            kept = _GroupPlan(hyperparameters, ids, build_plan(self.configure(group), names, params))
+            self._plans[gi] = kept
+        return kept.plan
+
+    # -- gradient points (IGT, schedule-free) --------------------------------------------------------------------
     def _init_points(self) -> None:
         """With a gradient-point hook, the parameters hold the point ``y`` and the state holds the iterate ``x``."""
         with torch.no_grad():
             for gi, group in enumerate(self.param_groups):
-                driver = self._driver(group)
+                driver = self.configure(group)
                 if driver.point is None:
                     continue
                 names, params = self._names(gi, group), list(group["params"])
-                slots = []
                 for name, p in zip(names, params):
                     state = self.state[p]
                     if not state:
                         state.update(driver.init_slots(name, p))
                         state["step"] = 0
-                        state[_ITERATE] = p.detach().clone()
-                    slots.append(state)
+                        state[ITERATE] = p.detach().clone()
                 step = int(self.state[params[0]]["step"]) if params else 0
-                xs = [s[_ITERATE] for s in slots]
-                for p, y in zip(params, driver.point_list(names, xs, [_slots(s) for s in slots], step)):
+                xs = [self.state[p][ITERATE] for p in params]
+                for p, y in zip(params, driver.point_list(names, xs, [self.state[p] for p in params], step)):
                     p.copy_(y)
 
     @torch.no_grad()
     def _place(self, evaluation: bool) -> None:
         """Put into the parameters the evaluation points (``eval()``) or the gradient points (``train()``)."""
         for gi, group in enumerate(self.param_groups):
-            driver = self._driver(group)
+            driver = self.configure(group)
             names, params = self._names(gi, group), list(group["params"])
-            live = [(n, p) for n, p in zip(names, params) if _ITERATE in self.state.get(p, {})]
+            live = [(n, p) for n, p in zip(names, params) if ITERATE in self.state.get(p, {})]
             if driver.point is None or not live:
                 continue
             for step in sorted({int(self.state[p]["step"]) for _, p in live}):
                 sub = [(n, p) for n, p in live if int(self.state[p]["step"]) == step]
-                xs = [self.state[p][_ITERATE] for _, p in sub]
-                slots = [_slots(self.state[p]) for _, p in sub]
+                xs = [self.state[p][ITERATE] for _, p in sub]
+                states = [self.state[p] for _, p in sub]
                 sub_names = [n for n, _ in sub]
                 if evaluation:
                     info = StepInfo(step, driver.learning_rate(step), tuple(sub_names))
-                    ys = driver.point.evaluation_point(xs, _hook_slots(slots, "point"), info)
+                    ys = driver.point.evaluation_point(xs, hook_slots(states, "point"), info)
                 else:
-                    ys = driver.point_list(sub_names, xs, slots, step)
+                    ys = driver.point_list(sub_names, xs, states, step)
                 for (_, p), y in zip(sub, ys):
                     p.copy_(y)
 
@@ -197,6 +257,7 @@ class _DriverOptimizer(torch.optim.Optimizer):
             self._place(False)
             self._evaluating = False
 
+    # -- the step ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step of every param group; returns the closure's loss if a closure is given."""
@@ -206,82 +267,100 @@ class _DriverOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
-        plans = []
-        for gi, group in enumerate(self.param_groups):
-            driver = self._driver(group)
-            names, params, grads = [], [], []
-            for name, p in zip(self._names(gi, group), group["params"]):
-                g = self._gradient(p)
-                if g is None:
-                    continue
-                if g.is_sparse:
-                    raise ValueError(f"parameter {name!r} has a sparse gradient; {type(self).__name__} needs dense")
-                if torch.is_complex(g) or torch.is_complex(p):
-                    raise ValueError(f"parameter {name!r} has a complex gradient; {type(self).__name__} needs real")
-                names.append(name)
-                params.append(p)
-                grads.append(g)
-            if not params:
-                continue
-            if driver.nonfinite != "ignore":
-                bad = self._distribution.nonfinite(names, grads)  # the same answer on every rank
-                if bad is not None:
-                    if driver.nonfinite == "skip":
-                        continue
-                    raise NonFiniteGradientError(
-                        f"gradient of parameter {bad!r} (param group {gi}) holds NaN or Inf; nothing was changed "
-                        f"(nonfinite='skip' skips such steps)"
-                    )
-            plans.append((driver, names, params, grads))
-
-        for driver, names, params, grads in plans:
-            self._apply(driver.replace(nonfinite="ignore"), names, params, grads)
+        work = [w for gi, group in enumerate(self.param_groups) if (w := self._gather(gi, group)) is not None]
+        if self._finite(work):
+            for w in work:
+                self._step_group(w)
         return loss
 
-    def _apply(self, driver: Driver, names: list[str], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        fresh = {}
-        for name, p in zip(names, params):
-            if not self.state[p]:
-                slots = driver.init_slots(name, p)
-                slots["step"] = 0
-                if driver.point is not None:
-                    slots[_ITERATE] = p.detach().clone()
-                fresh[p] = slots
-        by_step: dict[int, list[int]] = {}
-        for i, p in enumerate(params):
-            state = fresh.get(p, self.state[p])
-            by_step.setdefault(int(state.get("step", 0)), []).append(i)
-        for step, idx in by_step.items():
-            sub_names = [names[i] for i in idx]
-            sub_params = [params[i] for i in idx]
-            states = [fresh.get(p, self.state[p]) for p in sub_params]
-            if driver.stateful:
-                for p, s in zip(sub_params, states):
-                    if "momentum_buffer" not in s:  # e.g. a state saved with momentum 0, loaded with momentum > 0
-                        s["momentum_buffer"] = torch.zeros_like(p)
-            xs = [s[_ITERATE] for s in states] if driver.point is not None else sub_params
-            # the parameters (or iterates) and momenta are the optimizer's own: the driver may step them in place
-            # (it does unless a hook needs the pure step); then y is p and there is nothing to copy
-            new_xs, new_slots, _ = driver.apply(
-                sub_names, xs, [grads[i] for i in idx], [_slots(s) for s in states], step,
-                oracle=self._distribution.oracle(driver, sub_params),  # None: one process, the driver's own
-                inplace=True,
-            )
-            ys = driver.point_list(sub_names, new_xs, new_slots, step + 1) if driver.point is not None else new_xs
-            for p, s, x, y, slots in zip(sub_params, states, new_xs, ys, new_slots):
-                if y is not p:
-                    p.copy_(y)
-                state = self.state[p]
-                state.update(s)
-                state.update(slots)
-                state["step"] = step + 1
-                if driver.point is not None:
-                    state[_ITERATE] = x
+    def _gather(self, gi: int, group: dict[str, Any]) -> _GroupStep | None:
+        """The group's parameters with a gradient, their gradients (checked) and its plan; nothing is written."""
+        names, params, grads = [], [], []
+        for name, p in zip(self._names(gi, group), group["params"]):
+            g = self._gradient(p)
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise ValueError(f"parameter {name!r} has a sparse gradient; {type(self).__name__} needs dense")
+            if torch.is_complex(g) or torch.is_complex(p):
+                raise ValueError(f"parameter {name!r} has a complex gradient; {type(self).__name__} needs real")
+            if g.shape != p.shape:
+                raise ValueError(f"parameter {name!r}: gradient shape {tuple(g.shape)} != shape {tuple(p.shape)}")
+            names.append(name)
+            params.append(p)
+            grads.append(g)
+        if not params:
+            return None
+        plan = self._plan(gi, group, names, params)
+        lr = group["lr"]
+        if isinstance(lr, (int, float)):  # a tensor lr was checked when the group was made; it is not read here
+            plan.driver.check_lr(lr)
+        return _GroupStep(gi, group, plan, names, params, grads)
 
+    def _finite(self, work: list[_GroupStep]) -> bool:
+        """Whether every checked gradient is finite (one test for all groups, read once); raises
+        :class:`NonFiniteGradientError` for a group with ``nonfinite="raise"``, returns False to skip the step."""
+        checked = [w for w in work if w.plan.driver.nonfinite != "ignore"]
+        names = [n for w in checked for n in w.names]
+        grads = [g for w in checked for g in w.grads]
+        if not grads:
+            return True
+        bad = self._distribution.nonfinite(names, grads)  # the same answer on every rank
+        if bad is None:
+            return True
+        owner = next(w for w in checked if bad in w.names)
+        if owner.plan.driver.nonfinite == "skip":
+            return False
+        raise NonFiniteGradientError(
+            f"gradient of parameter {bad!r} (param group {owner.index}) holds NaN or Inf; nothing was changed "
+            f"(nonfinite='skip' skips such steps)"
+        )
 
-def _slots(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if k not in ("step", _ITERATE)}
+    def _step_group(self, w: _GroupStep) -> None:
+        driver = w.plan.driver
+        states = [self.state[p] for p in w.params]
+        for name, p, state in zip(w.names, w.params, states):
+            if not state:
+                state.update(driver.init_slots(name, p))
+                state["step"] = 0
+                if driver.point is not None:
+                    state[ITERATE] = p.detach().clone()
+            else:
+                state.setdefault("step", 0)  # a torch.optim.Muon checkpoint counts no steps
+                if driver.has_momentum and MOMENTUM not in state:  # e.g. saved with momentum 0, loaded with > 0
+                    state[MOMENTUM] = torch.zeros_like(p)
+        step = states[0]["step"]
+        if any(s["step"] != step for s in states):  # parameters that sat out steps: one run per step index
+            for index in sorted({int(s["step"]) for s in states}):
+                part = [j for j, s in enumerate(states) if s["step"] == index]
+                sub = _GroupStep(w.index, w.group, build_plan(driver, [w.names[j] for j in part],
+                                                              [w.params[j] for j in part]),
+                                 [w.names[j] for j in part], [w.params[j] for j in part], [w.grads[j] for j in part])
+                self._run(sub, [states[j] for j in part], index)
+        else:
+            self._run(w, states, step)
+
+    def _run(self, w: _GroupStep, states: list[dict[str, Any]], step: int) -> None:
+        driver = w.plan.driver
+        lr = driver.learning_rate(step) if callable(driver.lr) else w.group["lr"]
+        xs = [s[ITERATE] for s in states] if driver.point is not None else w.params
+        # the parameters (or iterates) and momenta are the optimizer's own: the step writes into them unless a hook
+        # needs the pure step; the states are the slots (run_step sets the new momentum and hook slots there)
+        transformed, noise = self._transformed()
+        new = run_step(w.plan, xs, w.grads, states, lr, step, inplace=True,
+                       executor=self._distribution.executor(w.params), transformed=transformed,
+                       gradient_noise_std=noise)
+        if driver.point is not None:
+            ys = driver.point_list(w.names, new, states, step + 1)
+            for p, state, x, y in zip(w.params, states, new, ys):
+                p.copy_(y)
+                state[ITERATE] = x
+        else:
+            for p, x in zip(w.params, new):
+                if x is not p:
+                    p.copy_(x)
+        for state in states:
+            state["step"] += 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,7 +369,7 @@ def _slots(state: dict[str, Any]) -> dict[str, Any]:
 _GROUP_FIELDS = ("lr", "beta1", "beta2", "rule", "decay", "radius", "geometry", "nonfinite")
 
 
-class LMOOptimizer(_DriverOptimizer):
+class LMOOptimizer(DriverOptimizer):
     """Any :class:`~lmo.optimizers.Driver` as a ``torch.optim.Optimizer``.
 
     ``LMOOptimizer(params, driver)``; param groups may override the driver's ``lr``, ``beta1``, ``beta2``,
@@ -309,7 +388,7 @@ class LMOOptimizer(_DriverOptimizer):
     def __init__(self, params: Any, driver: Driver, *, process_group: Any = None, **overrides: Any) -> None:
         if not isinstance(driver, Driver):
             raise ValueError(f"LMOOptimizer needs a Driver; got driver={driver!r}")
-        if driver.per_example:
+        if driver.per_example and not self.accepts_private_drivers:
             raise ValueError(
                 "LMOOptimizer: this driver privatises per-example gradients (its grad_transform is per-example); "
                 "use lmo.optimizers.DPOptimizer, which privatises all param groups jointly and accounts for privacy"
@@ -322,22 +401,16 @@ class LMOOptimizer(_DriverOptimizer):
         defaults.update(overrides)
         super().__init__(params, defaults, process_group)
 
-    def _driver(self, group: dict[str, Any]) -> Driver:
-        changes = {}
-        for f in _GROUP_FIELDS:
-            value = group[f]
-            if f == "lr" and isinstance(value, torch.Tensor):
-                value = _float("lr", value)
-            if value is not getattr(self.driver, f):
-                changes[f] = value
+    def configure(self, group: Mapping[str, Any]) -> Driver:
+        changes = {f: group[f] for f in _GROUP_FIELDS if group[f] is not getattr(self.driver, f)}
         return self.driver.replace(**changes) if changes else self.driver
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Named optimizers
+# Named optimizers: a table from the torch arguments to a configuration
 # ---------------------------------------------------------------------------------------------------------------
-class Muon(_DriverOptimizer):
-    """Muon, a drop-in for ``torch.optim.Muon``: same arguments, same meaning, same trajectory.
+class Muon(DriverOptimizer):
+    """Muon, a drop-in for ``torch.optim.Muon``: same arguments, same defaults, same meaning, same trajectory.
 
     Per parameter (an ``A x B`` matrix) and step, with ``mu = momentum``::
 
@@ -345,29 +418,43 @@ class Muon(_DriverOptimizer):
         C  = mu B + (1 - mu) g   if nesterov else B    (torch: g.lerp(buf, mu))
         W <- (1 - lr wd) W - lr * adjust(A, B) * NS(C) = (1 - lr wd) W + lr * adjust(A, B) * lmo(C)
 
-    ``NS`` is ``ns_steps`` Newton-Schulz iterations with ``ns_coefficients`` after dividing by
-    ``max(||C||_F, eps)`` (the spectral geometry's ``method="newton_schulz"``), and ``adjust`` is
-    ``adjust_lr_fn``: ``None``/``"original"`` ``sqrt(max(1, A / B))``, ``"match_rms_adamw"`` ``0.2 sqrt(max(A, B))``.
-    This is :func:`lmo.optimizers.muon` (the driver with Nesterov's ``(beta1, beta2) = (mu^2, mu)``).
+    ``NS`` is ``ns_steps`` Newton-Schulz iterations with ``ns_coefficients`` after dividing by ``||C||_F``
+    (the spectral geometry's ``method="newton_schulz"``), and ``adjust`` is ``adjust_lr_fn``:
+    ``None``/``"original"`` ``sqrt(max(1, A / B))``, ``"match_rms_adamw"`` ``0.2 sqrt(max(A, B))``. This is
+    :func:`lmo.optimizers.muon` (the driver with Nesterov's ``(beta1, beta2) = (mu^2, mu)``).
 
-    Rounding: torch.optim.Muon always iterates in bf16. Ours iterates in bf16 where bf16 matrix products are fast
-    (CUDA, CPUs with AVX512-BF16/AMX) and in fp32 elsewhere; ``ns_dtype="float32"`` (or ``"bfloat16"``) pins it. With
-    ``ns_dtype="float32"`` the trajectory is torch's algorithm in fp32, so it differs from torch.optim.Muon's by
-    exactly torch's own bf16-vs-fp32 rounding (tested); a torch.optim.Muon checkpoint loads and continues.
+    Defaults are torch.optim.Muon's (``lr=1e-3`` among them; the library's own :func:`muon_with_adamw` and the
+    README use ``lr=0.02``, which is what trains: see docs/optimizers.md). Rounding: torch.optim.Muon always
+    iterates in bf16; ours iterates in bf16 where bf16 matrix products are fast (CUDA, CPUs with AVX512-BF16/AMX)
+    and in fp32 elsewhere; ``ns_dtype="float32"`` (or ``"bfloat16"``) pins it. With ``ns_dtype="float32"`` the
+    trajectory is torch's algorithm in fp32, so it differs from torch.optim.Muon's by exactly torch's own
+    bf16-vs-fp32 rounding (tested); a torch.optim.Muon checkpoint loads and continues.
 
-    Beyond torch.optim.Muon (extra keywords ``ns_dtype`` and ``view``, see :class:`lmo.optimizers.MuonGeometry`):
+    Beyond torch.optim.Muon (extra keywords, accepted on purpose):
 
-    - ``(E, A, B)`` parameters are ``E`` matrices, each orthogonalised (``view="auto"`` or ``"batch"``);
-    - conv kernels ``(O, I, kh, kw)`` are flattened to ``(O, I kh kw)``; ``adjust`` uses that matrix's shape;
-      Conv1d kernels ``(O, I, k)`` need ``view="flatten"`` in their group (:func:`muon_with_adamw` does this);
+    - ``vectors``: a geometry for parameters with fewer than 2 axes (e.g. ``"rms"``), so that one optimizer
+      trains a whole model; ``None`` (default) refuses them, as torch.optim.Muon does;
+    - ``method``: any spectral method (``"newton_schulz"``, ``"auto"`` -- the fastest solver whose update is at
+      least as orthogonal as the default Keller 5-step one --, ``"polar_express"``, ``"svd"``, ...);
+    - ``(E, A, B)`` parameters are ``E`` matrices, each orthogonalised (``view="auto"`` or ``"batch"``); conv
+      kernels ``(O, I, kh, kw)`` are flattened to ``(O, I kh kw)``; Conv1d kernels need ``view="flatten"``
+      (:func:`muon_with_adamw` does this); torch.optim.Muon refuses both;
     - same-shape matrices of a group are orthogonalised in one batched call; ``p.grad`` is never modified; a
       non-finite gradient raises (``nonfinite="skip"`` skips the step instead);
-    - ``process_group``: DDP's group or the FSDP2 mesh; each rank orthogonalises about ``1 / world`` of the
-      matrices (:mod:`lmo.optimizers.distributed`).
+    - ``process_group``: DDP's group or the FSDP2 mesh (:mod:`lmo.optimizers.distributed`).
 
     Vectors, embeddings and the output layer belong to AdamW: :func:`muon_with_adamw` splits a model.
     The state (``"momentum_buffer"`` per parameter) has torch.optim.Muon's key.
     """
+
+    configuration = staticmethod(muon)
+    arguments = {"lr": "lr", "weight_decay": "weight_decay", "momentum": "beta", "nesterov": "nesterov",
+                 "ns_coefficients": "ns_coefficients", "eps": "eps", "ns_steps": "ns_steps",
+                 "adjust_lr_fn": "adjust_lr", "method": "method", "ns_dtype": "ns_dtype", "view": "view",
+                 "vectors": "vectors", "nonfinite": "nonfinite"}
+    messages = {"lr": "Learning rate should be >= 0 but is: {value}",
+                "weight_decay": "weight decay should be >= 0 but is: {value}",
+                "adjust_lr_fn": "Adjust learning rate function {value} is not supported"}
 
     def __init__(
         self,
@@ -381,50 +468,14 @@ class Muon(_DriverOptimizer):
         ns_steps: int = 5,
         adjust_lr_fn: str | None = None,
         *,
+        method: str = "newton_schulz",
         ns_dtype: str | None = None,
         view: str = "auto",
+        vectors: Any = None,
         nonfinite: str = "raise",
         process_group: Any = None,
     ) -> None:
-        lr_value = _float("lr", lr)
-        if not 0.0 <= lr_value:
-            raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
-        if adjust_lr_fn is not None and adjust_lr_fn not in ("original", "match_rms_adamw"):
-            raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
-        defaults = dict(
-            lr=lr,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            nesterov=nesterov,
-            ns_coefficients=tuple(ns_coefficients),
-            eps=eps,
-            ns_steps=ns_steps,
-            adjust_lr_fn=adjust_lr_fn,
-            ns_dtype=ns_dtype,
-            view=view,
-            nonfinite=nonfinite,
-        )
-        super().__init__(params, defaults, process_group)
-
-    def _driver(self, group: dict[str, Any]) -> Driver:
-        momentum, weight_decay = group["momentum"], group["weight_decay"]
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-            raise ValueError(f"momentum should be in [0, 1) but is: {momentum!r}")
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not 0 <= weight_decay:
-            raise ValueError(f"weight decay should be >= 0 but is: {weight_decay!r}")
-        return muon(
-            lr=_float("lr", group["lr"]),
-            beta=group["momentum"],
-            nesterov=bool(group["nesterov"]),
-            weight_decay=group["weight_decay"],
-            ns_coefficients=tuple(group["ns_coefficients"]),
-            ns_steps=group["ns_steps"],
-            eps=group["eps"],
-            adjust_lr=group["adjust_lr_fn"],
-            ns_dtype=group["ns_dtype"],
-            view=group["view"],
-            nonfinite=group["nonfinite"],
-        )
+        super().__init__(params, _arguments(self.arguments, locals()), process_group)
 
 
 Muon.inputs = OptimizerInputs(
@@ -432,6 +483,7 @@ Muon.inputs = OptimizerInputs(
         {"lr": 0.1, "weight_decay": 0.0, "needs": ("spectral",)},
         {"lr": 0.1, "nesterov": False, "adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.01,
          "needs": ("spectral",)},
+        {"lr": 0.1, "weight_decay": 0.0, "method": "auto", "needs": ("spectral",)},
     ),
     bad=(
         ({"lr": -1.0}, "Learning rate"),
@@ -439,22 +491,24 @@ Muon.inputs = OptimizerInputs(
         ({"weight_decay": -0.1}, "weight decay"),
         ({"adjust_lr_fn": "bogus"}, "bogus"),
         ({"view": "sideways"}, "view"),
+        ({"nesterov": "no"}, "nesterov"),
+        ({"ns_coefficients": (1.0, 2.0)}, "ns_coefficients"),
+        ({"ns_steps": 2.5}, "ns_steps"),
+        ({"method": "qr"}, "method"),
     ),
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
 )
 
 
-class SignSGD(_DriverOptimizer):
+class SignSGD(DriverOptimizer):
     """SignSGD: ``p <- (1 - lr wd) p - lr sign(g)`` (:func:`lmo.optimizers.sign_sgd`)."""
 
-    def __init__(
-        self, params: Any, lr: float = 1e-3, weight_decay: float = 0.0, *, nonfinite: str = "raise",
-        process_group: Any = None,
-    ) -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, nonfinite=nonfinite), process_group)
+    configuration = staticmethod(sign_sgd)
+    arguments = {"lr": "lr", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
 
-    def _driver(self, group: dict[str, Any]) -> Driver:
-        return sign_sgd(_float("lr", group["lr"]), weight_decay=group["weight_decay"], nonfinite=group["nonfinite"])
+    def __init__(self, params: Any, lr: float = 1e-3, weight_decay: float = 0.0, *, nonfinite: str = "raise",
+                 process_group: Any = None) -> None:
+        super().__init__(params, _arguments(self.arguments, locals()), process_group)
 
 
 SignSGD.inputs = OptimizerInputs(
@@ -463,50 +517,36 @@ SignSGD.inputs = OptimizerInputs(
 )
 
 
-class Signum(_DriverOptimizer):
+class Signum(DriverOptimizer):
     """Signum: ``m <- mu m + (1 - mu) g``, ``p <- (1 - lr wd) p - lr sign(m)`` (:func:`lmo.optimizers.signum`).
 
     ``momentum`` is the usual factor ``mu`` (default 0.9)."""
 
-    def __init__(
-        self, params: Any, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, *,
-        nonfinite: str = "raise", process_group: Any = None,
-    ) -> None:
-        super().__init__(
-            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nonfinite=nonfinite), process_group
-        )
+    configuration = staticmethod(signum)
+    arguments = {"lr": "lr", "momentum": "beta", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
 
-    def _driver(self, group: dict[str, Any]) -> Driver:
-        return signum(
-            _float("lr", group["lr"]), beta=group["momentum"], weight_decay=group["weight_decay"],
-            nonfinite=group["nonfinite"],
-        )
+    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, *,
+                 nonfinite: str = "raise", process_group: Any = None) -> None:
+        super().__init__(params, _arguments(self.arguments, locals()), process_group)
 
 
 Signum.inputs = OptimizerInputs(
     cases=({"lr": 0.05}, {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.01}),
-    bad=(({"momentum": 1.0}, "beta"), ({"lr": float("inf")}, "lr")),
+    bad=(({"momentum": 1.0}, "momentum"), ({"lr": float("inf")}, "lr")),
 )
 
 
-class Lion(_DriverOptimizer):
+class Lion(DriverOptimizer):
     """Lion (Chen et al., 2023): ``c = b1 m + (1 - b1) g``, ``p <- (1 - lr wd) p - lr sign(c)``,
     ``m <- b2 m + (1 - b2) g`` (:func:`lmo.optimizers.lion`). Weight decay is decoupled and multiplied by ``lr``,
-    as in the paper and lion-pytorch."""
+    as in the paper and lion-pytorch, whose defaults these are."""
 
-    def __init__(
-        self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, *,
-        nonfinite: str = "raise", process_group: Any = None,
-    ) -> None:
-        super().__init__(
-            params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, nonfinite=nonfinite), process_group
-        )
+    configuration = staticmethod(lion)
+    arguments = {"lr": "lr", "betas": "betas", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
 
-    def _driver(self, group: dict[str, Any]) -> Driver:
-        return lion(
-            _float("lr", group["lr"]), betas=tuple(group["betas"]), weight_decay=group["weight_decay"],
-            nonfinite=group["nonfinite"],
-        )
+    def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0, *, nonfinite: str = "raise", process_group: Any = None) -> None:
+        super().__init__(params, _arguments(self.arguments, locals()), process_group)
 
 
 Lion.inputs = OptimizerInputs(
@@ -515,8 +555,9 @@ Lion.inputs = OptimizerInputs(
 )
 
 
-class Scion(_DriverOptimizer):
-    """Scion, a drop-in for the reference implementation (LIONS-EPFL/scion): same constructor, same group keys.
+class Scion(DriverOptimizer):
+    """Scion, a drop-in for the reference implementation (LIONS-EPFL/scion): same constructor, same group keys,
+    same defaults.
 
     .. warning::
        ``momentum`` is **one minus** the usual momentum factor, as in the reference: ``momentum=0.1`` means
@@ -531,7 +572,8 @@ class Scion(_DriverOptimizer):
     ``norm``: a Scion name (``Spectral``, ``Sign``, ``ColNorm``, ``RowNorm``, ``BiasRMS``, ``SpectralConv``,
     ``Auto``) with ``norm_kwargs`` as in the reference (see :data:`lmo.optimizers.SCION_NORMS`), or one of our
     registry names (with ``norm_kwargs`` as its parameters) or a ``Norm`` instance. ``scale``: the radius.
-    The reference's ``init()`` (weight initialisation) is not provided: initialise the model yourself.
+    The reference's defaults (radius 1, no momentum) do not train a network well: use the recipe
+    (:func:`lmo.optimizers.scion` with :class:`~lmo.optimizers.ScionRecipe`; docs/optimizers.md).
     """
 
     def __init__(
@@ -547,31 +589,19 @@ class Scion(_DriverOptimizer):
         nonfinite: str = "raise",
         process_group: Any = None,
     ) -> None:
-        if _float("lr", lr) < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        defaults = dict(
-            lr=lr, momentum=momentum, norm=norm, norm_kwargs=dict(norm_kwargs or {}), scale=scale,
-            unconstrained=unconstrained, nonfinite=nonfinite,
-        )
+        defaults = dict(lr=lr, momentum=momentum, norm=norm, norm_kwargs=dict(norm_kwargs or {}), scale=scale,
+                        unconstrained=unconstrained, nonfinite=nonfinite)
         super().__init__(params, defaults, process_group)
 
-    def _driver(self, group: dict[str, Any]) -> Driver:
+    def configure(self, group: Mapping[str, Any]) -> Driver:
         momentum = group["momentum"]
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
-            raise ValueError(
-                f"momentum must be in (0, 1]: Scion's momentum is ONE MINUS the usual factor (0.1 means beta 0.9; "
-                f"1 means none); got momentum={momentum!r}"
-            )
-        beta = 1.0 - float(momentum)
-        geometry = ScionGeometry(group["norm"], dict(group["norm_kwargs"] or {}), group["scale"])
-        return Driver(
-            geometry=geometry,
-            lr=_float("lr", group["lr"]),
-            beta1=beta,
-            beta2=beta,
-            decay=0.0 if group["unconstrained"] else 1.0,
-            nonfinite=group["nonfinite"],
-        )
+        one_minus = ("momentum must be a number in (0, 1]: Scion's momentum is ONE MINUS the usual factor (0.1 "
+                     "means beta 0.9; 1 means none); got momentum={value!r}")
+        beta = 1.0 - momentum if isinstance(momentum, (int, float)) and not isinstance(momentum, bool) else momentum
+        with renamed({"beta": ("momentum", momentum, one_minus), "radius": ("scale", group["scale"])}):
+            geometry = ScionGeometry(group["norm"], dict(group["norm_kwargs"] or {}), group["scale"])
+            factory = uscion if group["unconstrained"] else scion
+            return factory(group["lr"], beta=beta, geometry=geometry, nonfinite=group["nonfinite"])
 
 
 Scion.inputs = OptimizerInputs(

@@ -2,9 +2,14 @@
 
 A step reads every parameter's per-example gradients from ``p.grad_sample`` (shape ``(B, *p.shape)``, filled by
 :func:`lmo.privacy.per_sample_grads` or by Opacus's ``GradSampleModule``), privatises them *jointly over all param
-groups* with the driver's :class:`~lmo.optimizers.privacy.Privatize` hook (clipping, one noise calibrated to the
+groups* with the drivers' :class:`~lmo.optimizers.privacy.Privatize` hook (clipping, one noise calibrated to the
 sensitivity of all parameters together, division by the expected batch size), then runs each group's driver on the
-privatised gradients. ``p.grad`` is ignored. Each ``step()`` is one release, counted for :meth:`epsilon`.
+privatised gradients. ``p.grad`` is ignored: every trainable parameter -- matrices, biases, norm gains, embeddings
+-- is trained from its privatised gradient. Each ``step()`` is one release, counted for :meth:`Privacy.epsilon`.
+
+The optimizers hold their privacy by composition: a :class:`Privacy` (the privatisation of the whole parameter set,
+the accountant, the record that checkpoints carry), and groups whose drivers are ``private(...)`` configurations
+(:func:`lmo.optimizers.private`) sharing its :class:`Privatize`.
 
 With ``process_group=`` (DDP's group, or the 1-D mesh of FSDP2 DTensor parameters, which is also used when no group
 is given), ``p.grad_sample`` holds the per-example gradients of this rank's examples (of the whole parameter, also
@@ -19,97 +24,67 @@ step on the union of the ranks' examples; a DTensor parameter gets its shard of 
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from lmo.privacy import ACCOUNTANTS, PrivacyAccountant
-
+from . import validation
+from .accounting import ACCOUNTANTS, PrivacyAccountant
+from .configs import vector_geometry
 from .distributed import DTensor, distribute_tensor
-from .driver import Driver, NonFiniteGradientError, _nonfinite
-from .privacy import BiasCorrection, Privatize
-from .torch import LMOOptimizer, Muon
+from .driver import Driver, NonFiniteGradientError, first_nonfinite
+from .privacy import Privatize, private
+from .torch import DriverOptimizer, LMOOptimizer, Muon
 
-__all__ = ["DPOptimizer", "DPMuon"]
+__all__ = ["DPOptimizer", "DPMuon", "Privacy"]
 
 _PRIVACY_KEY = "privacy"
 
 
-class _Private:
-    """What the private optimizers add to an adapter: joint privatisation, accounting, checkpointing of both."""
+class Privacy:
+    """The privacy of a private optimizer: its one :class:`Privatize` (for all its parameters together), the
+    sampling rate and accountant for :meth:`epsilon`, and the steps taken (releases).
 
-    privatizer: Privatize
-    sample_rate: float | None
-    accountant: str
-    steps: int
+    ``privatise(names, params, group)`` reads the per-example gradients and returns the privatised gradients of
+    these parameters (checked first: a refusal raises before anything is changed, and under a process group every
+    rank refuses together).
+    """
 
-    def _init_privacy(self, privatizer: Privatize, sample_rate: float | None, accountant: str) -> None:
-        if sample_rate is not None and (
-            isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or not 0 < sample_rate <= 1
-        ):
-            raise ValueError(f"sample_rate must be None or a number in (0, 1]; got sample_rate={sample_rate!r}")
-        if accountant not in ACCOUNTANTS:
-            raise ValueError(f"accountant must be one of {ACCOUNTANTS}; got accountant={accountant!r}")
+    def __init__(self, privatizer: Privatize, sample_rate: float | None, accountant: str) -> None:
+        if sample_rate is not None:
+            sample_rate = validation.real("sample_rate", sample_rate, 0.0, 1.0, low_open=True)
         self.privatizer = privatizer
-        self.sample_rate = None if sample_rate is None else float(sample_rate)
-        self.accountant = accountant
+        self.sample_rate = sample_rate
+        self.accountant = validation.choice("accountant", accountant, ACCOUNTANTS)
         self.steps = 0
-        self._private: dict[Any, torch.Tensor] | None = None
-        for gi, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
-            if group.get("nonfinite", "raise") != "raise":
-                raise ValueError(
-                    f"param group {gi}: a private optimizer needs nonfinite='raise' (skipping a step, or letting NaN "
-                    "through, depends on single examples and is not covered by the privacy analysis)"
-                )
-        self._trainable()  # validates the thresholds against the parameters now
 
-    # -- parameters ------------------------------------------------------------------------------------------
-    def _trainable(self) -> tuple[list[str], list[torch.Tensor]]:
-        names, params = [], []
-        for gi, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
-            for name, p in zip(self._names(gi, group), group["params"]):  # type: ignore[attr-defined]
-                if p.requires_grad:
-                    names.append(name)
-                    params.append(p)
-        self.privatizer.thresholds(names)
-        return names, params
+    def noise_std(self, names: Sequence[str]) -> float:
+        """The std per entry of the noise in each privatised gradient of the parameters ``names`` (privatised
+        together): ``noise_multiplier * S / expected_batch_size``."""
+        return self.privatizer.gradient_noise_std(names)
 
-    @property
-    def noise_std(self) -> float:
-        """The std per entry of the noise in each privatised gradient: ``noise_multiplier * S / expected_batch_size``,
-        ``S`` the sensitivity over all trainable parameters of the optimizer."""
-        return self.privatizer.gradient_noise_std(self._trainable()[0])
+    def accountant_now(self) -> PrivacyAccountant:
+        """A :class:`lmo.optimizers.accounting.PrivacyAccountant` holding the steps taken so far."""
+        if self.sample_rate is None:
+            raise ValueError("epsilon needs the sampling rate: construct the optimizer with sample_rate=q (the "
+                             "Poisson sampling probability of each example per step)")
+        return PrivacyAccountant(self.privatizer.noise_multiplier, self.sample_rate, accountant=self.accountant,
+                                 steps=self.steps)
 
-    @property
-    def noise_multiplier(self) -> float:
-        return self.privatizer.noise_multiplier
+    def epsilon(self, delta: float) -> float:
+        """The privacy spent so far: epsilon at ``delta`` for the steps taken (dp-accounting's accountant)."""
+        return self.accountant_now().epsilon(delta)
 
-    @property
-    def max_grad_norm(self) -> Any:
-        return self.privatizer.max_grad_norm
-
-    @property
-    def expected_batch_size(self) -> float:
-        return self.privatizer.expected_batch_size
-
-    @property
-    def clipping(self) -> str:
-        return self.privatizer.clipping
-
-    # -- the step --------------------------------------------------------------------------------------------
-    def _gradient(self, p: torch.Tensor) -> torch.Tensor | None:
-        if self._private is None:
-            raise RuntimeError("a private optimizer's gradients exist only inside step()")
-        return self._private.get(p)
-
-    def _privatise(self) -> dict[Any, torch.Tensor]:
-        names, params = self._trainable()
+    # -- the release -------------------------------------------------------------------------------------------
+    def privatise(self, names: list[str], params: list[torch.Tensor], group: Any) -> dict[Any, torch.Tensor]:
+        """The privatised gradient of each parameter, from its ``grad_sample`` (this rank's examples): clipped and
+        summed here, summed over ``group`` (a process group or None), noised once, divided by the expected batch
+        size."""
         if not params:
             raise ValueError("the optimizer has no trainable parameter")
-        group = self._data_parallel_group(params)
-        samples, problem = self._per_example(names, params)
+        samples, problem = _per_example(names, params)
         if group is not None:
             problem = _agree(problem, group, params[0].device)
         if problem is not None:
@@ -117,19 +92,129 @@ class _Private:
         privatizer = self.privatizer
         sums = privatizer.clipped_sums(samples, names)
         if group is None:
-            private = privatizer.finish(privatizer.add_noise(sums, names), params)
-            return dict(zip(params, private))
+            return dict(zip(params, privatizer.finish(privatizer.add_noise(sums, names), params)))
         # data-parallel: every rank clips its own examples; the noise enters once, on rank 0 before the sum
         if dist.get_rank(group) == 0:
             sums = privatizer.add_noise(sums, names)
         _all_reduce_sum(sums, group)
-        private = privatizer.finish(sums, params)
-        return {p: _like(p, g) for p, g in zip(params, private)}
+        return {p: _like(p, g) for p, g in zip(params, privatizer.finish(sums, params))}
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint carries: the steps taken and the privacy parameters (numbers and strings)."""
+        c = self.privatizer.max_grad_norm
+        return {
+            "steps": self.steps,
+            "noise_multiplier": self.privatizer.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "expected_batch_size": self.privatizer.expected_batch_size,
+            "clipping": self.privatizer.clipping,
+            "max_grad_norm": dict(c) if isinstance(c, dict) else (list(c) if isinstance(c, tuple) else c),
+            "accountant": self.accountant,
+        }
+
+    def check(self, record: Mapping[str, Any] | None) -> int:
+        """The steps of a saved ``record`` (``ValueError`` if there is none, or if it was saved with other privacy
+        parameters: its accounting would be wrong)."""
+        if record is None:
+            raise ValueError("this state dict holds no privacy record (steps taken); it was not saved by a private "
+                             "optimizer, and loading it would lose the privacy spent")
+        mine = self.record()
+        for key in ("noise_multiplier", "sample_rate", "expected_batch_size", "clipping", "max_grad_norm",
+                    "accountant"):
+            if record.get(key) != mine[key]:
+                raise ValueError(f"the state was saved with {key}={record.get(key)!r}, this optimizer has "
+                                 f"{key}={mine[key]!r}")
+        return validation.integer("steps", record.get("steps"), 0)
+
+
+class _Private(DriverOptimizer):
+    """What :class:`DPOptimizer` and :class:`DPMuon` add to their adapter: the joint privatisation before the
+    groups' steps (``step`` here, then the adapter's step on the privatised gradients), ``grad_sample`` clearing,
+    and the privacy record in checkpoints. ``privacy`` is set before the adapter is constructed."""
+
+    privacy: Privacy
+    accepts_private_drivers = True
+    _released: dict[Any, torch.Tensor] | None = None
+    _released_std: float | None = None
+
+    # -- the private optimizers' own surface -------------------------------------------------------------------
+    @property
+    def noise_std(self) -> float:
+        """The std per entry of the noise in each privatised gradient (all trainable parameters together)."""
+        return self.privacy.noise_std(self._trainable()[0])
+
+    @property
+    def steps(self) -> int:
+        return self.privacy.steps
+
+    @property
+    def sample_rate(self) -> float | None:
+        return self.privacy.sample_rate
+
+    @property
+    def privatizer(self) -> Privatize:
+        return self.privacy.privatizer
+
+    def epsilon(self, delta: float) -> float:
+        """The privacy spent so far: epsilon at ``delta`` for the steps taken (dp-accounting's accountant)."""
+        return self.privacy.epsilon(delta)
+
+    def accountant_now(self) -> PrivacyAccountant:
+        """A :class:`lmo.optimizers.accounting.PrivacyAccountant` holding the steps taken so far."""
+        return self.privacy.accountant_now()
+
+    # -- the step ----------------------------------------------------------------------------------------------
+    def _trainable(self) -> tuple[list[str], list[torch.Tensor]]:
+        names, params = [], []
+        for gi, group in enumerate(self.param_groups):
+            for name, p in zip(self._names(gi, group), group["params"]):
+                if p.requires_grad:
+                    names.append(name)
+                    params.append(p)
+        self.privacy.privatizer.thresholds(names)  # one threshold per parameter, by name or position
+        return names, params
+
+    def _check_private_groups(self) -> None:
+        for gi, group in enumerate(self.param_groups):
+            if group.get("nonfinite", "raise") != "raise":
+                raise ValueError(
+                    f"param group {gi}: a private optimizer needs nonfinite='raise' (skipping a step, or letting NaN "
+                    "through, depends on single examples and is not covered by the privacy analysis)"
+                )
+        self._trainable()
+
+    def _transformed(self) -> tuple[bool, float | None]:
+        return True, self._released_std  # the groups' Privatize ran once, for all of them
+
+    def _gradient(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The privatised gradient of ``p`` in a private step (``None``: a frozen parameter sits out)."""
+        if self._released is None:
+            raise RuntimeError("a private optimizer's gradients exist only inside step()")
+        return self._released.get(p)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One private step: privatise the per-example gradients (``p.grad_sample``) of all groups together, then
+        each group's step on them. Returns the closure's loss if given (the closure must fill ``p.grad_sample``)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        names, params = self._trainable()
+        self._released = self.privacy.privatise(names, params, self._data_parallel_group(params))
+        self._released_std = self.privacy.noise_std(names)
+        try:
+            super().step()
+        finally:
+            self._released = None
+        self.privacy.steps += 1
+        return loss
 
     def _data_parallel_group(self, params: list[torch.Tensor]) -> Any:
         """The ranks whose examples make up the lot: the optimizer's ``process_group``, else the 1-D mesh of DTensor
         parameters (FSDP2), else None (one process)."""
-        group = self._distribution.group  # type: ignore[attr-defined]
+        group = self.distribution.group
         meshes = {id(p.device_mesh): p.device_mesh for p in params if isinstance(p, DTensor)}
         if group is None and meshes:
             if len(meshes) > 1 or next(iter(meshes.values())).ndim != 1:
@@ -143,121 +228,163 @@ class _Private:
             return None
         return group
 
-    def _per_example(self, names: list[str], params: list[torch.Tensor]) -> tuple[list[Any], Exception | None]:
-        """Each parameter's per-example gradients ``(B, *p.shape)`` (this rank's examples), or the error that
-        refuses them (returned, not raised: under a process group every rank must learn of it first)."""
-        samples = []
-        for name, p in zip(names, params):
-            gs = getattr(p, "grad_sample", None)
-            if isinstance(gs, list):
-                gs = torch.cat(gs, dim=0)
-            if gs is None:
-                return [], ValueError(
-                    f"parameter {name!r} has no per-example gradient (p.grad_sample is None): compute them with "
-                    "lmo.privacy.per_sample_grads (or Opacus's GradSampleModule), or freeze the parameter "
-                    "(requires_grad=False)"
-                )
-            if isinstance(gs, DTensor):
-                return [], ValueError(
-                    f"parameter {name!r}: grad_sample is a DTensor; give this rank's per-example gradients of the "
-                    f"whole parameter as a plain tensor of shape (B, *{tuple(p.shape)})"
-                )
-            samples.append(gs)
-        batch = samples[0].shape[0]
-        for name, p, gs in zip(names, params, samples):
-            if tuple(gs.shape) != (batch, *p.shape):
-                return [], ValueError(
-                    f"parameter {name!r}: grad_sample has shape {tuple(gs.shape)}; expected "
-                    f"({batch}, *{tuple(p.shape)}) (one batch size for all parameters)"
-                )
-        bad = _nonfinite(names, samples)
-        if bad is not None:
-            return [], NonFiniteGradientError(
-                f"per-example gradient of parameter {bad!r} holds NaN or Inf; nothing was changed"
-            )
-        return samples, None
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        """One private step: privatise the per-example gradients (``p.grad_sample``) of all groups, then the driver's
-        step for each group. Returns the closure's loss if given (the closure must fill ``p.grad_sample``)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._private = self._privatise()
-        try:
-            super().step()  # type: ignore[misc]
-        finally:
-            self._private = None
-        self.steps += 1
-        return loss
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear ``p.grad`` (as torch does) and ``p.grad_sample`` (the per-example gradients)."""
-        super().zero_grad(set_to_none=set_to_none)  # type: ignore[misc]
-        for group in self.param_groups:  # type: ignore[attr-defined]
+        super().zero_grad(set_to_none=set_to_none)
+        for group in self.param_groups:
             for p in group["params"]:
                 if hasattr(p, "grad_sample"):
                     p.grad_sample = None
 
-    def _with_noise(self, driver: Driver) -> Driver:
-        """The group's driver, its bias correction (if any) given the noise of the joint privatisation."""
-        bc = driver.direction_transform
-        if getattr(self, "_private", None) is None:  # not in a step (construction, validation)
-            return driver
-        if isinstance(bc, BiasCorrection) and isinstance(bc.noise, Privatize):
-            driver = driver.replace(direction_transform=dataclasses.replace(bc, noise=self.noise_std))
-        return driver
-
-    # -- accounting ------------------------------------------------------------------------------------------
-    def accountant_now(self) -> PrivacyAccountant:
-        """A :class:`lmo.privacy.PrivacyAccountant` holding the steps taken so far."""
-        if self.sample_rate is None:
-            raise ValueError("epsilon needs the sampling rate: construct the optimizer with sample_rate=q (the "
-                             "Poisson sampling probability of each example per step)")
-        return PrivacyAccountant(self.noise_multiplier, self.sample_rate, accountant=self.accountant,
-                                 steps=self.steps)
-
-    def epsilon(self, delta: float) -> float:
-        """The privacy spent so far: epsilon at ``delta`` for the steps taken (dp-accounting's accountant)."""
-        return self.accountant_now().epsilon(delta)
-
-    # -- checkpoints -----------------------------------------------------------------------------------------
-    def _privacy_record(self) -> dict[str, Any]:
-        c = self.max_grad_norm
-        return {
-            "steps": self.steps,
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "expected_batch_size": self.expected_batch_size,
-            "clipping": self.clipping,
-            "max_grad_norm": dict(c) if isinstance(c, dict) else (list(c) if isinstance(c, tuple) else c),
-            "accountant": self.accountant,
-        }
-
+    # -- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus ``"privacy"``: the steps taken and the privacy parameters (numbers and strings)."""
-        state = super().state_dict()  # type: ignore[misc]
-        state[_PRIVACY_KEY] = self._privacy_record()
+        state = super().state_dict()
+        state[_PRIVACY_KEY] = self.privacy.record()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state; the steps taken are restored (so ``epsilon`` counts them). A state saved with other privacy
         parameters (noise, sampling rate, clipping) is refused: its accounting would be wrong."""
         state_dict = dict(state_dict)
-        record = state_dict.pop(_PRIVACY_KEY, None)
-        if record is None:
-            raise ValueError("this state dict holds no privacy record (steps taken); it was not saved by a private "
-                             "optimizer, and loading it would lose the privacy spent")
-        mine = self._privacy_record()
-        for key in ("noise_multiplier", "sample_rate", "expected_batch_size", "clipping", "max_grad_norm",
-                    "accountant"):
-            if record.get(key) != mine[key]:
-                raise ValueError(f"the state was saved with {key}={record.get(key)!r}, this optimizer has "
-                                 f"{key}={mine[key]!r}")
-        super().load_state_dict(state_dict)  # type: ignore[misc]
-        self.steps = int(record["steps"])
+        steps = self.privacy.check(state_dict.pop(_PRIVACY_KEY, None))
+        super().load_state_dict(state_dict)
+        self.privacy.steps = steps
+
+
+class DPOptimizer(_Private, LMOOptimizer):
+    """Any private driver (``dp_sgd``, ``dp_sign_sgd``, ``dp_muon``, ``dp_scion``, or ``private(driver, ...)``) as
+    a ``torch.optim.Optimizer``.
+
+    ``DPOptimizer(params, driver, *, sample_rate=None, accountant="rdp", **group_overrides)``: param groups may
+    override the driver's ``lr``, ``beta1``, ``beta2``, ``rule``, ``decay``, ``radius`` and ``geometry`` (as in
+    :class:`~lmo.optimizers.LMOOptimizer`); the privacy parameters are the driver's, one for all groups.
+    ``sample_rate``: the Poisson sampling rate, for :meth:`epsilon`.
+
+    >>> import torch, lmo.optimizers as lo
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> opt = lo.DPOptimizer([w], lo.dp_sgd(lr=1.0, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=2))
+    >>> w.grad_sample = torch.tensor([[3.0, 4.0], [0.3, 0.4]]); _ = opt.step()  # example 1 clipped to norm 1
+    >>> w.detach()
+    tensor([-0.4500, -0.6000])
+    """
+
+    def __init__(self, params: Any, driver: Driver, *, sample_rate: float | None = None, accountant: str = "rdp",
+                 **overrides: Any) -> None:
+        if not isinstance(driver, Driver) or not isinstance(driver.grad_transform, Privatize):
+            raise ValueError("DPOptimizer needs a private driver (one whose grad_transform is a Privatize hook, e.g. "
+                             f"lmo.optimizers.dp_sgd(...)); got driver={driver!r}")
+        if "nonfinite" in overrides:
+            raise ValueError("a private optimizer keeps nonfinite='raise'")
+        self.privacy = Privacy(driver.grad_transform, sample_rate, accountant)
+        self._released = None
+        super().__init__(params, driver, **overrides)
+        self._check_private_groups()
+
+
+class DPMuon(_Private, Muon):
+    """DP-Muon (Kim & Fan, 2026) for torch: :class:`~lmo.optimizers.Muon` on privatised gradients.
+
+    ``DPMuon(params, lr=1e-3, *, noise_multiplier, max_grad_norm, expected_batch_size, sample_rate=None,
+    clipping="per_matrix", generator=None, bias_correction=False, max_correction=1.0, accountant="rdp",
+    vectors=None, **muon_arguments)``
+
+    Per step: every example's gradient of every parameter is clipped to its threshold ``C_W`` (``max_grad_norm``: one
+    float, one per parameter in order, or a ``{name: C_W}`` mapping with ``param_names``); the clipped sum gets
+    Gaussian noise of std ``noise_multiplier * sqrt(sum_W C_W^2)`` and is divided by ``expected_batch_size``;
+    ``clipping="flat"`` clips each example's whole gradient to ``max_grad_norm`` instead (noise std
+    ``noise_multiplier * max_grad_norm``). Then Muon's step (``muon_arguments``: ``weight_decay``, ``momentum``,
+    ``nesterov``, ``ns_coefficients``, ``eps``, ``ns_steps``, ``adjust_lr_fn``, ``method``, ``view``, as in
+    :class:`~lmo.optimizers.Muon`). ``bias_correction=True`` is DP-MuonBC
+    (:class:`~lmo.optimizers.privacy.BiasCorrection`).
+
+    Every trainable parameter is trained privately: matrices (conv kernels, batches of matrices, embeddings) by
+    Muon, and vectors -- biases, ``LayerNorm``/``GroupNorm`` gains, scalars -- by the geometry ``vectors`` (default
+    :func:`lmo.optimizers.vector_geometry`: each vector's step of RMS ``lr``; a ``Norm``, registry name or
+    ``ParamGeometry`` for another). No parameter is stepped from ``p.grad``. BatchNorm mixes the examples of a
+    batch, so per-example gradients (and privacy) are undefined for it: :func:`lmo.privacy.per_sample_grads` and
+    Opacus refuse a model with BatchNorm in training mode (use GroupNorm).
+
+    ``generator``: the noise's generator (``None``: fresh OS entropy; an ``int`` seed; a ``torch.Generator``).
+    ``sample_rate``: the Poisson sampling rate (``poisson_loader``), for ``epsilon(delta)``, the privacy spent so far.
+    The per-example gradients are read from ``p.grad_sample`` (:func:`lmo.privacy.per_sample_grads`).
+    ``process_group``: data-parallel training (DDP or FSDP2; see the module docstring): each rank's examples are
+    clipped there, the clipped sums added over the ranks, and the noise drawn once, on rank 0.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: Any,
+        expected_batch_size: float,
+        sample_rate: float | None = None,
+        clipping: str = "per_matrix",
+        generator: Any = None,
+        bias_correction: bool = False,
+        max_correction: float = 1.0,
+        accountant: str = "rdp",
+        vectors: Any = None,
+        **muon_arguments: Any,
+    ) -> None:
+        self.bias_correction = validation.boolean("bias_correction", bias_correction)
+        self.max_correction = validation.real("max_correction", max_correction, 0.0, low_open=True)
+        self.privacy = Privacy(Privatize(noise_multiplier, max_grad_norm, expected_batch_size, clipping, generator),
+                               sample_rate, accountant)
+        self._released = None
+        vectors = vector_geometry() if vectors is None else vectors
+        super().__init__(params, lr, vectors=vectors, **muon_arguments)
+        self._check_private_groups()
+
+    def configure(self, group: Mapping[str, Any]) -> Driver:
+        """The group's driver: :func:`lmo.optimizers.dp_muon`'s, i.e. ``private(muon(...))`` with this optimizer's
+        :class:`Privatize` (shared by all groups) and, with ``bias_correction``, DP-MuonBC's correction."""
+        return private(super().configure(group), self.privacy.privatizer, bias_correction=self.bias_correction,
+                       max_correction=self.max_correction)
+
+    def dp_driver(self, group: int = 0) -> Driver:
+        """The configuration that this optimizer computes for param group ``group``."""
+        return self.configure(self.param_groups[group])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-example gradients and the data-parallel sum
+# ---------------------------------------------------------------------------------------------------------------
+def _per_example(names: list[str], params: list[torch.Tensor]) -> tuple[list[Any], Exception | None]:
+    """Each parameter's per-example gradients ``(B, *p.shape)`` (this rank's examples), or the error that refuses
+    them (returned, not raised: under a process group every rank must learn of it first)."""
+    samples = []
+    for name, p in zip(names, params):
+        gs = getattr(p, "grad_sample", None)
+        if isinstance(gs, list):
+            gs = torch.cat(gs, dim=0)
+        if gs is None:
+            return [], ValueError(
+                f"parameter {name!r} has no per-example gradient (p.grad_sample is None): compute them with "
+                "lmo.privacy.per_sample_grads (or Opacus's GradSampleModule), or freeze the parameter "
+                "(requires_grad=False)"
+            )
+        if isinstance(gs, DTensor):
+            return [], ValueError(
+                f"parameter {name!r}: grad_sample is a DTensor; give this rank's per-example gradients of the "
+                f"whole parameter as a plain tensor of shape (B, *{tuple(p.shape)})"
+            )
+        samples.append(gs)
+    batch = samples[0].shape[0]
+    for name, p, gs in zip(names, params, samples):
+        if tuple(gs.shape) != (batch, *p.shape):
+            return [], ValueError(
+                f"parameter {name!r}: grad_sample has shape {tuple(gs.shape)}; expected "
+                f"({batch}, *{tuple(p.shape)}) (one batch size for all parameters)"
+            )
+    bad = first_nonfinite(names, samples)
+    if bad is not None:
+        return [], NonFiniteGradientError(
+            f"per-example gradient of parameter {bad!r} holds NaN or Inf; nothing was changed"
+        )
+    return samples, None
 
 
 def _agree(problem: Exception | None, group: Any, device: torch.device) -> Exception | None:
@@ -271,7 +398,7 @@ def _agree(problem: Exception | None, group: Any, device: torch.device) -> Excep
     worst = int(flag.item())
     if problem is not None or worst == 0:
         return problem
-    return kinds[worst](  # type: ignore[misc]
+    return kinds[worst](
         "another rank of the process group refused its per-example gradients (see its error); nothing was changed"
     )
 
@@ -297,101 +424,3 @@ def _like(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     if isinstance(p, DTensor):
         return distribute_tensor(g, p.device_mesh, p.placements, src_data_rank=None)
     return g
-
-
-class DPOptimizer(_Private, LMOOptimizer):
-    """Any private driver (``dp_sgd``, ``dp_sign_sgd``, ``dp_muon``, ``dp_scion``, or a driver with a
-    :class:`~lmo.optimizers.privacy.Privatize` hook) as a ``torch.optim.Optimizer``.
-
-    ``DPOptimizer(params, driver, *, sample_rate=None, accountant="rdp", **group_overrides)``: param groups may
-    override the driver's ``lr``, ``beta1``, ``beta2``, ``rule``, ``decay``, ``radius`` and ``geometry`` (as in
-    :class:`~lmo.optimizers.LMOOptimizer`); the privacy parameters are the driver's, one for all groups.
-    ``sample_rate``: the Poisson sampling rate, for :meth:`epsilon`.
-
-    >>> import torch, lmo.optimizers as lo
-    >>> w = torch.nn.Parameter(torch.zeros(2))
-    >>> opt = lo.DPOptimizer([w], lo.dp_sgd(lr=1.0, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=2))
-    >>> w.grad_sample = torch.tensor([[3.0, 4.0], [0.3, 0.4]]); _ = opt.step()  # example 1 clipped to norm 1
-    >>> w.detach()
-    tensor([-0.4500, -0.6000])
-    """
-
-    def __init__(self, params: Any, driver: Driver, *, sample_rate: float | None = None, accountant: str = "rdp",
-                 **overrides: Any) -> None:
-        if not isinstance(driver, Driver) or not isinstance(driver.grad_transform, Privatize):
-            raise ValueError("DPOptimizer needs a private driver (one whose grad_transform is a Privatize hook, e.g. "
-                             f"lmo.optimizers.dp_sgd(...)); got driver={driver!r}")
-        if "nonfinite" in overrides:
-            raise ValueError("a private optimizer keeps nonfinite='raise'")
-        self.private_driver = driver
-        super().__init__(params, driver.replace(grad_transform=None), **overrides)
-        self._init_privacy(driver.grad_transform, sample_rate, accountant)
-
-    def _driver(self, group: dict[str, Any]) -> Driver:
-        return self._with_noise(super()._driver(group))
-
-
-class DPMuon(_Private, Muon):
-    """DP-Muon (Kim & Fan, 2026) for torch: :class:`~lmo.optimizers.Muon` on privatised gradients.
-
-    ``DPMuon(params, lr=1e-3, *, noise_multiplier, max_grad_norm, expected_batch_size, sample_rate=None,
-    clipping="per_matrix", generator=None, bias_correction=False, max_correction=1.0, accountant="rdp",
-    **muon_arguments)``
-
-    Per step: every example's gradient of every parameter is clipped to its threshold ``C_W`` (``max_grad_norm``: one
-    float, one per parameter in order, or a ``{name: C_W}`` mapping with ``param_names``); the clipped sum gets
-    Gaussian noise of std ``noise_multiplier * sqrt(sum_W C_W^2)`` and is divided by ``expected_batch_size``;
-    ``clipping="flat"`` clips each example's whole gradient to ``max_grad_norm`` instead (noise std
-    ``noise_multiplier * max_grad_norm``). Then Muon's step (``muon_arguments``: ``weight_decay``, ``momentum``,
-    ``nesterov``, ``ns_coefficients``, ``eps``, ``ns_steps``, ``adjust_lr_fn``, ``view``, as in torch.optim.Muon).
-    ``bias_correction=True`` is DP-MuonBC (:class:`~lmo.optimizers.privacy.BiasCorrection`).
-
-    ``generator``: the noise's generator (``None``: fresh OS entropy; an ``int`` seed; a ``torch.Generator``).
-    ``sample_rate``: the Poisson sampling rate (``poisson_loader``), for ``epsilon(delta)``, the privacy spent so far.
-    The per-example gradients are read from ``p.grad_sample`` (:func:`lmo.privacy.per_sample_grads`).
-    ``process_group``: data-parallel training (DDP or FSDP2; see the module docstring): each rank's examples are
-    clipped there, the clipped sums added over the ranks, and the noise drawn once, on rank 0.
-    """
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        *,
-        noise_multiplier: float,
-        max_grad_norm: Any,
-        expected_batch_size: float,
-        sample_rate: float | None = None,
-        clipping: str = "per_matrix",
-        generator: Any = None,
-        bias_correction: bool = False,
-        max_correction: float = 1.0,
-        accountant: str = "rdp",
-        **muon_arguments: Any,
-    ) -> None:
-        privatizer = Privatize(noise_multiplier, max_grad_norm, expected_batch_size, clipping, generator)
-        if not isinstance(bias_correction, bool):
-            raise ValueError(f"bias_correction must be a bool; got {bias_correction!r}")
-        self.bias_correction = bias_correction
-        self.max_correction = float(max_correction)
-        if bias_correction:
-            BiasCorrection(0.0, max_correction=max_correction)  # validates max_correction now
-        super().__init__(params, lr, **muon_arguments)
-        self._init_privacy(privatizer, sample_rate, accountant)
-
-    def _driver(self, group: dict[str, Any]) -> Driver:
-        driver = super()._driver(group)
-        if self.bias_correction:
-            noise = self.privatizer if hasattr(self, "privatizer") else 0.0  # during construction: validation only
-            bc = BiasCorrection(noise, driver.beta1, driver.beta2, self.max_correction)
-            driver = self._with_noise(driver.replace(direction_transform=bc))
-        return driver
-
-    def dp_driver(self, group: int = 0) -> Driver:
-        """The configuration that this optimizer computes for param group ``group``: :func:`lmo.optimizers.dp_muon`
-        (Muon's driver with the :class:`Privatize` hook and, with ``bias_correction``, :class:`BiasCorrection`)."""
-        driver = Muon._driver(self, self.param_groups[group])
-        bc = None
-        if self.bias_correction:
-            bc = BiasCorrection(self.privatizer, driver.beta1, driver.beta2, self.max_correction)
-        return driver.replace(grad_transform=self.privatizer, direction_transform=bc)

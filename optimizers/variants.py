@@ -20,7 +20,8 @@ from lmo.geometries.manifold import SpectralSphere, Sphere, Stiefel
 from lmo.geometries.tangent import Tangent
 from lmo.norm import Norm, get_norm
 
-from .configs import _MATRICES, NS_COEFFICIENTS, MuonGeometry, _check_beta, configuration, muon, sign_sgd, signum
+from . import validation
+from .configs import MATRIX_SHAPES, NS_COEFFICIENTS, MuonGeometry, configuration, configured, muon, sign_sgd, signum
 from .driver import Driver, ParamGeometry
 from .hooks import Retract, RowNormalize, ScaledLMOCompressor, ScheduleFree, Transport
 
@@ -55,7 +56,7 @@ def _with_lr(driver: Driver, lr: Schedule | None, wrapper: str) -> Driver:
 @configuration(
     cases=[{"lr": 0.2, "beta": 0.5, "weight_decay": 0.01}],
     bad=[({"beta": 1.0}, "beta"), ({"lr": -0.1}, "lr")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def exact_muon(lr: Schedule = 0.02, *, beta: float = 0.9, weight_decay: float = 0.0, **driver: Any) -> Driver:
@@ -67,9 +68,9 @@ def exact_muon(lr: Schedule = 0.02, *, beta: float = 0.9, weight_decay: float = 
     :func:`lmo.optimizers.spectral_descent`. The paper's heavy-ball buffer ``B_t = mu B_{t-1} + G_t`` is
     ``1 / (1 - mu)`` times this EMA: the same direction here; for version B multiply ``lr`` by ``1 - mu``.
     """
-    beta = _check_beta("beta", beta)
-    geometry = MuonGeometry(get_norm("spectral", method="svd"), adjust="none", view="batch")
-    return Driver(geometry=geometry, lr=lr, beta1=beta, beta2=beta, decay=weight_decay, **driver)
+    geometry = MuonGeometry(get_norm("spectral", method="svd"), adjust_lr="none", view="batch")
+    names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
+    return configured(names, geometry=geometry, lr=lr, beta1=beta, beta2=beta, decay=weight_decay, **driver)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def exact_muon(lr: Schedule = 0.02, *, beta: float = 0.9, weight_decay: float = 
         {"driver": muon(beta=0.5, norm="spectral", weight_decay=0.0), "lr": 0.3},
     ],
     bad=[({"driver": "muon", "lr": 0.1}, "Driver"), ({"driver": sign_sgd(), "lr": -1.0}, "lr")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def error_feedback(driver: Driver, *, lr: Schedule | None = None) -> Driver:
@@ -108,7 +109,7 @@ def error_feedback(driver: Driver, *, lr: Schedule | None = None) -> Driver:
 @configuration(
     cases=[{"driver": muon(beta=0.5, weight_decay=0.0), "lr": 0.1}],
     bad=[({"driver": sign_sgd(), "lr": 0.1}, "beta"), ({"driver": signum(), "lr": 0.1, "gamma": -1.0}, "gamma")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def igt(driver: Driver, *, lr: Schedule | None = None, gamma: float | None = None) -> Driver:
@@ -158,7 +159,7 @@ def schedule_free(driver: Driver, *, lr: Schedule | None = None, beta: float = 0
 @configuration(
     cases=[{"lr": 0.1, "beta2": 0.5, "nesterov": False, "weight_decay": 0.01}],
     bad=[({"beta2": 1.0}, "beta2"), ({"beta": -0.1}, "beta"), ({"eps": -1.0}, "eps")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def normuon(
@@ -199,21 +200,20 @@ _LOW_RANK_ADJUST = ("fan_ratio", "original", "match_rms_adamw", "none")
 @dataclasses.dataclass(frozen=True)
 class LowRankGeometry:
     """The geometry rule of the low-rank methods: a (stateful) matrix oracle on each matrix (batches of matrices
-    and conv kernels as in :class:`lmo.optimizers.MuonGeometry`), with the radius ``adjust``: ``"fan_ratio"``
+    and conv kernels as in :class:`lmo.optimizers.MuonGeometry`), with the radius ``adjust_lr``: ``"fan_ratio"``
     ``sqrt(A / B)`` (Dion's ``lr * sqrt(fan_out / fan_in)``), or Muon's ``"original"``, ``"match_rms_adamw"``,
     ``"none"``."""
 
     norm: Norm
-    adjust: str = "fan_ratio"
+    adjust_lr: str = "fan_ratio"
     view: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.adjust not in _LOW_RANK_ADJUST:
-            raise ValueError(f"adjust must be one of {_LOW_RANK_ADJUST}; got adjust={self.adjust!r}")
+        validation.choice("adjust_lr", self.adjust_lr, _LOW_RANK_ADJUST)
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
-        fan = self.adjust == "fan_ratio"
-        geo = MuonGeometry(self.norm, adjust="none" if fan else self.adjust, view=self.view)(name, shape)
+        fan = self.adjust_lr == "fan_ratio"
+        geo = MuonGeometry(self.norm, adjust_lr="none" if fan else self.adjust_lr, view=self.view)(name, shape)
         if fan:
             rows, cols = (geo.view or tuple(shape))[-2:]
             geo = dataclasses.replace(geo, radius=math.sqrt(rows / cols))
@@ -225,14 +225,15 @@ def _dion(lr: Schedule, right: str, rank: int | None, rank_fraction: float | Non
     if rank is None and rank_fraction is None:
         rank_fraction = 0.25
     norm = LowRankPolar(rank=rank, rank_fraction=rank_fraction, mu=mu, right=right, seed=seed)
-    return Driver(geometry=LowRankGeometry(norm, adjust_lr), lr=lr, decay=weight_decay, **driver)
+    return configured({"decay": ("weight_decay", weight_decay)}, geometry=LowRankGeometry(norm, adjust_lr), lr=lr,
+                   decay=weight_decay, **driver)
 
 
 @configuration(
     cases=[{"lr": 0.1, "rank": 2, "mu": 0.5, "weight_decay": 0.01}],
     bad=[({"rank": 0}, "rank"), ({"rank_fraction": 1.5}, "rank_fraction"), ({"mu": 1.0}, "mu"),
          ({"adjust_lr": "bogus"}, "adjust")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def dion(
@@ -262,7 +263,7 @@ def dion(
 @configuration(
     cases=[{"lr": 0.1, "rank_fraction": 0.5, "mu": 0.5}],
     bad=[({"rank": 2, "rank_fraction": 0.5}, "rank"), ({"mu": -0.5}, "mu")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def orth_dion(
@@ -295,7 +296,7 @@ def _randomized(lr: Schedule, norm: RandomizedPolar, beta: float, nesterov: bool
 @configuration(
     cases=[{"lr": 0.1, "rank": 2, "weight_decay": 0.01}],
     bad=[({"rank": -1}, "rank"), ({"sketch": "bogus"}, "sketch"), ({"ns_steps": 0}, "steps")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def low_rank_muon(
@@ -326,10 +327,8 @@ def low_rank_muon(
     """
     if rank is None and rank_fraction is None:
         rank_fraction = 0.25
-    if sketch not in ("norm", "uniform"):
-        raise ValueError(f"low_rank_muon selects columns: sketch must be 'norm' or 'uniform'; got sketch={sketch!r}")
-    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
-        raise ValueError(f"ns_steps must be an int >= 1; got ns_steps={ns_steps!r}")
+    validation.choice("sketch", sketch, ("norm", "uniform"))  # low-rank Muon selects columns
+    validation.integer("ns_steps", ns_steps, 1, 100)
     norm = RandomizedPolar(rank=rank, rank_fraction=rank_fraction, sketch=sketch, oversample=0, power_steps=0,
                            method="newton_schulz", steps=ns_steps, coefficients=NS_COEFFICIENTS, seed=seed)
     return _randomized(lr, norm, beta, nesterov, weight_decay, adjust_lr, view, driver)
@@ -338,7 +337,7 @@ def low_rank_muon(
 @configuration(
     cases=[{"lr": 0.1, "rank": 2}],
     bad=[({"oversample": -1}, "oversample"), ({"power_steps": 1.5}, "power_steps"), ({"sketch": "x"}, "sketch")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def randomized_muon(
@@ -377,7 +376,7 @@ def randomized_muon(
 @configuration(
     cases=[{"lr": 0.1, "rank": 3}],
     bad=[({"beta": 1.0}, "beta"), ({"rank": 0}, "rank")],
-    shapes=_MATRICES,
+    shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
 def heavy_tailed_muon(
@@ -431,12 +430,9 @@ class ManifoldGeometry:
     method: str = "svd"
 
     def __post_init__(self) -> None:
-        if self.manifold not in _MANIFOLDS:
-            raise ValueError(f"manifold must be one of {_MANIFOLDS}; got manifold={self.manifold!r}")
-        if self.radius != "rms" and (
-            isinstance(self.radius, bool) or not isinstance(self.radius, (int, float)) or not 0 < self.radius < math.inf
-        ):
-            raise ValueError(f"radius must be 'rms' or a finite number > 0; got radius={self.radius!r}")
+        validation.choice("manifold", self.manifold, _MANIFOLDS)
+        if self.radius != "rms":
+            validation.real("radius", self.radius, 0.0, low_open=True)
         Stiefel(retraction=self.retraction, method=self.method)  # validates both
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
@@ -488,6 +484,6 @@ def manifold_muon(
     off it is projected before its first oracle call and retracted after the first step. A step with ``lr = 0``
     leaves the parameters unchanged.
     """
-    beta = _check_beta("beta", beta)
     geometry = ManifoldGeometry(manifold, radius, retraction, method)
-    return Driver(geometry=geometry, lr=lr, beta1=beta, beta2=beta, retraction=Retract(), **driver)
+    names = {"beta1": ("beta", beta), "beta2": ("beta", beta)}
+    return configured(names, geometry=geometry, lr=lr, beta1=beta, beta2=beta, retraction=Retract(), **driver)

@@ -119,7 +119,7 @@ def test_separable_declarations_hold_and_a_false_one_is_caught():
 def test_no_process_group_is_one_process():
     d = Distribution(None)
     w = torch.zeros(3, 3)
-    assert d.world == 1 and not d.active([w]) and d.oracle(lo.muon(), [w]) is None
+    assert d.world == 1 and not d.active([w]) and d.executor([w]) is None
     with pytest.raises(ValueError, match="process_group"):
         lo.Muon([torch.nn.Parameter(w)], process_group="world")
 

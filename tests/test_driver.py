@@ -238,10 +238,10 @@ CONSTRAINED = [
     lo.Driver("sign", lr=0.5, decay=1.0, radius=0.5),
     lo.Driver(lmo.get_norm("lp", p=1.5), lr=1.0, decay=1.0, radius=3.0, beta1=0.8, beta2=0.99),
     lo.Driver(PolarSVD(), lr=0.7, decay=1.0, radius=1.3, beta1=0.5, beta2=0.5),
-    lo.Driver(lo.ScionGeometry("RowNorm", scale=4.0), lr=0.25, decay=1.0, beta1=0.9, beta2=0.9),
-    lo.Driver(lo.ScionGeometry("ColNorm", {"normalized": True}, scale=2.0), lr=0.4, decay=1.0),
-    lo.Driver(lo.ScionGeometry("Sign", scale=30.0), lr=0.1, decay=1.0, beta1=0.9, beta2=0.9),
-    lo.Driver(lo.ScionGeometry(PolarSVD(), scale=5.0), lr=0.9, decay=1.0),
+    lo.Driver(lo.ScionGeometry("RowNorm", radius=4.0), lr=0.25, decay=1.0, beta1=0.9, beta2=0.9),
+    lo.Driver(lo.ScionGeometry("ColNorm", {"normalized": True}, radius=2.0), lr=0.4, decay=1.0),
+    lo.Driver(lo.ScionGeometry("Sign", radius=30.0), lr=0.1, decay=1.0, beta1=0.9, beta2=0.9),
+    lo.Driver(lo.ScionGeometry(PolarSVD(), radius=5.0), lr=0.9, decay=1.0),
 ]
 
 
@@ -544,12 +544,19 @@ def _bits(t):
     return t.contiguous().view({torch.float64: torch.int64, torch.float32: torch.int32}[t.dtype])
 
 
-def _run_apply(driver, names, inits, grads_seq, *, inplace, oracle=None):
+def _run_apply(driver, names, inits, grads_seq, *, inplace, executor=None):
     params = [x.clone() for x in inits]
     slots = [driver.init_slots(n, x) for n, x in zip(names, params)]
     for t, grads in enumerate(grads_seq):
-        params, slots, _ = driver.apply(names, params, grads, slots, t, inplace=inplace, oracle=oracle)
+        params, slots, _ = driver.apply(names, params, grads, slots, t, inplace=inplace, executor=executor)
     return params, slots
+
+
+def _one_pass(plan, batches, estimates, params, slots, step):
+    """An executor that evaluates every batch of the part in one pass (as the distributed executor does)."""
+    from lmo.optimizers.step import evaluate
+
+    return evaluate(plan, batches, estimates, params, slots, step)
 
 
 def _torch_problem(shapes, steps=4, seed=0):
@@ -583,7 +590,7 @@ def test_inplace_apply_is_bitwise_the_pure_step_and_writes_into_what_it_is_hande
     names = [f"p{i}" for i in range(len(shapes))]
     inits, grads_seq = _torch_problem(shapes)
     pure, pure_slots = _run_apply(driver, names, inits, grads_seq, inplace=False)
-    one_pass, _ = _run_apply(driver, names, inits, grads_seq, inplace=False, oracle=driver._oracle)
+    one_pass, _ = _run_apply(driver, names, inits, grads_seq, inplace=False, executor=_one_pass)
     params = [x.clone() for x in inits]
     slots = [driver.init_slots(n, x) for n, x in zip(names, params)]
     for t, grads in enumerate(grads_seq):

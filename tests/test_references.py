@@ -144,14 +144,14 @@ def test_muon(shape, nesterov, adjust):
 def test_scion_and_uscion(constrained):
     x0, grads = np.ones((6, 4)), _grads((6, 4))
     factory = lo.scion if constrained else lo.uscion
-    geometry = lo.ScionGeometry(_exact_spectral(), scale=3.0 * np.sqrt(6 / 4))
+    geometry = lo.ScionGeometry(_exact_spectral(), radius=3.0 * np.sqrt(6 / 4))
     driver = factory(0.05, beta=0.9, geometry=geometry)
     _assert_same(_run(driver, x0, grads), ref_scion(x0, grads, 0.05, 0.1, 3.0, constrained))
 
 
 def test_spectral_descent():
     x0, grads = np.ones((4, 3)), _grads((4, 3))
-    geometry = lo.MuonGeometry(_exact_spectral(), adjust="none")
+    geometry = lo.MuonGeometry(_exact_spectral(), adjust_lr="none")
     driver = lo.Driver(geometry, lr=0.01, rule="sharp")
     _assert_same(_run(driver, x0, grads), ref_spectral_descent(x0, grads, 0.01))
 

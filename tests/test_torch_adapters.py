@@ -184,7 +184,7 @@ def test_step_is_in_place_and_bitwise_the_pure_driver_step(make, shapes):
     inits = [torch.randn(s, generator=gen) for s in shapes]
     params = [torch.nn.Parameter(x.clone()) for x in inits]
     opt = make(params)
-    driver = opt._driver(opt.param_groups[0])
+    driver = opt.configure(opt.param_groups[0])
     names = [f"0.{j}" for j in range(len(params))]
     xs, slots = [x.clone() for x in inits], [driver.init_slots(n, x) for n, x in zip(names, inits)]
     storage = [p.data_ptr() for p in params]
@@ -196,7 +196,7 @@ def test_step_is_in_place_and_bitwise_the_pure_driver_step(make, shapes):
         opt.step()
         xs, slots, _ = driver.apply(names, xs, grads, slots, t)  # the pure step
         assert [p.data_ptr() for p in params] == storage  # no new parameter tensors
-        if driver.stateful:
+        if driver.has_momentum:
             now = [opt.state[p]["momentum_buffer"] for p in params]
             if buffers is not None:  # the same tensors, in the same storage, step after step
                 assert all(a is b and a.data_ptr() == ptr for a, (b, ptr) in zip(now, buffers))

@@ -1,0 +1,368 @@
+r"""The step of :class:`~lmo.optimizers.Driver`: a plan made once, then estimator -> oracle -> update.
+
+A :class:`Plan` is what can be decided before the first step and holds until the parameters or the driver
+change: each parameter's :class:`~lmo.optimizers.ParamGeometry` (the driver's geometry rule runs once per
+parameter), the shape its oracle sees, its radius, and the :class:`Batch` es -- the groups of parameters whose
+oracle is evaluated in one call (same-shape matrices stacked into one batched call). :func:`run_step` is the
+whole step for one plan, per parameter ``x`` with gradient ``g``, momentum ``m`` and oracle radius ``rho``::
+
+    c  = beta1 m + (1 - beta1) g;        m <- beta2 m + (1 - beta2) g          (estimator)
+    d  = lmo(c)                                                                (oracle, one call per batch)
+    x <- (1 - lr decay) x + lr rho d           (rule "lmo")
+    x <- (1 - lr decay) x + lr rho ||c||_* d   (rule "sharp")
+
+with the driver's hooks, where it has them, at their places (see :class:`~lmo.optimizers.Driver`).
+
+The oracle stage has one route, :func:`evaluate` (``executor`` of :func:`run_step`): it evaluates a plan's
+batches on this process; :class:`lmo.optimizers.distributed.Distribution` is the other executor, which deals the
+same batches out to the ranks of a process group. An oracle returns a :class:`Direction`: the direction as the
+geometry computed it (``Norm.lmo_factored``: for the spectral norm, the polar factor in the iterate's dtype, e.g.
+bfloat16) and the number it is multiplied by, so that the update reads it once, with ``lr * rho * factor`` as its
+coefficient, instead of casting and scaling it in separate passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lmo.backend import Array, device, namespace
+from lmo.norm import Norm
+
+from . import _foreach
+from .driver import GEOMETRY, MOMENTUM, ParamGeometry, StepInfo, hook_slots, set_hook_slots, stateful_oracle
+
+if TYPE_CHECKING:
+    from .driver import Driver
+
+__all__ = ["Plan", "Entry", "Batch", "Direction", "build_plan", "evaluate", "oracle_directions", "oracle_call",
+           "run_step",
+           "group_for_oracle", "Executor", "CPU_BATCH_LIMIT"]
+
+#: entries per matrix above which ``batch="auto"`` runs same-shape matrices one by one on a CPU in float32
+#: (there one stacked float32 chain is no faster than one chain per matrix, and stacking costs a copy; in bfloat16,
+#: and on accelerators, the batched product is measured faster: benchmarks/muon_step.py)
+CPU_BATCH_LIMIT = 256 * 256
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Entry:
+    """One parameter of a plan: its name, shape, geometry and the radius ``rho = driver.radius * geometry.radius``
+    of its step; ``view``: the shape its oracle sees (after the geometry's view and transpose)."""
+
+    name: str
+    shape: tuple[int, ...]
+    geometry: ParamGeometry
+    radius: float
+    view: tuple[int, ...]
+    stateful: bool
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Batch:
+    """Parameters (``members``, indices into :attr:`Plan.entries`) whose oracle is one call of ``norm``: same-shape
+    matrices stacked along a new leading axis (``stacked``), or one parameter. A stateful oracle is always alone."""
+
+    norm: Norm
+    members: tuple[int, ...]
+    core: tuple[int, ...]
+    stacked: bool
+    stateful: bool
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Direction:
+    """The oracle's answer for one parameter: ``lmo(c) = factor * direction`` in the parameter's shape.
+
+    ``direction`` may be in the oracle's working dtype (bfloat16 for a bf16 polar iteration) and strided (a
+    transposed view); ``dual`` (rule ``"sharp"``) is ``||c||_*``, broadcastable to the parameter's shape."""
+
+    direction: Array
+    factor: float = 1.0
+    dual: Array | None = None
+
+    def full(self, like: Array) -> Array:
+        """``factor * direction`` in ``like``'s dtype (what ``lmo`` returns; the sharp rule's ``dual`` is not
+        applied)."""
+        d = self.direction
+        if d.dtype != like.dtype:
+            d = namespace(like).astype(d, like.dtype)
+        return d if self.factor == 1.0 else self.factor * d
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    """A driver resolved for a list of parameters (see the module docstring); made by :func:`build_plan`.
+
+    ``parts``: the batches stepped together. Without a hook after the estimator each matrix batch is its own part
+    and all vector batches one more, so that only one part's estimates and directions exist at a time (the
+    memory of torch.optim.Muon's per-parameter loop); with such a hook, one part holds everything, as the hooks
+    see all parameters at once.
+    """
+
+    driver: Driver
+    entries: tuple[Entry, ...]
+    batches: tuple[Batch, ...]
+    parts: tuple[tuple[int, ...], ...]  # batch indices
+    names: tuple[str, ...]
+    hooked: bool  # a hook after the estimator, or a stateful oracle: the step is pure, in one part
+
+
+def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) -> Plan:
+    """Resolve ``driver`` for these parameters: geometries (the rule runs once per parameter), views, radii,
+    batches and parts. Raises ``ValueError`` naming a parameter whose geometry does not fit its shape."""
+    names = tuple(names)
+    entries = []
+    for name, x in zip(names, params):
+        geo = driver.geometry_for(name, tuple(x.shape))
+        entries.append(Entry(name, tuple(x.shape), geo, driver.radius * geo.radius, geo.oracle_shape(tuple(x.shape)),
+                             stateful_oracle(geo.norm)))
+    groups = group_for_oracle([e.geometry for e in entries], [e.view for e in entries], params, driver.batch,
+                              stateful=[e.stateful for e in entries])
+    batches = []
+    for members in groups:
+        first = entries[members[0]]
+        k = first.geometry.norm.ndim
+        batches.append(Batch(first.geometry.norm, tuple(members), first.view[len(first.view) - k:],
+                             len(members) > 1, first.stateful))
+    hooks = (driver.point, driver.direction_transform, driver.error_feedback, driver.retraction)
+    hooked = any(h is not None for h in hooks) or any(e.stateful for e in entries)
+    if hooked:
+        parts = (tuple(range(len(batches))),)
+    else:
+        matrices = tuple((j,) for j, b in enumerate(batches) if b.norm.ndim >= 2)
+        vectors = tuple(j for j, b in enumerate(batches) if b.norm.ndim < 2)
+        parts = matrices + ((vectors,) if vectors else ())
+    return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked)
+
+
+def group_for_oracle(
+    geometries: Sequence[ParamGeometry],
+    views: Sequence[tuple[int, ...]],
+    arrays: Sequence[Array],
+    batch: bool | str,
+    *,
+    stateful: Sequence[bool] | None = None,
+) -> list[list[int]]:
+    """The indices evaluated in one oracle call, in order of first appearance: matrices (``norm.ndim >= 2``) with the
+    same norm, core shape, dtype, device and array type are stacked when ``batch`` is True, or ``"auto"`` and
+    stacking pays (:data:`CPU_BATCH_LIMIT`); everything else is alone."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, (geo, view, x) in enumerate(zip(geometries, views, arrays)):
+        k = geo.norm.ndim
+        core = tuple(view[len(view) - k:])
+        alone = k < 2 or (stateful is not None and stateful[i]) or batch is False
+        if not alone and batch == "auto":
+            alone = not _stacking_pays(x, core)
+        if alone:
+            groups[("alone", i)] = [i]
+        else:
+            key = (geo.norm, core, str(x.dtype), str(device(x)), type(x))
+            groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _stacking_pays(x: Array, core: tuple[int, ...]) -> bool:
+    if math.prod(core) <= CPU_BATCH_LIMIT:
+        return True
+    dev = device(x)
+    return str(getattr(dev, "type", dev)) != "cpu"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the oracle stage
+# ---------------------------------------------------------------------------------------------------------------
+Executor = Callable[..., dict[int, Direction]]
+"""``executor(plan, batches, estimates, params, slots, step) -> {index: Direction}``: the oracle stage of the
+batches ``batches`` (indices into ``plan.batches``), given the estimates, parameters and slots by parameter index."""
+
+
+def evaluate(
+    plan: Plan,
+    batches: Sequence[int],
+    estimates: dict[int, Array],
+    params: dict[int, Array],
+    slots: dict[int, dict[str, Array]],
+    step: int,
+) -> dict[int, Direction]:
+    """The oracle of each of ``batches`` on this process: one call per batch (stacked members in one call); a
+    stateful oracle reads and updates its state in ``slots`` (keys ``"geometry.<key>"``)."""
+    sharp = plan.driver.rule == "sharp"
+    out: dict[int, Direction] = {}
+    for j in batches:
+        batch = plan.batches[j]
+        if batch.stateful:
+            i = batch.members[0]
+            entry = plan.entries[i]
+            out[i] = _stateful(entry, params[i], estimates[i], slots[i], step, sharp)
+            continue
+        geometries = [plan.entries[i].geometry for i in batch.members]
+        arrays = [estimates[i] for i in batch.members]
+        for i, direction in zip(batch.members, oracle_call(batch.norm, geometries, arrays, batch.core, sharp)):
+            out[i] = direction
+    return out
+
+
+def oracle_directions(geometries: Sequence[ParamGeometry], estimates: Sequence[Array], rule: str,
+               batch: bool | str = "auto") -> list[Direction]:
+    """The oracle of each estimate in its geometry, grouped for batched calls as a plan would group them (for
+    arrays that no plan holds: the distributed executor's gathered matrices and shards)."""
+    views = [geo.oracle_shape(tuple(c.shape)) for geo, c in zip(geometries, estimates)]
+    out: list[Direction | None] = [None] * len(estimates)
+    for members in group_for_oracle(geometries, views, estimates, batch):
+        norm = geometries[members[0]].norm
+        core = views[members[0]][len(views[members[0]]) - norm.ndim:]
+        found = oracle_call(norm, [geometries[i] for i in members], [estimates[i] for i in members], core,
+                            rule == "sharp")
+        for i, d in zip(members, found):
+            out[i] = d
+    return [d for d in out if d is not None]
+
+
+def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequence[Array],
+                core: tuple[int, ...], sharp: bool) -> list[Direction]:
+    """One call of ``norm``'s oracle on the estimates (in their geometries' views), stacked along a new leading
+    axis when there are several; the directions back in the estimates' shapes."""
+    views = [geo.to_oracle(c) for geo, c in zip(geometries, estimates)]
+    k = norm.ndim
+    if len(views) == 1:
+        d, factor = norm.lmo_factored(views[0])
+        ds = [d]
+        duals = [norm.dual_norm(views[0])] if sharp else [None]
+    else:
+        xp = namespace(views[0])
+        stacked = xp.concat([xp.reshape(v, (-1, *core)) for v in views], axis=0)
+        d_all, factor = norm.lmo_factored(stacked)
+        dual_all = norm.dual_norm(stacked) if sharp else None
+        ds, duals, start = [], [], 0
+        for v in views:
+            batch = tuple(v.shape[: v.ndim - k])
+            count = math.prod(batch)
+            ds.append(xp.reshape(d_all[start : start + count, ...], tuple(v.shape)))
+            duals.append(None if dual_all is None else xp.reshape(dual_all[start : start + count], batch))
+            start += count
+    out = []
+    for geo, c, v, d, dual in zip(geometries, estimates, views, ds, duals):
+        if dual is not None:
+            xp = namespace(c)
+            dual = xp.reshape(dual, tuple(dual.shape) + (1,) * k)
+            if geo.view is not None or geo.transpose:
+                dual = geo.from_oracle(dual * xp.ones_like(v), c)
+        out.append(Direction(geo.from_oracle(d, c), factor, dual))
+    return out
+
+
+def _stateful(entry: Entry, x: Array, c: Array, slots: dict[str, Array], step: int, sharp: bool) -> Direction:
+    geo = entry.geometry
+    xv, cv = geo.to_oracle(x), geo.to_oracle(c)
+    state = hook_slots([slots], GEOMETRY)[0] or geo.norm.init_state(entry.name, xv)
+    d, state = geo.norm.lmo_stateful(xv, cv, dict(state), step)
+    set_hook_slots([slots], GEOMETRY, [state])
+    dual = None
+    if sharp:
+        xp = namespace(c)
+        dual = geo.norm.dual_norm(cv)
+        dual = geo.from_oracle(xp.reshape(dual, tuple(dual.shape) + (1,) * geo.norm.ndim) * xp.ones_like(cv), c)
+    return Direction(geo.from_oracle(d, c), 1.0, dual)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the step
+# ---------------------------------------------------------------------------------------------------------------
+def run_step(
+    plan: Plan,
+    params: list[Array],
+    grads: list[Array],
+    slots: list[dict[str, Array]],
+    lr: Any,
+    step: int,
+    *,
+    inplace: bool = False,
+    executor: Executor | None = None,
+    transformed: bool = False,
+    gradient_noise_std: float | None = None,
+) -> list[Array]:
+    """One step of ``plan.driver`` (the module docstring's update) on aligned lists; returns the new parameters.
+
+    ``slots`` (one dict per parameter, owned by the caller) receive the new state: the momentum under
+    ``"momentum_buffer"``, hooks' and stateful oracles' slots under ``"<stage>.<key>"``. ``lr``: the learning rate
+    of this step, a number or a 0-d tensor (never read on the host). ``inplace``: the parameters and momenta
+    handed in may be overwritten (torch tensors of one dtype and device per part; otherwise, and whenever a hook
+    after the estimator is present, the step is pure and the new arrays are returned). Gradients are only read.
+
+    ``transformed``: the gradients have been through the driver's ``grad_transform`` already (the private torch
+    optimizers privatise all their groups' gradients together, then step each group), with
+    ``gradient_noise_std`` the noise it released.
+    """
+    driver = plan.driver
+    executor = evaluate if executor is None else executor
+    info = StepInfo(step, lr, plan.names, gradient_noise_std=gradient_noise_std)
+    if driver.grad_transform is not None and not transformed:
+        grads, hs = driver.grad_transform(grads, hook_slots(slots, "grad_transform"), params, info)
+        set_hook_slots(slots, "grad_transform", hs)
+        grads = list(grads)
+        info = dataclasses.replace(info, gradient_noise_std=driver.grad_transform.gradient_noise_std(plan.names))
+    new_params = list(params)
+    # another executor (the distributed one) deals out all batches at once: one part
+    parts = plan.parts if executor is evaluate else (tuple(range(len(plan.batches))),)
+    for part in parts:
+        idx = [i for j in part for i in plan.batches[j].members]
+        xs, gs, ss = [params[i] for i in idx], [grads[i] for i in idx], [slots[i] for i in idx]
+        moments = [[s[MOMENTUM] for s in ss]] if driver.has_momentum else []
+        write = inplace and not plan.hooked and _foreach.can_write(xs, gs, *moments)  # decided per part
+        stepped = _step_part(plan, part, idx, xs, gs, ss, info, write, executor)
+        for i, x in zip(idx, stepped):
+            new_params[i] = x
+    return new_params
+
+
+def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array], gs: list[Array],
+               ss: list[dict[str, Array]], info: StepInfo, write: bool, executor: Executor) -> list[Array]:
+    driver, lr = plan.driver, info.lr
+    if driver.has_momentum:  # the two-beta estimator
+        estimates, moments = _foreach.estimator([s[MOMENTUM] for s in ss], gs, driver.beta1, driver.beta2,
+                                                inplace=write)
+        for s, m in zip(ss, moments):
+            s[MOMENTUM] = m
+    else:
+        estimates = gs
+    if driver.error_feedback is not None:
+        estimates = driver.error_feedback.before(estimates, hook_slots(ss, "error_feedback"), info)
+
+    found = executor(plan, part, dict(zip(idx, estimates)), dict(zip(idx, xs)), dict(zip(idx, ss)), info.step)
+    directions = [found[i] for i in idx]
+    radii = [plan.entries[i].radius for i in idx]
+    shrink = _foreach.shrink_factor(lr, driver.decay)
+    if driver.direction_transform is not None:
+        full = [dr.full(c) for dr, c in zip(directions, estimates)]
+        seen = dataclasses.replace(info, estimates=tuple(estimates),
+                                   geometries=tuple(plan.entries[i].geometry for i in idx))
+        full, hs = driver.direction_transform(full, hook_slots(ss, "direction_transform"), xs, seen)
+        set_hook_slots(ss, "direction_transform", hs)
+        directions = [dataclasses.replace(dr, direction=d, factor=1.0) for dr, d in zip(directions, full)]
+
+    if driver.error_feedback is not None:
+        updates = [(lr * r) * _sharp(dr.full(c), dr.dual) for dr, r, c in zip(directions, radii, estimates)]
+        geos = [plan.entries[i].geometry for i in idx]
+        full = [dr.full(c) for dr, c in zip(directions, estimates)]
+        updates = list(driver.error_feedback.compress(estimates, full, updates, geos, info))
+        hs = driver.error_feedback.after(estimates, updates, hook_slots(ss, "error_feedback"), info)
+        set_hook_slots(ss, "error_feedback", hs)
+        new_xs = _foreach.shrink_add(xs, shrink, updates)
+    else:  # x' = shrink x + (lr rho factor) d: the oracle's output is read once, in its own dtype
+        ds = [_sharp(dr.direction, dr.dual) for dr in directions]
+        coefficients = [lr * (r * dr.factor) for dr, r in zip(directions, radii)]
+        new_xs = _foreach.shrink_add_scaled(xs, shrink, ds, coefficients, inplace=write)
+
+    if driver.retraction is not None:
+        new_xs = list(driver.retraction(new_xs, [plan.entries[i].geometry for i in idx], info))
+    if driver.point is not None:
+        hs = driver.point.update(new_xs, hook_slots(ss, "point"), info)
+        set_hook_slots(ss, "point", hs)
+    return new_xs
+
+
+def _sharp(d: Array, dual: Array | None) -> Array:
+    return d if dual is None else dual * d
