@@ -2,7 +2,10 @@
 
 Timing rule (the machine may be shared): every configuration of a benchmark is timed in the same run, the repeats are
 interleaved (round r times configuration 1, 2, ..., then round r + 1), and each configuration's median is reported;
-ratios are ratios of those medians. Absolute times are printed for reference only.
+ratios are ratios of those medians. Absolute times are printed for reference only. The clock is ``--clock``: the
+process's CPU time (default: what one torch thread computes, which other processes on a shared machine inflate far
+less than wall time; with ``--threads 1`` it equals the thread's own work) or ``wall`` (for GPU runs, where the
+host waits on the device).
 """
 
 from __future__ import annotations
@@ -22,17 +25,32 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke test, not a measurement")
     p.add_argument("--json", metavar="PATH", help="also write the table and the machine as JSON to PATH")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per configuration (interleaved)")
+    p.add_argument("--device", default="cpu", help="torch device of the benchmark's tensors (cpu, cuda; default cpu)")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="cpu: process CPU time (default; robust on a shared machine with --threads 1); wall: "
+                        "wall-clock time (GPU runs)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: on a shared machine multi-threaded BLAS timings are "
                         "dominated by other processes; the ratios are per core)")
     return p
 
 
+_CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
+_clock = time.process_time
+_sync: Callable[[], Any] = lambda: None  # noqa: E731  (torch.cuda.synchronize on a GPU: time what the device did)
+
+
 def setup(args: argparse.Namespace) -> None:
     import torch
 
+    global _clock, _sync
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(0)
+    device = getattr(args, "device", "cpu")
+    if device.startswith("cuda"):
+        args.clock = "wall"  # the host's CPU time says nothing of the device's work
+        _sync = torch.cuda.synchronize
+    _clock = _CLOCK[getattr(args, "clock", "cpu")]
 
 
 def machine() -> dict[str, Any]:
@@ -54,6 +72,8 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "clock": "wall" if _clock is time.perf_counter else "cpu",
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
         "torch": torch.__version__,
@@ -67,12 +87,14 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    _sync()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = _clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            _sync()
+            times[name].append(_clock() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -93,8 +115,8 @@ def report(args: argparse.Namespace, name: str, headers: Sequence[str], rows: Se
            notes: dict[str, Any] | None = None) -> None:
     """Print the table (and the machine) and write JSON if asked."""
     info = machine()
-    print(f"# {name}  ({info['cpu']}, {info['cores']} cores, {info['threads']} thread(s), torch {info['torch']}"
-          f"{', quick' if args.quick else ''})")
+    print(f"# {name}  ({info['cpu']}, {info['cores']} cores, {info['threads']} thread(s), torch {info['torch']}, "
+          f"{info['clock']} clock, load {info['load_average']}{', quick' if args.quick else ''})")
     print(table(headers, rows))
     for k, v in (notes or {}).items():
         print(f"{k}: {v}")

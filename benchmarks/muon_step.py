@@ -27,7 +27,8 @@ orthogonalised estimate), over all matrices:
 - ``||O||_2 rescaled``: ``max ||c O||_2`` with ``c = <O, UV^T> / ||O||_F^2``, the best rescaling towards ``U V^T``
   (1 for the exact factor; larger means a stretched update).
 
-Usage: ``python benchmarks/muon_step.py [--quick] [--json PATH] [--threads N] [--repeats R] [--widths 64,256]``.
+Usage: ``python benchmarks/muon_step.py [--quick] [--json PATH] [--threads N] [--repeats R] [--widths 64,256]
+[--device cuda]`` (on a GPU the clock is the wall clock, synchronised; ``benchmarks/gpu.sh`` runs it there).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ from _common import interleaved, parser, report, setup  # noqa: E402
 KELLER = (3.4445, -4.775, 2.0315)
 
 
-def gpt_gradients(d: int, layers: int = 4, vocab: int = 512, seq: int = 64, batch: int = 4) -> list[tuple]:
-    """``[(name, weight, grad)]`` of the hidden matrices of a small GPT after one backward pass."""
+def gpt_gradients(d: int, layers: int = 4, vocab: int = 512, seq: int = 64, batch: int = 4,
+                  device: str = "cpu") -> list[tuple]:
+    """``[(name, weight, grad)]`` of the hidden matrices of a small GPT after one backward pass (on ``device``)."""
     gen = torch.Generator().manual_seed(d)
     heads = max(1, d // 64)
 
@@ -76,7 +78,8 @@ def gpt_gradients(d: int, layers: int = 4, vocab: int = 512, seq: int = 64, batc
         x = blk(x)
     loss = torch.nn.functional.cross_entropy(head(x).reshape(-1, vocab), tokens[:, 1:].reshape(-1))
     loss.backward()
-    return [(n, p.detach().clone(), p.grad.detach().clone()) for n, p in blocks.named_parameters() if p.ndim == 2]
+    return [(n, p.detach().to(device), p.grad.detach().to(device)) for n, p in blocks.named_parameters()
+            if p.ndim == 2]
 
 
 class Fp32Loop(torch.optim.Optimizer):
@@ -129,13 +132,20 @@ def updates(make, triples) -> list[torch.Tensor]:
     return out
 
 
-def measures(update: list[torch.Tensor], reference: list[torch.Tensor], triples) -> dict[str, float]:
-    """The four columns of the table for one configuration's updates ``O`` (see the module docstring)."""
-    worst = {"vs torch update": 0.0, "s.v. min": math.inf, "dist UV^T": 0.0, "||O||_2 rescaled": 0.0}
-    for o, ref, (_, _, g) in zip(update, reference, triples):
+def spectra(triples) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each gradient's singular vectors over its range (``s_i >= 1e-3 s_1``), in float64: ``(U, V^T)``."""
+    out = []
+    for _, _, g in triples:
         u, s, vh = torch.linalg.svd(g.double(), full_matrices=False)
         keep = s >= 1e-3 * s[0]
-        u, vh = u[:, keep], vh[keep]
+        out.append((u[:, keep], vh[keep]))
+    return out
+
+
+def measures(update: list[torch.Tensor], reference: list[torch.Tensor], bases) -> dict[str, float]:
+    """The four columns of the table for one configuration's updates ``O`` (see the module docstring)."""
+    worst = {"vs torch update": 0.0, "s.v. min": math.inf, "dist UV^T": 0.0, "||O||_2 rescaled": 0.0}
+    for o, ref, (u, vh) in zip(update, reference, bases):
         polar = u @ vh
         worst["vs torch update"] = max(worst["vs torch update"], float((o - ref).norm() / ref.norm()))
         worst["s.v. min"] = min(worst["s.v. min"], float(torch.diagonal(u.T @ o @ vh.T).min()))
@@ -154,7 +164,8 @@ def main() -> None:
     rows = []
     for d in widths:
         repeats = args.repeats or (2 if args.quick else (21 if d <= 64 else 7))
-        triples = gpt_gradients(d, layers=2 if args.quick else 4)
+        triples = gpt_gradients(d, layers=2 if args.quick else 4, device=args.device)
+        bases = spectra(triples)
         configs = configurations(0.02, 0.1)
         steps = {}
         for name, make in configs.items():
@@ -166,9 +177,9 @@ def main() -> None:
         unit = configurations(1.0, 0.0)
         torch_update = updates(unit["torch.optim.Muon"], triples)
         fp32_update = updates(lambda ps: Fp32Loop(ps, lr=1.0, weight_decay=0.0, dtype=torch.float64), triples)
-        own_rounding = measures(torch_update, fp32_update, triples)["vs torch update"]
+        own_rounding = measures(torch_update, fp32_update, bases)["vs torch update"]
         for name, make in unit.items():
-            m = measures(updates(make, triples), torch_update, triples)
+            m = measures(updates(make, triples), torch_update, bases)
             rows.append([d, name, times[name] * 1e3, times[name] / times["torch.optim.Muon"],
                          times[name] / times["fp32 loop"], round(m["vs torch update"], 4), round(own_rounding, 4),
                          round(m["s.v. min"], 3), round(m["dist UV^T"], 3), round(m["||O||_2 rescaled"], 3)])

@@ -26,7 +26,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["compiled", "scaled_add_matmul", "add_diagonal", "frobenius_normalized"]
+__all__ = ["compiled", "scaled_add_matmul", "add_diagonal", "combine", "frobenius_normalized"]
 
 
 def _is_torch(xp: Any) -> bool:
@@ -40,6 +40,8 @@ def scaled_add_matmul(xp: Any, c: float, x: Any, b: Any, alpha: float = 1.0) -> 
 
         if x.ndim == 2:
             return torch.addmm(x, b, x, beta=c, alpha=alpha)
+        if x.ndim == 3:
+            return torch.baddbmm(x, b, x, beta=c, alpha=alpha)
         batch = x.shape[:-2]
         x3 = x.reshape(-1, *x.shape[-2:])
         out = torch.baddbmm(x3, b.reshape(-1, *b.shape[-2:]), x3, beta=c, alpha=alpha)
@@ -57,6 +59,14 @@ def add_diagonal(xp: Any, a: Any, c: Any) -> Any:
     return a + c * xp.eye(a.shape[-1], dtype=a.dtype, device=_device(a))
 
 
+def combine(xp: Any, a: Any, alpha: Any, b: Any, beta: Any) -> Any:
+    """``alpha a + beta b`` with per-matrix factors (shape ``(..., 1, 1)``); torch: two passes, in place on ``b``,
+    which the caller owns."""
+    if _is_torch(xp):
+        return b.mul_(beta).addcmul_(a, alpha)
+    return a * alpha + b * beta
+
+
 def _device(a: Any) -> Any:
     from lmo.backend import device
 
@@ -70,22 +80,25 @@ def frobenius_normalized(xp: Any, x: Any, work: Any) -> Any | None:
     """``x / ||x||_F`` (0 for a zero matrix, per matrix of a batch) in the dtype ``work``, for a float32 torch
     ``x``; ``None`` for anything else (the caller takes the generic path).
 
-    Two reads of ``x`` and one write: the norm accumulated in float64 (squares of float32 values neither overflow
-    nor underflow there, so every scale from subnormal to near-overflow is exact), then one multiplication that
-    writes the work dtype directly (one rounding). A scale beyond float32's range (``||x||_F < 2^-126``: every
-    entry subnormal) is applied in two factors, the second on the work-dtype copy (it is exactly 1 otherwise).
+    Two reads of ``x`` and one write, in ``x``'s own memory layout (a transposed view stays one, as torch.optim.Muon
+    keeps it): the norm accumulated in float64 (squares of float32 values neither overflow nor underflow there, so
+    every scale from subnormal to near-overflow is exact), then one multiplication that writes the work dtype
+    directly (one rounding). A scale beyond float32's range (``||x||_F < 2^-126``: every entry subnormal) is applied
+    in two factors, the second on the work-dtype copy (it is exactly 1 otherwise; a zero matrix stays zero).
     """
     if not _is_torch(xp) or x.dtype != xp.float32:
         return None
     import torch
 
+    flip = not x.is_contiguous() and x.mT.is_contiguous()  # a transposed view: work on its storage's layout
+    if flip:
+        x = x.mT
     norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True, dtype=torch.float64)
-    scale = torch.where(norm > 0, 1.0 / norm, torch.zeros_like(norm))
-    high = scale.clamp(max=_SAFE)
-    low = torch.where(high > 0, scale / high, torch.ones_like(scale))
+    scale = norm.clamp_(min=1e-300).reciprocal_()
     out = torch.empty(x.shape, dtype=work, device=x.device)
-    torch.mul(x, high.to(torch.float32), out=out)
-    return out.mul_(low.to(work))
+    torch.mul(x, scale.clamp(max=_SAFE).to(torch.float32), out=out)
+    out.mul_(scale.mul_(1.0 / _SAFE).clamp_(1.0, _SAFE).to(work))
+    return out.mT if flip else out
 
 
 def compiled(xp: Any, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -47,7 +47,7 @@ import numpy as np
 
 from lmo.backend import Array, Namespace, device, namespace, safe_divide, widen
 
-from ._torch import add_diagonal, compiled, frobenius_normalized, scaled_add_matmul
+from ._torch import add_diagonal, combine, compiled, frobenius_normalized, scaled_add_matmul
 from .precision import DTYPES, iterate_dtype
 
 __all__ = [
@@ -72,12 +72,13 @@ PE_LOWER = 1e-3
 PE_STEPS = 8
 PE_CUSHION = 0.02407327424182761
 PE_SAFETY = 0.01
-#: "auto": 4 Polar Express steps from [AUTO_LOWER, 1] after the s8 scaling; Gram Newton-Schulz (restarted every
-#: AUTO_RESTART steps, in the iterate dtype) on matrices of aspect ratio >= AUTO_GRAM_ASPECT (benchmarks/muon_step.py)
+#: "auto": 4 Polar Express steps from [AUTO_LOWER, 1] after the s8 scaling; Gram Newton-Schulz (runs AUTO_RUNS, in
+#: the iterate dtype) on matrices of aspect ratio >= AUTO_GRAM_ASPECT (benchmarks/muon_step.py, polar_accuracy.py)
 AUTO_LOWER = 4e-3
 AUTO_STEPS = 4
 AUTO_GRAM_ASPECT = 2
-AUTO_RESTART = 2
+AUTO_RUNS = (1, 1, 2)
+_GRAM_RUNS = (4,)  # "gram_newton_schulz" (float32 or wider): a restart every 4 steps
 
 #: Declared bounds of the iterative solvers hold for every input whose smaller side is at most this (see ``bounds``).
 BOUND_RANK = 4096
@@ -86,7 +87,7 @@ BOUND_RANK = 4096
 # loss against exact arithmetic on the same hard inputs (condition number 1e6, rank-deficient, 1e-30/1e30 scales);
 # the worst seen is 4e-5 in float32 and 0.10 in bfloat16 (Polar Express cut to 5 steps), and the allowance is at least
 # twice that. float16 (unmeasured; 3 more mantissa bits than bfloat16) is taken as 0.05.
-_ROUNDING = {"float64": 1e-6, "float32": 2e-3, "bfloat16": 0.2, "float16": 0.05, "bfloat16_gram": 0.2}
+_ROUNDING = {"float64": 1e-6, "float32": 2e-3, "bfloat16": 0.2, "float16": 0.05, "bfloat16_gram": 0.1}
 
 
 def _coefficient_schedule(method: str, steps: int | None, coefficients: Any) -> tuple[tuple[float, ...], ...]:
@@ -247,13 +248,12 @@ class PolarSolver:
         m, n = x.shape[-2], x.shape[-1]
         wide = max(m, n) / min(m, n)
         if self.method == "auto":
-            return self._iterate(xp, x, gram=wide >= AUTO_GRAM_ASPECT, restart=AUTO_RESTART, gram_dtype=None)
-        return self._iterate(xp, x, gram=self.method == "gram_newton_schulz", restart=_GRAM_RESTART,
-                             gram_dtype="float32")
+            return self._iterate(xp, x, gram=wide >= AUTO_GRAM_ASPECT, runs=AUTO_RUNS, gram_dtype=None)
+        return self._iterate(xp, x, gram=self.method == "gram_newton_schulz", runs=_GRAM_RUNS, gram_dtype="float32")
 
-    def _iterate(self, xp: Namespace, x: Array, *, gram: bool, restart: int, gram_dtype: str | None) -> Array:
+    def _iterate(self, xp: Namespace, x: Array, *, gram: bool, runs: tuple[int, ...], gram_dtype: str | None) -> Array:
         """The polynomial iteration on the wide orientation of ``x``. ``gram``: on the Gram side
-        (:func:`_gram_newton_schulz`, restarted every ``restart`` steps, in at least ``gram_dtype`` if given)."""
+        (:func:`_gram_newton_schulz`, in runs of ``runs`` steps, in at least ``gram_dtype`` if given)."""
         tall = x.shape[-2] > x.shape[-1]
         if tall:
             x = xp.matrix_transpose(x)
@@ -265,7 +265,7 @@ class PolarSolver:
         run = _gram_newton_schulz if gram else _newton_schulz
         if self.compile:
             run = compiled(xp, run)
-        x = run(xp, x, self.schedule, self.scaling, restart)
+        x = run(xp, x, self.schedule, self.scaling, runs)
         return xp.matrix_transpose(x) if tall else x
 
     def _start(self, xp: Namespace, x: Array, work: Any) -> Array:
@@ -357,7 +357,7 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
         inv = 1 / xp.maximum(_frobenius(xp, a), _tiny(xp, a))
     root = xp.sqrt(inv)  # 1 / t
     if a2 is not None and len(coeffs) == 3:  # the quintic: element-wise only
-        tail = a * (coeffs[1] * inv * root) + a2 * (coeffs[2] * inv * inv * root)
+        tail = combine(xp, a, coeffs[1] * inv * root, a2, coeffs[2] * inv * inv * root)
     else:
         scaled = a * inv
         tail = (coeffs[1] * scaled if len(coeffs) == 2 else _poly_tail(xp, scaled, coeffs)) * root
@@ -369,13 +369,13 @@ def _frobenius(xp: Namespace, a: Array) -> Array:
 
 
 def _tiny(xp: Namespace, a: Array) -> Array:
-    return xp.asarray(xp.finfo(a.dtype).tiny, dtype=a.dtype, device=device(a))
+    return xp.asarray(xp.finfo(a.dtype).smallest_normal, dtype=a.dtype, device=device(a))
 
 
 def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...], scaling: str = "frobenius",
-                   restart: int = 0) -> Array:
+                   runs: tuple[int, ...] = ()) -> Array:
     """``X <- c0 X + (c1 A + c2 A^2 + ...) X`` with ``A = X X^T``; ``X`` is wide (``m <= n``), ``||X||_F = 1``.
-    ``scaling`` ``gram``/``s8`` rescales in the first step (:func:`_first_factor`); ``restart`` is unused."""
+    ``scaling`` ``gram``/``s8`` rescales in the first step (:func:`_first_factor`); ``runs`` is unused."""
     start = 0
     if scaling != "frobenius":
         q, _ = _first_factor(xp, x, schedule[0], scaling)
@@ -386,40 +386,43 @@ def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], .
 
 
 def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...], scaling: str = "frobenius",
-                        restart: int = 4) -> Array:
+                        runs: tuple[int, ...] = (4,)) -> Array:
     """The Newton-Schulz iteration on the Gram side: ``X_k = Q_k X_0`` with ``Q_k`` a polynomial in ``A = X_0 X_0^T``.
 
     ``R_k = X_k X_k^T = Q_k A Q_k``; ``h_k = c0 + c1 R_k + ...``; ``Q_{k+1} = h_k Q_k``, ``R_{k+1} = R_k h_k^2``
-    (all of them commute). ``R`` is re-symmetrised each step, and every ``restart`` steps the iteration restarts
-    from ``X = Q X_0`` with a freshly formed Gram matrix: without restarts, rounding in ``R`` is amplified by the
-    large early slopes (measured in float32 at condition number 1e6: spectral-norm errors up to 0.14 without
-    restarts, 2e-6 with a restart every 4 steps; in bfloat16 the iteration diverges without restarts and matches
-    the plain one with a restart every 2 steps, benchmarks/polar_accuracy.py).
+    (all of them commute). The steps are grouped in runs (``runs``: their lengths, the last one repeating): each
+    run starts from ``X = Q X`` and a freshly formed ``R = X X^T``, and ``R`` is re-symmetrised each step. Without
+    restarts rounding in ``R`` is amplified by the large early slopes (in float32 at condition number 1e6:
+    spectral-norm errors up to 0.14 without restarts, 2e-6 with a restart every 4 steps; in bfloat16 the steep first
+    Polar Express steps must run alone: "auto"'s runs (1, 1, 2) stay within the plain iteration's error on every
+    input of benchmarks/polar_accuracy.py, a first run of two steps reached a spectral norm of 5).
 
-    Products (``m x m``, quintic steps): the first step of a run needs ``R^2`` and ``R h^2`` (``Q = h``, no product),
-    a middle step ``R^2``, ``h^2``, ``R h^2`` and ``h Q``, the step before a restart or the end only ``R^2`` and
-    ``h Q`` (its ``R`` is never used); plus the ``m x n`` products ``X X^T`` and ``Q X_0`` at each restart and
-    ``Q X`` at the end. Five steps restarted after the fourth take 14 ``m x m`` and three ``m x n`` products (the
-    plain loop: 5 and 10); "auto"'s four steps restarted after two take 9 and 4.
+    Products: a run of ``L`` quintic steps costs two ``m x n`` products (``X X^T`` and ``Q X``) and about ``3 L``
+    ``m x m`` ones, against ``2 L`` and ``L`` for the plain iteration: it pays on matrices of aspect ratio >= 2.
     """
     steps = len(schedule)
-    if scaling == "frobenius":
-        q, r, first = None, None, 0
-    else:  # the first step with the scaling folded in, then R_1 = Q A Q
-        q, a = _first_factor(xp, x, schedule[0], scaling)
-        r = _symmetric(xp, xp.matmul(xp.matmul(q, q), a)) if steps > 1 and restart != 1 else None
-        first = 1
-    for i in range(first, steps):
-        coeffs = schedule[i]
-        if q is None or i % restart == 0:
-            if q is not None:
-                x = xp.matmul(q, x)
-            r = xp.matmul(x, xp.matrix_transpose(x))
-            q = None
-        h = add_diagonal(xp, _poly_tail(xp, r, coeffs) if len(coeffs) > 2 else coeffs[1] * r, coeffs[0])
-        q = h if q is None else xp.matmul(h, q)
-        if i + 1 < steps and (i + 1) % restart != 0:  # R is needed by the next step of this run
-            r = _symmetric(xp, xp.matmul(r, xp.matmul(h, h)))
+    lengths, left = [], steps
+    while left > 0:
+        lengths.append(min(runs[min(len(lengths), len(runs) - 1)], left))
+        left -= lengths[-1]
+    q, r, i = None, None, 0
+    for length in lengths:
+        for k in range(length):
+            coeffs = schedule[i]
+            if i == 0 and scaling != "frobenius":  # the first step, its scaling folded in: Q_1 and R_1 = Q A Q
+                q, a = _first_factor(xp, x, coeffs, scaling)
+                if k + 1 < length:
+                    r = _symmetric(xp, xp.matmul(xp.matmul(q, q), a))
+            else:
+                if k == 0:  # a run starts
+                    if q is not None:
+                        x = xp.matmul(q, x)
+                    r, q = xp.matmul(x, xp.matrix_transpose(x)), None
+                h = add_diagonal(xp, _poly_tail(xp, r, coeffs) if len(coeffs) > 2 else coeffs[1] * r, coeffs[0])
+                q = h if q is None else xp.matmul(h, q)
+                if k + 1 < length:  # R is needed by the run's next step
+                    r = _symmetric(xp, xp.matmul(r, xp.matmul(h, h)))
+            i += 1
     return xp.matmul(q, x)
 
 
@@ -427,7 +430,6 @@ def _symmetric(xp: Namespace, r: Array) -> Array:
     return 0.5 * (r + xp.matrix_transpose(r))
 
 
-_GRAM_RESTART = 4
 
 
 # -- Polar Express coefficients -------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Policy (DESIGN.md): polynomial iterations (Newton-Schulz, Polar Express) run in bfloat16 where the hardware has fast
 bf16 matrix multiplication -- CUDA devices, and CPUs with AVX512-BF16 or AMX, where a bf16 GEMM is about 2x a float32
 one -- and in float32 everywhere else (on other CPUs a bf16 GEMM is emulated and ~100x slower than float32). The
-decision is made once per (library, device) and cached. A norm overrides it with ``dtype=`` ("float32", "bfloat16",
+decision is made once: the CPU's flags are read at import. A norm overrides it with ``dtype=`` ("float32", "bfloat16",
 "float64", "float16"); ``dtype=None`` applies the policy.
 
 Only torch has a bf16 fast path here: numpy, array-api-strict and CuPy have no bfloat16 GEMM, so they iterate in
@@ -12,7 +12,6 @@ float32. Nothing in this module imports a backend; torch is only touched when th
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from lmo.backend import Array, Namespace, device
@@ -35,23 +34,16 @@ def iterate_dtype(xp: Namespace, x: Array, override: str | None = None) -> Any:
 
 
 def fast_bf16(xp: Namespace, x: Array) -> bool:
-    """Whether ``x``'s device multiplies bfloat16 matrices faster than float32 ones (cached per device)."""
+    """Whether ``x``'s device multiplies bfloat16 matrices faster than float32 ones: CUDA devices, and this process's
+    CPU if it has AVX512-BF16 or AMX (its flags are read once, at import, so that ``torch.compile`` traces a
+    constant)."""
     if "torch" not in xp.__name__:
         return False
     dev = device(x)
-    return _torch_fast_bf16(str(getattr(dev, "type", dev)))
+    kind = str(getattr(dev, "type", dev))
+    return kind == "cuda" or (kind == "cpu" and _CPU_BF16)
 
 
-@functools.cache
-def _torch_fast_bf16(device_type: str) -> bool:
-    if device_type == "cuda":
-        return True
-    if device_type == "cpu":
-        return _cpu_has_bf16_gemm()
-    return False
-
-
-@functools.lru_cache(maxsize=1)
 def _cpu_has_bf16_gemm() -> bool:
     """AVX512-BF16 or AMX on this CPU (Linux: /proc/cpuinfo); other systems are taken to lack it."""
     try:
@@ -63,3 +55,6 @@ def _cpu_has_bf16_gemm() -> bool:
     except OSError:
         pass
     return False
+
+
+_CPU_BF16 = _cpu_has_bf16_gemm()

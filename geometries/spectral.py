@@ -74,7 +74,7 @@ class Spectral(Norm, name="spectral"):
     coefficients: Any = None
     eps: float = 1e-7
     dtype: str | None = None
-    scaling: str = "frobenius"
+    scaling: str | None = None
     scale: Any = "none"
     compile: bool = False
 
@@ -99,6 +99,7 @@ class Spectral(Norm, name="spectral"):
             raise ValueError(f"{type(self).__name__}: {err}") from None
         object.__setattr__(self, "coefficients", solver.coefficients)
         object.__setattr__(self, "eps", solver.eps)
+        object.__setattr__(self, "scaling", solver.scaling)
         object.__setattr__(self, "_solver", solver)
 
     @classmethod

@@ -12,6 +12,7 @@ No backend is imported here; array-api-compat imports the one that the array com
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -26,20 +27,39 @@ __all__ = [
     "device",
     "is_floating",
     "widen",
-    "reduce_last",
-    "flatten_last",
     "vdot",
     "safe_divide",
 ]
 
 
 def namespace(*arrays: Array) -> Namespace:
-    """The array-API namespace of ``arrays`` (numpy, torch, cupy, array_api_strict, ...)."""
+    """The array-API namespace of ``arrays`` (numpy, torch, cupy, array_api_strict, ...).
+
+    torch tensors are recognised first (the optimizers' hot path, and what ``torch.compile`` traces): their
+    namespace is array-api-compat's torch module, the answer ``array_namespace`` gives after its general checks."""
+    torch = sys.modules.get("torch")
+    if torch is not None and arrays and all(isinstance(a, torch.Tensor) for a in arrays):
+        return _torch_namespace()
     return array_api_compat.array_namespace(*arrays)
+
+
+def _torch_namespace() -> Namespace:
+    global _TORCH
+    if _TORCH is None:
+        import array_api_compat.torch as compat_torch
+
+        _TORCH = compat_torch
+    return _TORCH
+
+
+_TORCH: Namespace = None
 
 
 def device(x: Array) -> Any:
     """The device that ``x`` lives on, in its own library's terms."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.device
     return array_api_compat.device(x)
 
 
@@ -48,7 +68,7 @@ def is_floating(xp: Namespace, x: Array) -> bool:
     return bool(xp.isdtype(x.dtype, "real floating"))
 
 
-def widen(xp: Namespace, x: Array, *, name: str = "x", where: str = "") -> tuple[Array, Callable[[Array], Array]]:
+def widen(xp: Namespace, x: Array, *, name: str = "x", where: Any = "") -> tuple[Array, Callable[[Array], Array]]:
     """Return ``(x_wide, narrow)``: ``x`` in a dtype fit for computation and a function that casts results back.
 
     Half precision (float16, bfloat16) has too few exponent or mantissa bits for sums of squares and powers, so it
@@ -56,8 +76,9 @@ def widen(xp: Namespace, x: Array, *, name: str = "x", where: str = "") -> tuple
     Integer, boolean and complex inputs raise ``ValueError`` naming the parameter, its shape and dtype.
     """
     if not is_floating(xp, x):
+        prefix = where if isinstance(where, str) else f"{where!r}: "  # an object (a norm) is formatted on error only
         raise ValueError(
-            f"{where}{name} must have a real floating dtype; got dtype {x.dtype} with shape {tuple(x.shape)}"
+            f"{prefix}{name} must have a real floating dtype; got dtype {x.dtype} with shape {tuple(x.shape)}"
         )
     if xp.finfo(x.dtype).bits >= 32:
         return x, _identity
@@ -67,19 +88,6 @@ def widen(xp: Namespace, x: Array, *, name: str = "x", where: str = "") -> tuple
 
 def _identity(y: Array) -> Array:
     return y
-
-
-def flatten_last(xp: Namespace, x: Array, ndim: int) -> Array:
-    """View the trailing ``ndim`` axes of ``x`` as one axis: shape ``(*batch, prod(core))``."""
-    if ndim == 1:
-        return x
-    batch = tuple(x.shape[: x.ndim - ndim])
-    return xp.reshape(x, (*batch, -1))
-
-
-def reduce_last(xp: Namespace, fn: Callable[..., Array], x: Array, ndim: int) -> Array:
-    """Apply a reduction ``fn(x, axis=...)`` over the trailing ``ndim`` axes of ``x``."""
-    return fn(x, axis=tuple(range(-ndim, 0)))
 
 
 def vdot(xp: Namespace, a: Array, b: Array, ndim: int) -> Array:

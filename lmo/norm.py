@@ -136,19 +136,18 @@ class Norm(abc.ABC):
     def _prepare(self, x: Array, name: str = "g") -> tuple[Namespace, Array, Any]:
         """Validate ``x`` for this norm and return ``(xp, x_wide, narrow)``, see :func:`lmo.backend.widen`."""
         xp = namespace(x)
-        where = f"{self!r}: "
         if x.ndim < self.ndim:
             raise ValueError(
-                f"{where}{name} must have at least {self.ndim} axes (the norm acts on the trailing {self.ndim}); "
+                f"{self!r}: {name} must have at least {self.ndim} axes (the norm acts on the trailing {self.ndim}); "
                 f"got shape {tuple(x.shape)}"
             )
         core = tuple(x.shape[x.ndim - self.ndim :])
         if any(n == 0 for n in core):
-            raise ValueError(f"{where}{name} has an empty core {core} (shape {tuple(x.shape)})")
+            raise ValueError(f"{self!r}: {name} has an empty core {core} (shape {tuple(x.shape)})")
         expected = self.core_shape()
         if expected is not None and core != tuple(expected):
-            raise ValueError(f"{where}{name} must have trailing shape {tuple(expected)}; got shape {tuple(x.shape)}")
-        wide, narrow = widen(xp, x, name=name, where=where)
+            raise ValueError(f"{self!r}: {name} must have trailing shape {tuple(expected)}; got shape {tuple(x.shape)}")
+        wide, narrow = widen(xp, x, name=name, where=self)  # the norm's repr is formed only for an error
         return xp, wide, narrow
 
     def _axes(self) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ from .variants import *  # noqa: F403
 
 # torch is imported only when one of these is used (``import lmo.optimizers`` works without torch)
 _TORCH_NAMES = ("DriverOptimizer", "LMOOptimizer", "Muon", "SignSGD", "Signum", "Lion", "Scion", "muon_with_adamw",
-                "split_muon_params", "OptimizerInputs")
+                "split_muon_params", "OptimizerInputs", "UnsupportedParameterError")
 _TORCH_PRIVACY_NAMES = ("DPOptimizer", "DPMuon")
 
 __all__ = [

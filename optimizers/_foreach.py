@@ -16,46 +16,52 @@ writing into the inputs). ``inplace=True`` needs torch lists of one device and d
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["can_write", "estimator", "shrink_factor", "shrink_add", "shrink_add_scaled", "all_finite"]
+__all__ = ["can_write", "estimator", "stack_rows", "shrink_factor", "shrink_add", "shrink_add_scaled", "all_finite"]
 
 Array = Any
 
 
 def _is_torch(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] == "torch"
+    torch = sys.modules.get("torch")  # imported already if x is a tensor; never imported here
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _torch_list(*lists: Sequence[Array]) -> bool:
-    first = lists[0][0] if lists and lists[0] else None
-    if first is None or not _is_torch(first):
+    """Non-empty lists of dense torch tensors (torch's ``_foreach`` kernels take mixed dtypes and devices, and run
+    the tensors they cannot fuse one by one)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not lists or not lists[0]:
         return False
-    import torch
-
-    dev, dt = first.device, first.dtype
-    return all(
-        isinstance(t, torch.Tensor) and t.device == dev and t.dtype == dt and not t.is_sparse
-        for lst in lists for t in lst
-    )
+    tensor = torch.Tensor
+    return all(type(t) is tensor or (isinstance(t, tensor) and not t.is_sparse) for lst in lists for t in lst)
 
 
 def can_write(*lists: Sequence[Array]) -> bool:
-    """Whether the ``inplace=True`` forms accept these lists: non-empty torch lists of one device and dtype."""
-    return _torch_list(*lists)
+    """Whether the ``inplace=True`` forms accept these lists: non-empty torch lists of one device and dtype (what a
+    plan decides once per part; the step writes into the parameters and momenta of such a part)."""
+    if not _torch_list(*lists):
+        return False
+    first = lists[0][0]
+    dev, dt = first.device, first.dtype
+    return all(t.device == dev and t.dtype == dt for lst in lists for t in lst)
 
 
 def _check_inplace(function: str, *lists: Sequence[Array]) -> None:
     if lists[0] and not _torch_list(*lists):
         raise ValueError(
-            f"{function}: inplace=True needs torch tensors of one device and dtype (the generic array-API path is "
-            f"pure); got {type(lists[0][0]).__name__} arrays"
+            f"{function}: inplace=True needs torch tensors (the generic array-API path is pure); got "
+            f"{type(lists[0][0]).__name__} arrays"
         )
 
 
 def estimator(
-    moments: Sequence[Array], grads: Sequence[Array], b1: float, b2: float, *, inplace: bool = False
+    moments: Sequence[Array], grads: Sequence[Array], b1: float, b2: float, *, inplace: bool = False,
+    out: Sequence[Array] | None = None,
 ) -> tuple[list, list]:
     """``(c, m')`` with ``c = b1 m + (1 - b1) g`` and ``m' = b2 m + (1 - b2) g``, for each pair.
 
@@ -64,7 +70,8 @@ def estimator(
     ``b1 = b2`` is one lerp (``c = m'``). Other namespaces: the expressions above as written.
 
     ``inplace``: ``m'`` is written into ``moments`` (``lerp_``; ``copy_`` of ``g`` when ``b2 = 0``), which are
-    returned as ``m'``; ``c`` is then ``moments`` itself when ``b1 = b2``. torch lists only.
+    returned as ``m'``; ``c`` is then ``moments`` itself when ``b1 = b2``. torch lists only. ``out``: tensors
+    (torch, ``b1 != b2``) that receive ``c`` (the rows of a stacked oracle input: no stacking copy later).
     """
     if inplace:
         _check_inplace("estimator", moments, grads)
@@ -78,7 +85,12 @@ def estimator(
                 new = moments
             else:
                 new = list(torch._foreach_lerp(moments, grads, 1.0 - b2))
-            est = new if b1 == b2 else list(torch._foreach_lerp(grads, new, b1 / b2))
+            if b1 == b2:
+                est = new
+            elif out is not None:
+                est = [torch.lerp(g, m, b1 / b2, out=o) for g, m, o in zip(grads, new, out)]
+            else:
+                est = list(torch._foreach_lerp(grads, new, b1 / b2))
         else:  # m' = g; c reads the old m, so it is formed first
             est = list(torch._foreach_lerp(grads, moments, b1))
             if inplace:
@@ -90,6 +102,21 @@ def estimator(
     est = [b1 * m + (1 - b1) * g for m, g in zip(moments, grads)]
     new = est if b1 == b2 else [b2 * m + (1 - b2) * g for m, g in zip(moments, grads)]
     return est, new
+
+
+def stack_rows(like: Array, shapes: Sequence[tuple[int, ...]], core: tuple[int, ...]) -> tuple[Array, list[Array]]:
+    """An empty torch buffer ``(sum of the batch sizes, *core)`` of ``like``'s dtype and device, and its rows as
+    views of each shape in ``shapes`` (``(*batch, *core)``): what the estimator writes into (``out=``) so that a
+    stacked oracle call reads it without a stacking copy."""
+    import torch
+
+    counts = [math.prod(shape[: len(shape) - len(core)]) for shape in shapes]
+    buffer = torch.empty((sum(counts), *core), dtype=like.dtype, device=like.device)
+    rows, start = [], 0
+    for shape, count in zip(shapes, counts):
+        rows.append(buffer[start : start + count].view(shape))
+        start += count
+    return buffer, rows
 
 
 def shrink_factor(lr: Any, decay: float) -> Any:
@@ -141,7 +168,13 @@ def shrink_add_scaled(
     if inplace:
         _check_inplace("shrink_add_scaled", xs)
     if xs and _torch_list(xs) and all(_is_torch(d) for d in ds):
+        import torch
+
         out = _shrunk(xs, shrink, inplace)
+        first = coefficients[0]
+        if isinstance(first, float) and all(a == first for a in coefficients) and _torch_list(ds):
+            torch._foreach_add_(out, list(ds), alpha=first)  # one coefficient (a batch of same-shape matrices)
+            return out
         for o, d, a in zip(out, ds, coefficients):
             _add_scaled_(o, d, a)
         return out

@@ -202,9 +202,11 @@ class Distribution:
         params: dict[int, torch.Tensor],
         slots: dict[int, dict[str, Any]],
         step: int,
+        stacked: dict[int, torch.Tensor] | None = None,
     ) -> dict[int, Direction]:
         """The oracle stage of ``batches`` of ``plan``, shared across the ranks (same signature and values as
-        :func:`lmo.optimizers.step.evaluate`). A stateful oracle runs where its state is: on every rank."""
+        :func:`lmo.optimizers.step.evaluate`; ``stacked`` is not used: the ranks stack their own shares). A
+        stateful oracle runs where its state is: on every rank."""
         stateful = [j for j in batches if plan.batches[j].stateful]
         found = evaluate(plan, stateful, estimates, params, slots, step) if stateful else {}
         members = [i for j in batches if not plan.batches[j].stateful for i in plan.batches[j].members]

@@ -26,9 +26,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lmo.backend import Array, device, namespace
+from lmo.geometries.precision import fast_bf16
 from lmo.norm import Norm
 
 from . import _foreach
@@ -39,12 +40,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Plan", "Entry", "Batch", "Direction", "build_plan", "evaluate", "oracle_directions", "oracle_call",
            "run_step",
-           "group_for_oracle", "Executor", "CPU_BATCH_LIMIT"]
+           "group_for_oracle", "Executor", "CPU_BATCH_LIMIT", "STACK_ENTRIES"]
 
-#: entries per matrix above which ``batch="auto"`` runs same-shape matrices one by one on a CPU in float32
-#: (there one stacked float32 chain is no faster than one chain per matrix, and stacking costs a copy; in bfloat16,
+#: entries per matrix above which ``batch="auto"`` runs same-shape matrices one by one on a CPU without fast
+#: bfloat16 products (there one stacked float32 chain is no faster than one chain per matrix; with bfloat16 iterates,
 #: and on accelerators, the batched product is measured faster: benchmarks/muon_step.py)
 CPU_BATCH_LIMIT = 256 * 256
+CPU_STACK_SIDE = 256
+#: entries of one stacked oracle call at most: larger stacks, and the iteration's temporaries of their size, are
+#: fresh memory-mapped allocations that the allocator returns to the system each step (24,000 page faults per
+#: step for sixteen 512 x 512 matrices on a CPU, 1.3x the time of one chain per matrix; benchmarks/muon_step.py)
+STACK_ENTRIES = 2**20
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -72,8 +78,7 @@ class Batch:
     stateful: bool
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Direction:
+class Direction(NamedTuple):
     """The oracle's answer for one parameter: ``lmo(c) = factor * direction`` in the parameter's shape.
 
     ``direction`` may be in the oracle's working dtype (bfloat16 for a bf16 polar iteration) and strided (a
@@ -108,6 +113,10 @@ class Plan:
     parts: tuple[tuple[int, ...], ...]  # batch indices
     names: tuple[str, ...]
     hooked: bool  # a hook after the estimator, or a stateful oracle: the step is pure, in one part
+    writable: tuple[bool, ...]  # per part: torch parameters of one dtype and device, which a step may write into
+    # per stacked batch: the buffer its estimates are written into, made on the first step and kept (a fresh one
+    # per step is a fresh memory mapping: thousands of page faults a step)
+    workspace: dict[int, tuple[Array, list[Array]]] = dataclasses.field(default_factory=dict)
 
 
 def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) -> Plan:
@@ -135,7 +144,8 @@ def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) ->
         matrices = tuple((j,) for j, b in enumerate(batches) if b.norm.ndim >= 2)
         vectors = tuple(j for j, b in enumerate(batches) if b.norm.ndim < 2)
         parts = matrices + ((vectors,) if vectors else ())
-    return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked)
+    writable = tuple(_foreach.can_write([params[i] for j in part for i in batches[j].members]) for part in parts)
+    return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked, writable)
 
 
 def group_for_oracle(
@@ -161,22 +171,37 @@ def group_for_oracle(
         else:
             key = (geo.norm, core, str(x.dtype), str(device(x)), type(x))
             groups.setdefault(key, []).append(i)
-    return list(groups.values())
+    out = []
+    for members in groups.values():  # stacks of at most STACK_ENTRIES entries (one matrix at least)
+        chunk, entries = [], 0
+        for i in members:
+            size = math.prod(views[i])
+            if chunk and entries + size > STACK_ENTRIES:
+                out.append(chunk)
+                chunk, entries = [], 0
+            chunk.append(i)
+            entries += size
+        out.append(chunk)
+    return out
 
 
 def _stacking_pays(x: Array, core: tuple[int, ...]) -> bool:
     if math.prod(core) <= CPU_BATCH_LIMIT:
         return True
     dev = device(x)
-    return str(getattr(dev, "type", dev)) != "cpu"
+    if str(getattr(dev, "type", dev)) != "cpu":
+        return True
+    # a CPU with fast bfloat16 products: a batched product pays while its small side is at most 256
+    return min(core) <= CPU_STACK_SIDE and fast_bf16(namespace(x), x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the oracle stage
 # ---------------------------------------------------------------------------------------------------------------
 Executor = Callable[..., dict[int, Direction]]
-"""``executor(plan, batches, estimates, params, slots, step) -> {index: Direction}``: the oracle stage of the
-batches ``batches`` (indices into ``plan.batches``), given the estimates, parameters and slots by parameter index."""
+"""``executor(plan, batches, estimates, params, slots, step, stacked=None) -> {index: Direction}``: the oracle stage
+of the batches ``batches`` (indices into ``plan.batches``), given the estimates, parameters and slots by parameter
+index; ``stacked`` may give a batch's estimates already stacked (batch index -> array), which an executor may use."""
 
 
 def evaluate(
@@ -186,9 +211,10 @@ def evaluate(
     params: dict[int, Array],
     slots: dict[int, dict[str, Array]],
     step: int,
+    stacked: dict[int, Array] | None = None,
 ) -> dict[int, Direction]:
-    """The oracle of each of ``batches`` on this process: one call per batch (stacked members in one call); a
-    stateful oracle reads and updates its state in ``slots`` (keys ``"geometry.<key>"``)."""
+    """The oracle of each of ``batches`` on this process: one call per batch (stacked members in one call, from
+    ``stacked[j]`` if given); a stateful oracle reads and updates its state in ``slots`` (``"geometry.<key>"``)."""
     sharp = plan.driver.rule == "sharp"
     out: dict[int, Direction] = {}
     for j in batches:
@@ -200,7 +226,9 @@ def evaluate(
             continue
         geometries = [plan.entries[i].geometry for i in batch.members]
         arrays = [estimates[i] for i in batch.members]
-        for i, direction in zip(batch.members, oracle_call(batch.norm, geometries, arrays, batch.core, sharp)):
+        found = oracle_call(batch.norm, geometries, arrays, batch.core, sharp, None if stacked is None else
+                            stacked.get(j))
+        for i, direction in zip(batch.members, found):
             out[i] = direction
     return out
 
@@ -222,9 +250,10 @@ def oracle_directions(geometries: Sequence[ParamGeometry], estimates: Sequence[A
 
 
 def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequence[Array],
-                core: tuple[int, ...], sharp: bool) -> list[Direction]:
+                core: tuple[int, ...], sharp: bool, stacked: Array | None = None) -> list[Direction]:
     """One call of ``norm``'s oracle on the estimates (in their geometries' views), stacked along a new leading
-    axis when there are several; the directions back in the estimates' shapes."""
+    axis when there are several (``stacked``: that stack, if the estimates are its rows already); the directions
+    back in the estimates' shapes."""
     views = [geo.to_oracle(c) for geo, c in zip(geometries, estimates)]
     k = norm.ndim
     if len(views) == 1:
@@ -233,7 +262,8 @@ def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequ
         duals = [norm.dual_norm(views[0])] if sharp else [None]
     else:
         xp = namespace(views[0])
-        stacked = xp.concat([xp.reshape(v, (-1, *core)) for v in views], axis=0)
+        if stacked is None:
+            stacked = xp.concat([xp.reshape(v, (-1, *core)) for v in views], axis=0)
         d_all, factor = norm.lmo_factored(stacked)
         dual_all = norm.dual_norm(stacked) if sharp else None
         ds, duals, start = [], [], 0
@@ -305,13 +335,16 @@ def run_step(
         grads = list(grads)
         info = dataclasses.replace(info, gradient_noise_std=driver.grad_transform.gradient_noise_std(plan.names))
     new_params = list(params)
-    # another executor (the distributed one) deals out all batches at once: one part
-    parts = plan.parts if executor is evaluate else (tuple(range(len(plan.batches))),)
-    for part in parts:
+    if executor is evaluate:
+        parts, writable = plan.parts, plan.writable
+    else:  # another executor (the distributed one) deals out all batches at once: one part
+        parts = (tuple(range(len(plan.batches))),)
+        writable = (all(plan.writable) and _foreach.can_write(params),)
+    for part, part_writable in zip(parts, writable):
         idx = [i for j in part for i in plan.batches[j].members]
         xs, gs, ss = [params[i] for i in idx], [grads[i] for i in idx], [slots[i] for i in idx]
-        moments = [[s[MOMENTUM] for s in ss]] if driver.has_momentum else []
-        write = inplace and not plan.hooked and _foreach.can_write(xs, gs, *moments)  # decided per part
+        # decided per part when the plan was made (gradients and momenta have their parameters' dtype and device)
+        write = inplace and not plan.hooked and part_writable
         stepped = _step_part(plan, part, idx, xs, gs, ss, info, write, executor)
         for i, x in zip(idx, stepped):
             new_params[i] = x
@@ -321,9 +354,17 @@ def run_step(
 def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array], gs: list[Array],
                ss: list[dict[str, Array]], info: StepInfo, write: bool, executor: Executor) -> list[Array]:
     driver, lr = plan.driver, info.lr
+    stacked: dict[int, Array] = {}
     if driver.has_momentum:  # the two-beta estimator
+        rows = None
+        if write and driver.beta1 != driver.beta2 and _rows_stack(plan, part):  # c straight into the oracle's stack
+            batch = plan.batches[part[0]]
+            kept = plan.workspace.get(part[0])
+            if kept is None:
+                kept = plan.workspace[part[0]] = _foreach.stack_rows(xs[0], [tuple(x.shape) for x in xs], batch.core)
+            stacked[part[0]], rows = kept
         estimates, moments = _foreach.estimator([s[MOMENTUM] for s in ss], gs, driver.beta1, driver.beta2,
-                                                inplace=write)
+                                                inplace=write, out=rows)
         for s, m in zip(ss, moments):
             s[MOMENTUM] = m
     else:
@@ -331,7 +372,8 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
     if driver.error_feedback is not None:
         estimates = driver.error_feedback.before(estimates, hook_slots(ss, "error_feedback"), info)
 
-    found = executor(plan, part, dict(zip(idx, estimates)), dict(zip(idx, xs)), dict(zip(idx, ss)), info.step)
+    found = executor(plan, part, dict(zip(idx, estimates)), dict(zip(idx, xs)), dict(zip(idx, ss)), info.step,
+                     stacked=stacked or None)
     directions = [found[i] for i in idx]
     radii = [plan.entries[i].radius for i in idx]
     shrink = _foreach.shrink_factor(lr, driver.decay)
@@ -341,7 +383,7 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
                                    geometries=tuple(plan.entries[i].geometry for i in idx))
         full, hs = driver.direction_transform(full, hook_slots(ss, "direction_transform"), xs, seen)
         set_hook_slots(ss, "direction_transform", hs)
-        directions = [dataclasses.replace(dr, direction=d, factor=1.0) for dr, d in zip(directions, full)]
+        directions = [dr._replace(direction=d, factor=1.0) for dr, d in zip(directions, full)]
 
     if driver.error_feedback is not None:
         updates = [(lr * r) * _sharp(dr.full(c), dr.dual) for dr, r, c in zip(directions, radii, estimates)]
@@ -362,6 +404,15 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
         hs = driver.point.update(new_xs, hook_slots(ss, "point"), info)
         set_hook_slots(ss, "point", hs)
     return new_xs
+
+
+def _rows_stack(plan: Plan, part: tuple[int, ...]) -> bool:
+    """Whether the part is one stacked batch whose members the oracle sees as they are (no view, no transpose):
+    then their estimates can be written as the rows of the stack."""
+    if len(part) != 1 or not plan.batches[part[0]].stacked:
+        return False
+    entries = [plan.entries[i] for i in plan.batches[part[0]].members]
+    return all(e.geometry.view is None and not e.geometry.transpose for e in entries)
 
 
 def _sharp(d: Array, dual: Array | None) -> Array:

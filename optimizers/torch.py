@@ -19,8 +19,11 @@ Guarantees (all classes):
 - A step writes into the parameters and their momentum buffers in place, as torch.optim does (no new tensors per
   step), one oracle batch at a time (the transient memory of torch.optim.Muon's per-parameter loop); a driver with
   a hook after the estimator (error feedback, schedule-free, ...) takes the pure step and its results are copied in.
-- A step either completes for every parameter or changes nothing: gradients are checked (sparse, complex, shape,
-  finiteness -- one test on the device for all gradients of all groups, read once) before the first write.
+- A step either completes for every parameter or changes nothing: gradients and momenta are checked (sparse,
+  complex, shape, finiteness -- one test on the device for all of them, in all groups, read once) before the first
+  write. Complex parameters and sparse gradients raise :class:`UnsupportedParameterError` (a ``ValueError`` and the
+  ``RuntimeError`` torch.optim raises) at the step, as torch.optim does; ``load_state_dict`` refuses a state that
+  does not fit (see there).
 - Non-finite gradients: ``nonfinite="raise"`` (default) raises :class:`~lmo.optimizers.NonFiniteGradientError`
   naming the parameter; ``"skip"`` skips the whole step (every group); ``"ignore"`` skips the check.
 - ``process_group=`` (every class): ``None`` is one process; a ``ProcessGroup`` or 1-D ``DeviceMesh`` shares the
@@ -30,19 +33,21 @@ Guarantees (all classes):
   real parameter names, else ``"<group>.<index>"``.
 - ``torch.compile(optimizer.step)`` with a tensor ``lr`` compiles once under an LR scheduler (docs/optimizers.md).
 
-``state_dict()`` holds, per parameter, ``"step"`` (an int) and the driver's slots (``"momentum_buffer"`` as in
-torch.optim.Muon, and hooks' slots). Hyperparameters in ``param_groups`` are numbers, strings and tuples for the
-named classes, so ``torch.load(..., weights_only=True)`` reads their checkpoints.
+``state_dict()`` holds, per parameter, ``"step"`` (a 0-d float32 tensor, as torch.optim.Adam's) and the driver's
+slots (``"momentum_buffer"`` as in torch.optim.Muon, and hooks' slots). Hyperparameters in ``param_groups`` are
+numbers, strings and tuples for the named classes, so ``torch.load(..., weights_only=True)`` reads their checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
 
+from . import validation
 from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, scion, sign_sgd, signum, uscion
 from .distributed import Distribution
 from .driver import MOMENTUM, Driver, NonFiniteGradientError, StepInfo, hook_slots
@@ -60,6 +65,7 @@ __all__ = [
     "muon_with_adamw",
     "split_muon_params",
     "OptimizerInputs",
+    "UnsupportedParameterError",
 ]
 
 ITERATE = "iterate"  # state key of the base iterate when a driver has a gradient-point hook
@@ -104,6 +110,11 @@ class _GroupStep:
     grads: list[torch.Tensor]
 
 
+class UnsupportedParameterError(ValueError, RuntimeError):
+    """A complex parameter or a sparse gradient: a ``ValueError`` (this library's refusals) and the
+    ``RuntimeError`` that torch.optim raises for them, at the step."""
+
+
 def _arguments(table: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, Any]:
     """The group defaults of a named class: its constructor's values of the torch arguments in ``table``."""
     return {name: values[name] for name in table}
@@ -127,6 +138,10 @@ class DriverOptimizer(torch.optim.Optimizer):
         # distributed: who shares the oracle's work (lmo.optimizers.distributed); None is one process
         self._distribution = Distribution(process_group)
         self._plans: dict[int, _GroupPlan] = {}
+        lr = defaults.get("lr")
+        if lr is not None and not callable(lr):  # first, as torch.optim does (its errors come in this order)
+            with renamed({"lr": ("lr", lr, self.messages.get("lr"))}):
+                validation.learning_rate("lr", lr)
         super().__init__(params, defaults)
         if any(self.configure(group).point is not None for group in self.param_groups):
             self._init_points()
@@ -163,25 +178,70 @@ class DriverOptimizer(torch.optim.Optimizer):
         gi = len(self.param_groups) - 1
         group = self.param_groups[gi]
         try:
-            names = self._names(gi, group)
-            for name, p in zip(names, group["params"]):
-                if torch.is_complex(p):
-                    raise ValueError(f"parameter {name!r} is complex; {type(self).__name__} supports real parameters")
-            self._plan(gi, group, names, list(group["params"]))  # rejects a geometry that does not fit a parameter
+            self._plan(gi, group, self._names(gi, group), list(group["params"]))  # rejects an unfit geometry
         except Exception:
             self.param_groups.pop()
             self._plans.pop(gi, None)
             raise
 
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, plus ``"optimizer"``: the class that saved it (a checkpoint of another optimizer is
+        refused by :meth:`load_state_dict`). Every value is a tensor, number, string or tuple: ``torch.load(...,
+        weights_only=True)`` reads it; what a constructor builds (drivers, geometries, hooks) is not saved."""
+        state = super().state_dict()
+        state["param_groups"] = [{k: v for k, v in group.items() if _saved(k, v)} for group in state["param_groups"]]
+        state["optimizer"] = type(self).__name__
+        return state
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state (ours, or e.g. a ``torch.optim.Muon`` checkpoint): hyperparameters that the saved groups lack
-        (options of ours that torch's optimizer does not have) keep this optimizer's values for them."""
+        """Load a state (ours, or a ``torch.optim.Muon`` checkpoint into :class:`Muon`), after checking, before
+        changing anything, that it fits this optimizer and its parameters: the optimizer it was saved by, the
+        groups' hyperparameters (as the constructor checks them), every state key, and each buffer's shape, dtype
+        (floating) and finiteness, and the step counts. A refusal is a ``ValueError`` naming the group, the
+        parameter (index and name), the key and the shapes; the optimizer is then exactly as it was.
+        Hyperparameters that the saved groups lack (options of ours that torch's optimizer does not have) keep this
+        optimizer's values for them."""
+        state_dict = dict(state_dict)
+        kind = state_dict.pop("optimizer", None)
+        self._check_state_dict(kind, state_dict)
         current = [{k: v for k, v in group.items() if k != "params"} for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, values in zip(self.param_groups, current):
             for key, value in values.items():
                 group.setdefault(key, value)
+        for state in self.state.values():  # a step saved as a number (older checkpoints) becomes a counter
+            if not isinstance(state.get("step"), torch.Tensor) and "step" in state:
+                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
         self._plans.clear()
+
+    def _check_state_dict(self, kind: Any, state_dict: Mapping[str, Any]) -> None:
+        me = type(self).__name__
+        if kind is not None and kind != me:
+            raise ValueError(f"this state was saved by {kind}; a {me} loads only its own state"
+                             + (" (or torch.optim.Muon's)" if isinstance(self, Muon) else ""))
+        groups, state = state_dict.get("param_groups"), state_dict.get("state")
+        if not isinstance(groups, list) or not isinstance(state, Mapping):
+            raise ValueError("a state dict has 'param_groups' (a list) and 'state' (a dict); got keys "
+                             f"{sorted(state_dict)}")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"the state has {len(groups)} param groups; this {me} has {len(self.param_groups)}")
+        known = set(self.defaults) | {"params", "param_names"} | _SCHEDULER_KEYS
+        for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            params = list(group["params"])
+            if len(saved.get("params", ())) != len(params):
+                raise ValueError(f"param group {gi}: the state holds {len(saved.get('params', ()))} parameters, this "
+                                 f"group {len(params)}")
+            foreign = sorted(set(saved) - known)
+            if foreign:
+                raise ValueError(f"param group {gi}: {foreign} are not hyperparameters of {me}: the state of another "
+                                 f"optimizer (its keys: {sorted(saved)})")
+            merged = {**group, **{k: v for k, v in saved.items() if k not in ("params", "param_names")}}
+            driver = self.configure(merged)  # the hyperparameters as the constructor checks them
+            names = self._names(gi, group)
+            for j, (pid, p, name) in enumerate(zip(saved["params"], params, names)):
+                if pid in state:
+                    _check_param_state(f"param group {gi}, parameter {j} ({name!r})", state[pid], p, driver, name)
 
     @staticmethod
     def _names(gi: int, group: Mapping[str, Any]) -> list[str]:
@@ -193,7 +253,8 @@ class DriverOptimizer(torch.optim.Optimizer):
     def _plan(self, gi: int, group: Mapping[str, Any], names: list[str], params: list[torch.Tensor]) -> Plan:
         """The group's plan for these parameters: kept while the group's hyperparameters (other than lr) and its
         parameters stay the same."""
-        hyperparameters = {k: v for k, v in group.items() if k not in _NOT_HYPERPARAMETERS}
+        # the constructor's hyperparameters (not lr), not what LR schedulers add to a group ("initial_lr", ...)
+        hyperparameters = {k: group[k] for k in self.defaults if k not in _NOT_HYPERPARAMETERS and k in group}
         ids = tuple(map(id, params))
         kept = self._plans.get(gi)
         if kept is None or kept.params != ids or kept.hyperparameters != hyperparameters:
@@ -214,7 +275,7 @@ class DriverOptimizer(torch.optim.Optimizer):
                     state = self.state[p]
                     if not state:
                         state.update(driver.init_slots(name, p))
-                        state["step"] = 0
+                        state["step"] = _step_counter()
                         state[ITERATE] = p.detach().clone()
                 step = int(self.state[params[0]]["step"]) if params else 0
                 xs = [self.state[p][ITERATE] for p in params]
@@ -280,12 +341,18 @@ class DriverOptimizer(torch.optim.Optimizer):
             g = self._gradient(p)
             if g is None:
                 continue
+            if torch.is_complex(p) or torch.is_complex(g):
+                raise UnsupportedParameterError(f"{type(self).__name__} does not support complex parameters: "
+                                                f"parameter {name!r} is {p.dtype}")
             if g.is_sparse:
-                raise ValueError(f"parameter {name!r} has a sparse gradient; {type(self).__name__} needs dense")
-            if torch.is_complex(g) or torch.is_complex(p):
-                raise ValueError(f"parameter {name!r} has a complex gradient; {type(self).__name__} needs real")
+                raise UnsupportedParameterError(f"{type(self).__name__} does not support sparse gradients: "
+                                                f"parameter {name!r} has one")
             if g.shape != p.shape:
                 raise ValueError(f"parameter {name!r}: gradient shape {tuple(g.shape)} != shape {tuple(p.shape)}")
+            m = self.state[p].get(MOMENTUM) if p in self.state else None
+            if m is not None and m.shape != p.shape:
+                raise ValueError(f"parameter {name!r}: momentum_buffer has shape {tuple(m.shape)} != shape "
+                                 f"{tuple(p.shape)}")
             names.append(name)
             params.append(p)
             grads.append(g)
@@ -302,18 +369,28 @@ class DriverOptimizer(torch.optim.Optimizer):
         :class:`NonFiniteGradientError` for a group with ``nonfinite="raise"``, returns False to skip the step."""
         checked = [w for w in work if w.plan.driver.nonfinite != "ignore"]
         names = [n for w in checked for n in w.names]
-        grads = [g for w in checked for g in w.grads]
-        if not grads:
+        arrays = [g for w in checked for g in w.grads]
+        # what the step reads besides the gradients: the momenta (a state loaded or edited by hand)
+        for w in checked:
+            for name, p in zip(w.names, w.params):
+                m = self.state[p].get(MOMENTUM) if p in self.state else None
+                if m is not None:
+                    names.append(f"{name}.momentum_buffer")
+                    arrays.append(m)
+        if not arrays:
             return True
-        bad = self._distribution.nonfinite(names, grads)  # the same answer on every rank
+        bad = self._distribution.nonfinite(names, arrays)  # the same answer on every rank
         if bad is None:
             return True
-        owner = next(w for w in checked if bad in w.names)
+        buffer = bad.endswith(".momentum_buffer")
+        param = bad[: -len(".momentum_buffer")] if buffer else bad
+        owner = next(w for w in checked if param in w.names)
         if owner.plan.driver.nonfinite == "skip":
             return False
+        what = f"momentum_buffer of parameter {param!r}" if buffer else f"gradient of parameter {param!r}"
         raise NonFiniteGradientError(
-            f"gradient of parameter {bad!r} (param group {owner.index}) holds NaN or Inf; nothing was changed "
-            f"(nonfinite='skip' skips such steps)"
+            f"{what} (param group {owner.index}) holds NaN or Inf; nothing was changed (nonfinite='skip' skips "
+            "such steps)"
         )
 
     def _step_group(self, w: _GroupStep) -> None:
@@ -322,25 +399,29 @@ class DriverOptimizer(torch.optim.Optimizer):
         for name, p, state in zip(w.names, w.params, states):
             if not state:
                 state.update(driver.init_slots(name, p))
-                state["step"] = 0
+                state["step"] = _step_counter()
                 if driver.point is not None:
                     state[ITERATE] = p.detach().clone()
             else:
-                state.setdefault("step", 0)  # a torch.optim.Muon checkpoint counts no steps
+                if "step" not in state:  # a torch.optim.Muon checkpoint counts no steps
+                    state["step"] = _step_counter()
                 if driver.has_momentum and MOMENTUM not in state:  # e.g. saved with momentum 0, loaded with > 0
                     state[MOMENTUM] = torch.zeros_like(p)
-        step = states[0]["step"]
-        if any(s["step"] != step for s in states):  # parameters that sat out steps: one run per step index
-            for index in sorted({int(s["step"]) for s in states}):
-                part = [j for j, s in enumerate(states) if s["step"] == index]
-                sub = _GroupStep(w.index, w.group, build_plan(driver, [w.names[j] for j in part],
-                                                              [w.params[j] for j in part]),
-                                 [w.names[j] for j in part], [w.params[j] for j in part], [w.grads[j] for j in part])
-                self._run(sub, [states[j] for j in part], index)
-        else:
-            self._run(w, states, step)
+        if not _needs_step(w.plan):  # nothing reads the step index: its count is bookkeeping only
+            self._run(w, states, states[0]["step"])
+            return
+        steps = [int(s["step"]) for s in states]
+        for index in sorted(set(steps)):  # parameters that sat out steps: one run per step index
+            part = [j for j, t in enumerate(steps) if t == index]
+            if len(part) == len(states):
+                self._run(w, states, index)
+                break
+            names, params = [w.names[j] for j in part], [w.params[j] for j in part]
+            sub = _GroupStep(w.index, w.group, build_plan(driver, names, params), names, params,
+                             [w.grads[j] for j in part])
+            self._run(sub, [states[j] for j in part], index)
 
-    def _run(self, w: _GroupStep, states: list[dict[str, Any]], step: int) -> None:
+    def _run(self, w: _GroupStep, states: list[dict[str, Any]], step: Any) -> None:
         driver = w.plan.driver
         lr = driver.learning_rate(step) if callable(driver.lr) else w.group["lr"]
         xs = [s[ITERATE] for s in states] if driver.point is not None else w.params
@@ -359,8 +440,70 @@ class DriverOptimizer(torch.optim.Optimizer):
             for p, x in zip(w.params, new):
                 if x is not p:
                     p.copy_(x)
-        for state in states:
-            state["step"] += 1
+        torch._foreach_add_([state["step"] for state in states], 1.0)
+
+
+def _step_counter() -> torch.Tensor:
+    """A parameter's step count: a 0-d float32 CPU tensor, as torch.optim's Adam keeps it (so that
+    ``torch.compile`` sees one tensor, not a new Python number each step, and ``torch.load(weights_only=True)``
+    reads it)."""
+    return torch.zeros((), dtype=torch.float32)
+
+
+_SCHEDULER_KEYS = {"initial_lr", "base_lr", "max_lr", "min_lr", "max_momentum", "base_momentum"}  # schedulers add
+
+
+def _saved(key: str, value: Any) -> bool:
+    """Whether a group's value goes into a checkpoint: plain data, not what the constructor builds (a geometry, a
+    schedule)."""
+    if key == "geometry" or callable(value):
+        return False
+    plain = (type(None), bool, int, float, str, torch.Tensor)
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, plain) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and isinstance(v, plain) for k, v in value.items())
+    return isinstance(value, plain)
+
+
+def _check_param_state(where: str, saved: Mapping[str, Any], p: torch.Tensor, driver: Driver, name: str) -> None:
+    """The saved state of one parameter fits it: known keys, buffers of the parameter's slots' shapes, floating,
+    finite; a step count that is a non-negative integer."""
+    expected = {k: tuple(v.shape) for k, v in driver.init_slots(name, p).items()}
+    expected.setdefault(MOMENTUM, tuple(p.shape))  # saved with momentum, loaded without: kept, unused
+    if driver.point is not None:
+        expected[ITERATE] = tuple(p.shape)
+    for key, value in saved.items():
+        if key == "step":
+            _check_step(where, value)
+            continue
+        if key not in expected:
+            raise ValueError(f"{where}: state key {key!r} is not one of {sorted(expected) + ['step']}: the state of "
+                             "another optimizer")
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise ValueError(f"{where}: {key!r} must be a floating tensor; got {type(value).__name__}"
+                             f"{'' if not isinstance(value, torch.Tensor) else ' of dtype ' + str(value.dtype)}")
+        if tuple(value.shape) != expected[key]:
+            raise ValueError(f"{where}: {key!r} has shape {tuple(value.shape)}; the parameter of shape "
+                             f"{tuple(p.shape)} needs {expected[key]}")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{where}: {key!r} holds NaN or Inf")
+
+
+def _check_step(where: str, value: Any) -> None:
+    number = value
+    if isinstance(value, torch.Tensor):
+        number = float(value) if value.numel() == 1 and not value.is_complex() else None
+    ok = isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number)
+    if not ok or number < 0 or number != int(number):
+        raise ValueError(f"{where}: 'step' must be a non-negative integer count (a number or a one-element tensor); "
+                         f"got {value!r:.80}")
+
+
+def _needs_step(plan: Plan) -> bool:
+    """Whether the step reads the step index: a learning-rate schedule, a hook or a stateful oracle."""
+    d = plan.driver
+    return callable(d.lr) or plan.hooked or d.grad_transform is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -600,7 +743,7 @@ class Scion(DriverOptimizer):
         beta = 1.0 - momentum if isinstance(momentum, (int, float)) and not isinstance(momentum, bool) else momentum
         with renamed({"beta": ("momentum", momentum, one_minus), "radius": ("scale", group["scale"])}):
             geometry = ScionGeometry(group["norm"], dict(group["norm_kwargs"] or {}), group["scale"])
-            factory = uscion if group["unconstrained"] else scion
+            factory = uscion if validation.boolean("unconstrained", group["unconstrained"]) else scion
             return factory(group["lr"], beta=beta, geometry=geometry, nonfinite=group["nonfinite"])
 
 

@@ -38,7 +38,7 @@ class HyperparameterError(ValueError):
     full ``message`` is given (torch's own wording, for the drop-in classes)."""
 
     def __init__(self, name: str, value: Any, requirement: str, message: str | None = None) -> None:
-        self.name, self.value, self.requirement = name, value, requirement
+        self.name, self.value, self.requirement, self.worded = name, value, requirement, message is not None
         super().__init__(message or f"{name} must be {requirement}; got {name}={value!r}")
 
 
@@ -51,12 +51,12 @@ def renamed(names: Renaming) -> Iterator[None]:
 
     ``names`` maps an inner name to ``(outer_name, outer_value)`` or ``(outer_name, outer_value, message)``;
     ``message`` (a format string with ``{name}`` and ``{value}``) replaces the generic wording. Errors about
-    names not in the map pass unchanged.
+    names not in the map, and errors worded for the user already (torch's own messages), pass unchanged.
     """
     try:
         yield
     except HyperparameterError as err:
-        if err.name not in names:
+        if err.name not in names or err.worded:
             raise
         outer = names[err.name]
         name, value = outer[0], outer[1]

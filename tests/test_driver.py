@@ -552,8 +552,8 @@ def _run_apply(driver, names, inits, grads_seq, *, inplace, executor=None):
     return params, slots
 
 
-def _one_pass(plan, batches, estimates, params, slots, step):
-    """An executor that evaluates every batch of the part in one pass (as the distributed executor does)."""
+def _one_pass(plan, batches, estimates, params, slots, step, stacked=None):
+    """An executor that evaluates every batch in one pass, stacking itself (as the distributed executor does)."""
     from lmo.optimizers.step import evaluate
 
     return evaluate(plan, batches, estimates, params, slots, step)

@@ -635,3 +635,57 @@ def test_bias_correction_acts_on_spectral_parameters_only():
     b, _ = plain.step(x, grads, plain.init(x))
     assert torch.equal(a["b"], b["b"])  # not a polar oracle: unchanged
     torch.testing.assert_close(a["w"], polar_bias_correction(grads["w"], b["w"], 0.16))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every parameter is trained privately
+# ---------------------------------------------------------------------------------------------------------------
+class Tagger(torch.nn.Module):
+    """Embedding, biases, a GroupNorm and a LayerNorm gain: every kind of parameter a DP model has."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.embed = torch.nn.Embedding(10, 8)
+        self.hidden = torch.nn.Linear(8, 8)
+        self.group = torch.nn.GroupNorm(2, 8)
+        self.norm = torch.nn.LayerNorm(8)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        h = self.embed(tokens).mean(dim=1)
+        h = self.group(torch.tanh(self.hidden(h)))
+        return self.out(self.norm(h))
+
+
+@needs_spectral
+def test_dpmuon_trains_biases_gains_and_embeddings_privately_never_from_grad():
+    net = Tagger()
+    x, y = torch.randint(0, 10, (6, 5)), torch.randint(0, 3, (6,))
+    opt = lo.DPMuon(net.parameters(), lr=0.05, noise_multiplier=0.0, max_grad_norm=1e6, expected_batch_size=6,
+                    weight_decay=0.0)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    for p in net.parameters():
+        p.grad = torch.full_like(p, float("nan"))  # a step that read p.grad would refuse it or write NaN
+    privacy.per_sample_grads(net, torch.nn.functional.cross_entropy, x, y)
+    mean = {n: p.grad_sample.mean(dim=0) for n, p in net.named_parameters()}  # sigma = 0, no clipping: the mean
+    opt.step()
+    vectors = [n for n, p in net.named_parameters() if p.ndim < 2]
+    assert {"hidden.bias", "group.weight", "group.bias", "norm.weight", "out.bias"} <= set(vectors)
+    for n, p in net.named_parameters():
+        assert torch.isfinite(p).all() and not torch.equal(p.detach(), before[n]), n
+    for n in vectors:  # the default vector geometry: rms, step -lr c / rms(c), c = (1 - beta^2) g from zero momentum
+        g = mean[n]
+        expected = before[n] - 0.05 * g / torch.sqrt(torch.mean(g * g))
+        torch.testing.assert_close(dict(net.named_parameters())[n].detach(), expected, rtol=1e-5, atol=1e-6)
+    # the embedding is a matrix: Muon's step, of spectral norm lr * adjust = 0.05 * sqrt(10 / 8)
+    moved = dict(net.named_parameters())["embed.weight"].detach() - before["embed.weight"]
+    assert float(torch.linalg.matrix_norm(moved, 2)) == pytest.approx(0.05 * math.sqrt(10 / 8), rel=0.25)
+    assert opt.steps == 1
+
+
+def test_a_batchnorm_model_is_refused_with_the_reason():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 2))
+    with pytest.raises(ValueError, match="BatchNorm.*mixes the examples"):
+        privacy.per_sample_grads(net, torch.nn.functional.cross_entropy, torch.randn(5, 4), torch.randint(0, 2, (5,)))
+    assert all(getattr(p, "grad_sample", None) is None for p in net.parameters())

@@ -64,10 +64,17 @@ def test_sparse_and_complex_rejected_with_clear_errors():
     emb = torch.nn.Embedding(10, 3, sparse=True)
     opt = lo.SignSGD(emb.parameters(), lr=0.1)
     emb(torch.tensor([1, 2])).sum().backward()
-    with pytest.raises(ValueError, match="sparse"):
+    with pytest.raises(ValueError, match="SignSGD does not support sparse gradients"):
         opt.step()
-    with pytest.raises(ValueError, match="complex"):
-        lo.SignSGD([torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))])
+    # as torch.optim: accepted at construction, refused at the step (a ValueError and torch's RuntimeError)
+    z = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    opt = lo.SignSGD([z])
+    z.grad = torch.ones_like(z)
+    with pytest.raises(ValueError, match="SignSGD does not support complex parameters: parameter '0.0'"):
+        opt.step()
+    with pytest.raises(RuntimeError, match="complex"):
+        opt.step()
+    assert torch.equal(z.grad, torch.ones_like(z))
 
 
 def test_nonfinite_gradient_raises_naming_the_parameter_and_changes_nothing():

@@ -1,0 +1,101 @@
+"""(f) ``torch.compile(optimizer.step)`` with a tensor learning rate under an LR schedule: lmo.optimizers.Muon vs
+torch.optim.Muon -- warm-up time, recompilations, steady step time, and agreement with the eager step.
+
+The parameter set is the hidden matrices of a GPT-style stack of width d (per layer four ``d x d``, one ``4d x d``,
+one ``d x 4d``; random gradients, a fresh set per step, the same for every configuration). Each configuration gets a
+fresh ``torch._dynamo`` state and inductor's caches are disabled (``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``), so the
+warm-up is a cold compile. Warm-up: the wall time of the first ``--warmup`` compiled steps (compilation included);
+steady: the median wall time of the following steps (interleaved with nothing: one configuration at a time, since
+each holds its own compiled code). ``graphs`` counts the distinct graphs dynamo compiled; ``recompiles`` how many
+compilations happened after the warm-up (the target is 0). ``vs eager``: the largest relative difference between the
+compiled and the eager optimizer's parameters after the same steps.
+
+Usage: ``python benchmarks/muon_compile.py [--quick] [--json PATH] [--threads N] [--widths 64,256]``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+
+import torch  # noqa: E402
+
+import lmo.optimizers as lo  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import parser, report, setup  # noqa: E402
+
+
+def shapes(d: int, layers: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for _ in range(layers):
+        out += [(d, d)] * 4 + [(4 * d, d), (d, 4 * d)]
+    return out
+
+
+def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, float, int, int, list[torch.Tensor]]:
+    """``(warm-up s, steady s, graphs, recompiles, params)`` of ``len(grads)`` steps of ``make``'s optimizer."""
+    import torch._dynamo as dynamo
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in sizes]
+    opt = make(params)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 0.1 * t))
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    step = torch.compile(opt.step) if compiled else opt.step
+    times = []
+    graphs_after_warmup = 0
+    for t, gs in enumerate(grads):
+        for p, g in zip(params, gs):
+            p.grad = g
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+        schedule.step()
+        if t + 1 == warmup:
+            graphs_after_warmup = dynamo.utils.counters["stats"]["unique_graphs"]
+    graphs = dynamo.utils.counters["stats"]["unique_graphs"]
+    return sum(times[:warmup]), statistics.median(times[warmup:]), graphs, graphs - graphs_after_warmup, params
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--widths", default=None, help="comma-separated widths d (default 64,256; quick: 16)")
+    p.add_argument("--warmup", type=int, default=3, help="steps counted as warm-up (default 3)")
+    args = p.parse_args()
+    args.clock = "wall"  # compilation happens on the host's wall clock
+    setup(args)
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else ([16] if args.quick else [64, 256])
+    steps = args.repeats or (6 if args.quick else 15)
+    configs = {
+        "torch.optim.Muon": lambda ps: torch.optim.Muon(ps, lr=torch.tensor(0.02)),
+        "lmo Muon": lambda ps: lo.Muon(ps, lr=torch.tensor(0.02)),
+    }
+    rows = []
+    for d in widths:
+        sizes = shapes(d, 1 if args.quick else 4)
+        gen = torch.Generator().manual_seed(1)
+        grads = [[torch.randn(s, generator=gen) for s in sizes] for _ in range(args.warmup + steps)]
+        results = {}
+        for name, make in configs.items():
+            warm, steady, graphs, recompiles, compiled = run(make, sizes, grads, args.warmup, True)
+            _, eager_steady, _, _, eager = run(make, sizes, grads, args.warmup, False)
+            diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(compiled, eager))
+            results[name] = (warm, steady, graphs, recompiles, eager_steady, diff)
+        base = results["torch.optim.Muon"]
+        for name, (warm, steady, graphs, recompiles, eager_steady, diff) in results.items():
+            rows.append([d, name, round(warm, 2), warm / base[0], steady * 1e3, steady / base[1], graphs, recompiles,
+                         eager_steady * 1e3, f"{diff:.1e}"])
+    report(args, "muon_compile", ["d", "optimizer", "warm-up s", "warm-up vs torch", "steady ms", "steady vs torch",
+                                  "graphs", "recompiles after warm-up", "eager ms", "vs eager"], rows,
+           {"targets": "warm-up <= 2x torch.optim.Muon's, steady <= 1x torch's compiled step, 0 recompiles after "
+                       "warm-up, results equal to eager"})
+
+
+if __name__ == "__main__":
+    main()
