@@ -11,8 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import lmo.optimizers as lo  # noqa: E402
 from _doubles import skip_without  # noqa: E402
+
+import lmo.optimizers as lo  # noqa: E402
 
 
 def _params(shapes=((6, 4), (3, 5)), seed=0):

@@ -10,8 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import lmo.optimizers as lo  # noqa: E402
 from _doubles import skip_without  # noqa: E402
+
+import lmo.optimizers as lo  # noqa: E402
 
 SHAPES = [(8, 8), (8, 8), (16, 8), (5,)]  # a stacked pair, a tall matrix, a vector
 

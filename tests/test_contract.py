@@ -57,3 +57,30 @@ def test_outputs_keep_the_input_namespace(backend):
         g = backend.asarray(np.random.default_rng(0).standard_normal(hard_inputs(norm)[-1][1].shape), "float32")
         out = norm.lmo(g)
         assert type(out) is type(g) and out.dtype == g.dtype and out.shape == g.shape
+
+
+# -- the factored oracle that the optimizers read --------------------------------------------------------------------
+def _factored_cases():
+    import lmo
+
+    for name, cls in lmo.norms().items():
+        for norm in cls.examples():
+            yield pytest.param(norm, id=f"{name}:{norm!r}"[:90])
+
+
+@pytest.mark.parametrize("norm", list(_factored_cases()))
+def test_lmo_factored_is_lmo_up_to_the_rounding_of_its_dtype(norm):
+    """``lmo(g) = f * d`` for ``(d, f) = lmo_factored(g)``, in float64 within the rounding of ``d``'s dtype."""
+    torch = pytest.importorskip("torch")
+    shape = norm.core_shape() or ((5, 7) if norm.ndim == 2 else (7,) if norm.ndim == 1 else (3,) * norm.ndim)
+    if getattr(norm, "ndim", 1) >= 3 and norm.core_shape() is None:
+        shape = (4, 2) + (3,) * (norm.ndim - 2)
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn((2, *shape), generator=gen, dtype=torch.float32)
+    if callable(getattr(norm, "lmo_stateful", None)):
+        pytest.skip("stateful oracles are called through lmo_stateful")
+    d, f = norm.lmo_factored(g)
+    assert isinstance(f, float) and tuple(d.shape) == tuple(g.shape)
+    eps = torch.finfo(d.dtype).eps
+    full = norm.lmo(g).double()
+    np.testing.assert_allclose((f * d.double()).numpy(), full.numpy(), atol=4 * eps * float(full.abs().max()) + 1e-12)

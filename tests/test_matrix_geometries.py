@@ -224,3 +224,4 @@ def test_bad_parameters_and_inputs_are_named():
 def test_property_kit_passes(cls):
     report = check_plugin(cls, backends=["numpy", "array_api_strict"], max_examples=5)
     assert report.ok, str(report)
+
