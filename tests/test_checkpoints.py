@@ -247,7 +247,7 @@ def test_muon_trains_on_torchs_inputs_and_its_state_round_trips():
         assert torch.equal(ours, twin), opt_input.desc
 
 
-# -- weights-only checkpoints of every optimizer ------------------------------------------------------------------------
+# -- weights-only checkpoints of every optimizer -----------------------------------------------------------------------
 def _every_optimizer():
     yield "LMOOptimizer(signum)", lambda ps: lo.LMOOptimizer(ps, lo.signum(0.05, beta=0.5))
     yield "LMOOptimizer(schedule)", lambda ps: lo.LMOOptimizer(ps, lo.sign_sgd(lambda t: 0.1 / (1 + t)))
