@@ -18,10 +18,12 @@ __all__ = ["parser", "out_dir", "save_json", "progress", "savefig", "plt"]
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
-    """An argument parser with ``--out`` (default ``out/``) and ``--quick`` (small sizes, a few seconds)."""
+    """An argument parser with ``--out`` (default ``out/``), ``--quick`` (small sizes) and ``--json PATH``."""
     p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
     p.add_argument("--out", default="out", help="folder for the PNG plot and the JSON of numbers (default: out/)")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="where to write the JSON of numbers (claim, setting, holds, ...); default: next to the plot")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
