@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["sfo_argmin_interior"] = {name: res["sweeps"][name]["sfo_argmin_interior"] for name in betas}
     png = plot(res, out / "critical_batch_size.png")
     summary = {k: v for k, v in res.items() if k != "results"}
-    _repro.save_json(Path(args.json) if args.json else out / "critical_batch_size.json", summary)
+    _repro.save_evidence(args, out, "critical_batch_size", summary)
     print(f"eps grid {res['eps_grid']} (chosen per sweep), batches {res['batches']}")
     for name, sw in res["sweeps"].items():
         key = "beta" if name.startswith("beta") else "weight_decay"

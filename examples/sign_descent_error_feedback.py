@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"adversarial tie rule (ties met: "
                       f"{sum(r['ties'] for r in res['rows'])})")
     png = plot(res, out / "sign_descent_error_feedback.png")
-    _repro.save_json(Path(args.json) if args.json else out / "sign_descent_error_feedback.json", res)
+    _repro.save_evidence(args, out, "sign_descent_error_feedback", res)
     T = str(res["horizon"])
     for r in res["rows"]:
         print(f"{r['method']:11s} beta={r['beta']:<5} {r['schedule']:10s} eps={r['eps']:<7} best over lr: "

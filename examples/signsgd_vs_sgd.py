@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = sweep(dims, show=not args.no_progress, **kw)
     summary = summarise(results, dims, eps=0.4, runs=kw.get("runs", 64), points=kw.get("points", 12))
     png = plot(summary, results, out / "signsgd_vs_sgd.png")
-    _repro.save_json(Path(args.json) if args.json else out / "signsgd_vs_sgd.json", summary)
+    _repro.save_evidence(args, out, "signsgd_vs_sgd", summary)
     for key, by_noise in summary["instances"].items():
         for noise, t in by_noise.items():
             print(f"{key:12s} {noise:15s} d={t['d']} N_SGD={t['N_SGD']} N_SignSGD={t['N_SignSGD']} "
