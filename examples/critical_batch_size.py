@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         res = run(lr=args.lr, batches=(1, 4, 16, 64, 256, 1024), betas=(0.5, 0.9, 0.98), decays=(0.0, 0.3, 1.0),
                   sweeps=("beta, fixed lr", "beta, lag held", "lambda, lag held"), seeds=2,
-                  eps_grid=(2.0, 1.4, 1.0, 0.7), max_steps=4000, boot=200, show=not args.no_progress)
+                  eps_grid=(2.0, 1.4, 1.0, 0.7), max_steps=2000, boot=200, show=not args.no_progress)
     else:
         res = run(lr=args.lr, show=not args.no_progress)
     res.update(verdict(res))
