@@ -14,14 +14,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["parser", "out_dir", "save_json", "progress", "savefig", "plt"]
+__all__ = ["parser", "out_dir", "save_json", "save_evidence", "progress", "savefig", "plt"]
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
-    """An argument parser with ``--out`` (default ``out/``) and ``--quick`` (small sizes, a few seconds)."""
+    """An argument parser with ``--out`` (default ``out/``), ``--quick`` (small sizes) and ``--json PATH``."""
     p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
     p.add_argument("--out", default="out", help="folder for the PNG plot and the JSON of numbers (default: out/)")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="where to write the JSON of numbers (claim, setting, holds, ...); default: next to the plot")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -52,6 +54,18 @@ def _plain(value: Any) -> Any:
 def save_json(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(_plain(data), indent=2) + "\n")
     return path
+
+
+def save_evidence(args: argparse.Namespace, out: Path, name: str, summary: dict[str, Any]) -> Path:
+    """Write a reproduction's JSON to ``--json`` (default ``out/<name>.json``), after checking the Evidence contract:
+    ``claim`` (the paper's claim, with its arXiv id), ``setting`` (what was held fixed, the metric, the tuning) and
+    ``holds`` (whether the qualitative claim reproduced in this run)."""
+    missing = [key for key in ("claim", "setting", "holds") if key not in summary]
+    if missing:
+        raise ValueError(f"the JSON of {name} lacks {missing}: every reproduction states claim, setting and holds")
+    if "arXiv" not in summary["claim"]:
+        raise ValueError(f"the claim of {name} must name its arXiv id; got {summary['claim']!r}")
+    return save_json(Path(args.json) if args.json else out / f"{name}.json", summary)
 
 
 def progress(iterable=None, *, total: int | None = None, desc: str = "", disable: bool = False):
