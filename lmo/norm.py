@@ -178,26 +178,29 @@ def _guard_nonfinite(
 ) -> tuple[Array, Any]:
     """The non-finite input policy of :class:`Norm` (its docstring): ``(x_clean, narrow_guarded)``.
 
-    One reduction finds the bad batch entries (``max |x|`` over the core is NaN if the entry holds a NaN and ``inf``
-    if it holds an infinity); bad entries are replaced by 0 (``"limit"``: by ``at_infinity(x)`` where infinite), so
-    that no backend routine (an SVD, say) ever sees them; the returned ``narrow`` overwrites their results: per-entry
-    values (shape ``batch``) with NaN / ``inf``, arrays of the input's shape with NaN where the policy refuses.
-    On the hot path (a ``"nan"`` oracle) that is a reduction, one ``where`` on the input and one on the output, with
-    no host synchronisation, so it runs under ``torch.compile``.
+    Two read-only reductions find the bad batch entries (``max x`` over the core is NaN if the entry holds a NaN and
+    ``inf`` if it holds ``+inf``; ``min x`` catches ``-inf``); bad entries are replaced by 0 (``"limit"``: by
+    ``at_infinity(x)`` where infinite), so that no backend routine (an SVD, say) ever sees them; the returned
+    ``narrow`` overwrites their results: per-entry values (shape ``batch``) with NaN / ``inf``, arrays of the input's
+    shape with NaN where the policy refuses. On the hot path (a ``"nan"`` oracle) that is the reductions, one
+    ``where`` on the input and one on the output, with no host synchronisation, so it runs under ``torch.compile``.
     """
-    peak = xp.max(xp.abs(x), axis=tuple(range(-ndim, 0)))  # batch shape; NaN propagates (vector_norm is slower)
-    finite = peak < math.inf
-    spread = tuple(peak.shape) + (1,) * ndim
+    axes = tuple(range(-ndim, 0))
+    high = xp.max(x, axis=axes)  # batch shape; NaN propagates through max and min (and no |x| temporary is made)
+    finite = (high < math.inf) & (xp.min(x, axis=axes) > -math.inf)
+    undefined = xp.isnan(high)
+    spread = tuple(high.shape) + (1,) * ndim
     ok = xp.reshape(finite, spread)
     if policy == "limit":
-        clean = xp.where(ok, x, xp.where(xp.reshape(peak == math.inf, spread), at_infinity(xp, x), 0.0))
-        refused = xp.reshape(xp.isnan(peak), spread)
+        infinite = xp.reshape(~finite & ~undefined, spread)
+        clean = xp.where(ok, x, xp.where(infinite, at_infinity(xp, x), 0.0))
+        refused = xp.reshape(undefined, spread)
     else:
         clean = xp.where(ok, x, 0.0)
 
     def guarded(y: Array) -> Array:
-        if y.ndim == peak.ndim:  # a value per entry: norm, dual_norm
-            y = xp.where(xp.isnan(peak), math.nan, xp.where(finite, y, math.inf))
+        if y.ndim == high.ndim:  # a value per entry: norm, dual_norm
+            y = xp.where(undefined, math.nan, xp.where(finite, y, math.inf))
         elif y.ndim == x.ndim:  # an array of the input's shape: lmo, sharp
             y = xp.where(refused, math.nan, y) if policy == "limit" else xp.where(ok, y, math.nan)
         return narrow(y)

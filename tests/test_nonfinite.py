@@ -105,6 +105,7 @@ def test_lmo_at_nonfinite_gradients(backend):
     assert np.isfinite(d[[0, 2]]).all() and np.isnan(d[1]).all()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo's notes on array-api-compat's lru_cache
 def test_guard_compiles_without_graph_breaks():
     """No host synchronisation: torch.compile(fullgraph=True) traces an oracle with the guard, refusing and limiting."""
     torch = pytest.importorskip("torch")
