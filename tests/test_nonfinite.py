@@ -88,6 +88,17 @@ def test_nonfinite_inputs(norm, backend_name):
             np.testing.assert_allclose(d[2], limit, rtol=4 * tol, atol=4 * tol)
 
 
+def test_product_takes_the_limit_block_by_block(backend):
+    """combine="max": a block with an infinity gets its own limit, the finite blocks their usual direction."""
+    prod = lmo.get_norm("product", blocks=[("sign", (2,)), ("l2", (3,)), ("colnorm", (2, 2))], radii=(1.0, 2.0, 0.5))
+    g = np.array([[0.5, -2.0, 1.0, -np.inf, np.inf, 3.0, -4.0, 0.0, 1.0]])
+    d = to_numpy(prod.lmo(backend.asarray(g)))[0]
+    np.testing.assert_allclose(d[:2], [-1.0, 1.0])
+    np.testing.assert_allclose(d[2:5], 2.0 * np.array([0.0, 1.0, -1.0]) / np.sqrt(2), atol=1e-12)
+    np.testing.assert_allclose(d[5:], to_numpy(prod.blocks[2][0].lmo(backend.asarray(g[:, 5:].reshape(1, 2, 2))))
+                               .ravel() * 0.5, atol=1e-12)
+
+
 def test_lmo_at_nonfinite_gradients(backend):
     """The manifold oracles follow the policy of their geometry (Stiefel: refuse; the sphere: the limit)."""
     st = Stiefel()
