@@ -125,15 +125,18 @@ class Stiefel(Spectral, name="stiefel"):
     symmetric ``L``:
 
     - square ``W`` (``m = n``): ``A = W K``, ``K`` skew, so ``lmo_at = -W msign(skew(W^T G))`` (closed form, exact);
-    - tall ``W``: no closed form; the dual is non-smooth exactly where the problem is hard (on nearly square shapes
-      with ``n - (m - n)`` odd the optimal ``G + W L`` is rank-deficient and the optimal ``A`` has a singular value
-      below 1, so ``-msign(G + W L)`` is not the answer for any ``L``). It is solved by the proximal point method
-      on the primal, ``A_(k+1) = argmin { <G, A> + (eps_k / 2) ||A - A_k||_F^2 : A tangent, ||A||_2 <= 1 }``
+    - tall ``W``: no closed form, and the dual is non-smooth where it matters: on nearly square shapes (measured: for
+      random ``G`` whenever ``m - n < n`` and ``n - (m - n)`` is odd, as (7, 5), (9, 5), (7, 6)) the optimal
+      ``G + W L`` is rank-deficient and the optimal ``A`` has a singular value below 1, so ``A = -msign(G + W L)``
+      (what dual ascent returns) is not the answer for any ``L``. It is solved by the proximal point method on
+      the primal, ``A_(k+1) = argmin { <G, A> + (eps_k / 2) ||A - A_k||_F^2 : A tangent, ||A||_2 <= 1 }``
       with ``eps_k`` shrinking (``eps_0 = 10^-2 ||P G||_2``, factor 1/5 per round), each round solved through its
       smooth dual: ``A(L) = -U min(S / eps, 1) V^T`` for ``G + W L - eps A_k = U S V^T``, and ``L`` solves
       ``sym(W^T A(L)) = 0`` by a semismooth Newton method (conjugate gradients on the exact generalised Jacobian,
       Levenberg-Marquardt damping with a ratio test). Rounds stop when the duality gap
-      ``<G, A> + ||G + W L||_*`` is at most ``tol`` times ``|OPT|``, or after ``max_steps`` Newton trials in all.
+      ``<G, A> + ||G + W L||_*`` is at most ``tol`` times ``|OPT|``, or after ``max_steps`` iterations in all
+      (Newton trials and round changes; each costs one SVD of an ``m x n`` matrix and conjugate-gradient
+      products of ``n x n`` ones).
 
     The result is projected onto the tangent space and rescaled into the unit ball, so it is always feasible;
     ``lmo_at(..., info=True)`` also returns the gap certificate (:class:`StiefelInfo`). On inputs whose gap target is
