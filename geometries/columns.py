@@ -42,6 +42,7 @@ class _LineNorm(Norm):
 
     transpose: bool = False
     ndim = 2
+    infinite_input = "limit"
 
     def _reduce_axis(self) -> int:  # the axis whose entries form one line
         raise NotImplementedError
@@ -71,6 +72,14 @@ class _LineNorm(Norm):
 
     def _view(self, xp: Namespace, x: Array) -> Array:
         return xp.matrix_transpose(x) if self.transpose else x
+
+    def _at_infinity(self, xp: Namespace, x: Array) -> Array:
+        """Line by line: a line with infinite entries is replaced by the signs of those entries (its limit
+        direction), the other lines stay (their oracle does not depend on the rest)."""
+        axis = self._reduce_axis() if not self.transpose else -3 - self._reduce_axis()
+        infinite = xp.isinf(x)
+        line = xp.any(infinite, axis=axis, keepdims=True)
+        return xp.where(line, xp.where(infinite, xp.sign(x), xp.zeros_like(x)), x)
 
     def _lengths(self, xp: Namespace, x: Array) -> tuple[Array, Array]:
         """``(lengths, units)``: l2 length of each line (keepdims) and the unit lines, scale-safe."""
@@ -159,6 +168,10 @@ class ScionSign(Norm, name="scion_sign"):
 
     ndim = 2
     symmetry = "signed_permutation"
+    infinite_input = "limit"
+
+    def _at_infinity(self, xp: Namespace, x: Array) -> Array:
+        return x  # -sign(G) / c does not depend on the magnitudes: the oracle is its own limit
 
     def __post_init__(self) -> None:
         if not isinstance(self.normalized, bool):

@@ -87,6 +87,17 @@ class Product(Norm, name="product"):
     def slack(self) -> float:  # type: ignore[override]
         return max(n.slack for n, _ in self.blocks)
 
+    @property
+    def infinite_input(self) -> str:  # type: ignore[override]
+        """``"limit"`` for ``combine="max"`` when every block takes the limit (the blocks' oracles are independent,
+        each block applies the policy itself); ``"nan"`` otherwise (with ``"sum"`` / ``"l2"`` the weights of tied
+        infinite blocks depend on the finite parts)."""
+        limit = self.combine == "max" and all(n.infinite_input == "limit" for n, _ in self.blocks)
+        return "limit" if limit else "nan"
+
+    def _at_infinity(self, xp: Namespace, x: Array) -> Array:
+        return x  # the blocks apply the policy to their raw parts
+
     def core_shape(self) -> tuple[int, ...]:
         return (sum(math.prod(s) for _, s in self.blocks),)
 

@@ -80,6 +80,9 @@ class Spectral(Norm, name="spectral"):
 
     ndim = 2
     symmetry = "orthogonal"
+    # the limit of msign(g_t) is the polar factor of the infinite part only where that part has full rank; elsewhere
+    # it depends on the finite part, so an infinite input is refused (NaN)
+    infinite_input = "nan"
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, str):
@@ -231,6 +234,7 @@ class Nuclear(Norm, name="nuclear"):
 
     ndim = 2
     symmetry = "orthogonal"
+    infinite_input = "nan"  # a repeated top singular value of the infinite part leaves the limit to the finite part
 
     def __post_init__(self) -> None:
         if self.method not in ("svd", "power"):
@@ -300,6 +304,7 @@ class Schatten(Norm, name="schatten"):
 
     ndim = 2
     symmetry = "orthogonal"
+    infinite_input = "limit"  # the oracle is continuous away from 0: its limit is its value at the infinite part
 
     def __post_init__(self) -> None:
         if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 1 < self.p < math.inf:

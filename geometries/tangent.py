@@ -41,6 +41,10 @@ class Tangent(Norm):
     def ndim(self) -> int:  # type: ignore[override]
         return self.manifold.ndim
 
+    @property
+    def infinite_input(self) -> str:  # type: ignore[override]
+        return self.manifold.infinite_input
+
     def norm(self, x: Array) -> Array:
         return self.manifold.norm(x)
 

@@ -49,8 +49,14 @@ class Sign(_Entrywise, name="sign"):
     """The l-infinity norm ``max_i |x_i|``; dual ``sum_i |g_i|``; ``lmo(g) = -sign(g)``.
 
     Ties and zero: a coordinate with ``g_i = 0`` gets ``d_i = 0`` (any value in [-1, 1] is optimal; 0 keeps the
-    oracle odd, equivariant and ``lmo(0) = 0``).
+    oracle odd, equivariant and ``lmo(0) = 0``). Infinite entries: ``-sign(g)``, the limit (it does not depend on
+    the magnitudes).
     """
+
+    infinite_input = "limit"
+
+    def _at_infinity(self, xp: Namespace, x: Array) -> Array:
+        return x  # -sign(g_t) does not depend on t: the oracle is its own limit
 
     def norm(self, x: Array) -> Array:
         xp, x, narrow = self._prepare(x, "x")
@@ -74,7 +80,10 @@ class L1(_Entrywise, name="l1"):
 
     Ties: the unit mass is split equally among all coordinates that attain ``max|g|`` (never full mass on each, which
     would be infeasible), so the oracle is deterministic and equivariant under signed permutations. ``lmo(0) = 0``.
+    Infinite entries: the limit splits the mass among the infinite coordinates.
     """
+
+    infinite_input = "limit"
 
     def norm(self, x: Array) -> Array:
         xp, x, narrow = self._prepare(x, "x")
@@ -94,9 +103,11 @@ class L1(_Entrywise, name="l1"):
 
 
 class L2(_Entrywise, name="l2"):
-    """The Euclidean norm; self-dual; ``lmo(g) = -g / ||g||_2``, and ``lmo(0) = 0``."""
+    """The Euclidean norm; self-dual; ``lmo(g) = -g / ||g||_2``, and ``lmo(0) = 0``. Infinite entries: the limit
+    ``-s / ||s||_2``, ``s`` the signs of the infinite entries (0 elsewhere)."""
 
     symmetry = "orthogonal"
+    infinite_input = "limit"
 
     def _length(self, xp: Namespace, x: Array) -> tuple[Array, Array]:
         """``(||x||_2, x / ||x||_2)``, both 0 at ``x = 0``, computed without overflow or underflow."""
@@ -136,9 +147,11 @@ class Lp(_Entrywise, name="lp"):
         lmo(g) = -sign(g) |g|^(q-1) / ||g||_q^(q-1).
 
     The maximiser is unique for ``g != 0``; ``lmo(0) = 0``. (``p = 1``, ``2``, ``inf`` have their own classes.)
+    Infinite entries: the limit, the oracle at the signs of the infinite entries (0 elsewhere).
     """
 
     p: float = 3.0
+    infinite_input = "limit"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -187,6 +200,10 @@ class WeightedSign(Norm, name="weighted_sign"):
 
     weights: Sequence[float] = (1.0,)
     symmetry = "sign_flip"
+    infinite_input = "limit"
+
+    def _at_infinity(self, xp: Namespace, x: Array) -> Array:
+        return x  # -sign(g_t) does not depend on t: the oracle is its own limit
 
     def __post_init__(self) -> None:
         try:
@@ -266,6 +283,13 @@ class Scaled(Norm, name="scaled"):
     @property
     def separable_axes(self) -> tuple[int, ...]:  # type: ignore[override]
         return self.base.separable_axes
+
+    @property
+    def infinite_input(self) -> str:  # type: ignore[override]
+        return self.base.infinite_input
+
+    def _at_infinity(self, xp: Namespace, x: Array) -> Array:
+        return x  # the base applies the policy to the raw input itself
 
     def core_shape(self) -> tuple[int, ...] | None:
         return self.base.core_shape()

@@ -29,6 +29,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import inspect
+import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -60,6 +61,19 @@ class Norm(abc.ABC):
         A group of isometries under which the norm is invariant, checked by ``lmo.testing``:
         ``"signed_permutation"`` (entrywise norms), ``"sign_flip"``, ``"orthogonal"`` (Euclidean and Schatten norms
         act on vectors / on both sides of matrices), ``"orthogonal_left"``, ``"orthogonal_right"``, or ``None``.
+    ``infinite_input``
+        What the oracle does with an infinite input entry, ``"limit"`` or ``"nan"`` (the default). The policy for
+        non-finite inputs, the same for every geometry and applied once, in :meth:`_prepare`:
+
+        - a NaN anywhere in a batch entry makes that entry's ``lmo`` and ``sharp`` NaN in every position, and its
+          ``norm`` / ``dual_norm`` NaN; never a finite direction, never a backend exception;
+        - an entry with ``+-inf`` (and no NaN) has ``norm`` / ``dual_norm`` ``inf``; its ``lmo`` is, for
+          ``"limit"``, the finite limit of ``lmo(g_t)`` where ``g_t`` replaces ``+-inf`` by ``+-t``, ``t -> inf``
+          (feasible), and for ``"nan"`` NaN in every position (a refusal that needs no host synchronisation: the
+          optimizers' finiteness check turns it into a refused step); its ``sharp`` (an infinite step) is NaN;
+        - every other batch entry is computed as if the bad ones were absent.
+
+        A ``"limit"`` geometry says how its limit is computed by :meth:`_at_infinity`.
     ``separable_axes``
         The core axes (negative indices among the trailing ``ndim`` axes) along which the oracle is separable:
         for every axis ``a`` listed, cutting ``g`` into blocks along ``a`` and applying ``lmo`` to each block
@@ -75,6 +89,7 @@ class Norm(abc.ABC):
     slack: ClassVar[float] = 0.0
     symmetry: ClassVar[str | None] = None
     separable_axes: ClassVar[tuple[int, ...]] = ()
+    infinite_input: ClassVar[str] = "nan"
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -109,10 +124,12 @@ class Norm(abc.ABC):
     def sharp(self, g: Array) -> Array:
         """``g^# = -||g||_* lmo(g)``: the steepest-descent step ``argmax_d <g, d> - ||d||^2 / 2``, up to sign.
 
-        With this convention ``<g, sharp(g)> = ||g||_*^2`` and ``||sharp(g)|| = ||g||_*``.
+        With this convention ``<g, sharp(g)> = ||g||_*^2`` and ``||sharp(g)|| = ||g||_*``. A batch entry with a NaN
+        or an infinity gives NaN (an infinite step is refused like an undefined one).
         """
         xp = namespace(g)
         scale = self.dual_norm(g)
+        scale = xp.where(xp.isinf(scale), math.nan, scale)
         scale = xp.reshape(scale, tuple(scale.shape) + (1,) * self.ndim)
         return -scale * self.lmo(g)
 
@@ -148,10 +165,56 @@ class Norm(abc.ABC):
         if expected is not None and core != tuple(expected):
             raise ValueError(f"{self!r}: {name} must have trailing shape {tuple(expected)}; got shape {tuple(x.shape)}")
         wide, narrow = widen(xp, x, name=name, where=self)  # the norm's repr is formed only for an error
-        return xp, wide, narrow
+        return (xp, *_guard_nonfinite(xp, wide, narrow, self.ndim, self.infinite_input, self._at_infinity))
+
+    def _at_infinity(self, xp: Namespace, x: Array) -> Array:
+        """For ``infinite_input = "limit"``: the input on which the oracle is evaluated in place of a batch entry
+        ``x`` that holds ``+-inf`` (and no NaN), such that ``lmo`` there is ``lim_{t -> inf} lmo(x_t)``.
+
+        Default: the direction of the infinite part, ``sign(x)`` where ``x`` is infinite and 0 elsewhere
+        (``x_t / t`` tends to it, and ``lmo`` is positively homogeneous of degree 0), right for every oracle that
+        is continuous there. An oracle that computes the limit from the raw input (``-sign(g)``, or a wrapper whose
+        inner norms apply this policy themselves) returns ``x``.
+        """
+        return xp.where(xp.isinf(x), xp.sign(x), xp.zeros_like(x))
 
     def _axes(self) -> tuple[int, ...]:
         return tuple(range(-self.ndim, 0))
+
+
+def _guard_nonfinite(
+    xp: Namespace, x: Array, narrow: Any, ndim: int, policy: str, at_infinity: Any
+) -> tuple[Array, Any]:
+    """The non-finite input policy of :class:`Norm` (its docstring): ``(x_clean, narrow_guarded)``.
+
+    Two read-only reductions find the bad batch entries (``max x`` over the core is NaN if the entry holds a NaN and
+    ``inf`` if it holds ``+inf``; ``min x`` catches ``-inf``); bad entries are replaced by 0 (``"limit"``: by
+    ``at_infinity(x)`` where infinite), so that no backend routine (an SVD, say) ever sees them; the returned
+    ``narrow`` overwrites their results: per-entry values (shape ``batch``) with NaN / ``inf``, arrays of the input's
+    shape with NaN where the policy refuses. On the hot path (a ``"nan"`` oracle) that is the reductions, one
+    ``where`` on the input and one on the output, with no host synchronisation, so it runs under ``torch.compile``.
+    """
+    axes = tuple(range(-ndim, 0))
+    high = xp.max(x, axis=axes)  # batch shape; NaN propagates through max and min (and no |x| temporary is made)
+    finite = (high < math.inf) & (xp.min(x, axis=axes) > -math.inf)
+    undefined = xp.isnan(high)
+    spread = tuple(high.shape) + (1,) * ndim
+    ok = xp.reshape(finite, spread)
+    if policy == "limit":
+        infinite = xp.reshape(~finite & ~undefined, spread)
+        clean = xp.where(ok, x, xp.where(infinite, at_infinity(xp, x), 0.0))
+        refused = xp.reshape(undefined, spread)
+    else:
+        clean = xp.where(ok, x, 0.0)
+
+    def guarded(y: Array) -> Array:
+        if y.ndim == high.ndim:  # a value per entry: norm, dual_norm
+            y = xp.where(undefined, math.nan, xp.where(finite, y, math.inf))
+        elif y.ndim == x.ndim:  # an array of the input's shape: lmo, sharp
+            y = xp.where(refused, math.nan, y) if policy == "limit" else xp.where(ok, y, math.nan)
+        return narrow(y)
+
+    return clean, guarded
 
 
 # -- registry ----------------------------------------------------------------------------------------------------
@@ -180,6 +243,7 @@ def _check_declarations(cls: type[Norm]) -> None:
         ("ndim", lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
         ("delta", lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]"),
         ("slack", lambda v: isinstance(v, (int, float)) and v >= 0, ">= 0"),
+        ("infinite_input", lambda v: v in ("limit", "nan"), "'limit' or 'nan'"),
     ):
         value = inspect.getattr_static(cls, attr)
         if isinstance(value, (property, dataclasses.Field)) or attr in getattr(cls, "__dataclass_fields__", {}):

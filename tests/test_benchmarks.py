@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["muon_step", "polar_roofline", "gram_vs_ns", "dp_per_sample", "optimizer_memory"]
+SCRIPTS = ["muon_step", "polar_roofline", "gram_vs_ns", "dp_per_sample", "optimizer_memory", "nonfinite_guard"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

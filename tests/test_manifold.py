@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,68 @@ def test_stiefel_lmo_at_is_tangent_feasible_and_certified(backend, shape):
     assert value.max() < 0
     if shape[0] == shape[1]:
         assert steps == 0  # closed form
+
+
+def _stiefel_sdp(w: np.ndarray, g: np.ndarray) -> float:
+    """min <G, A> s.t. ||A||_2 <= 1, W^T A + A^T W = 0, by cvxpy's interior-point solver (the independent optimum).
+
+    In the orthonormal coordinates ``A = [W, W_perp] Z`` the tangent constraint says that the top ``n x n`` block of
+    ``Z`` is skew, and ``||A||_2 = ||Z||_2`` (a better-conditioned program than the one in ``A``).
+    """
+    import cvxpy as cp
+
+    m, n = w.shape
+    complement = np.linalg.qr(w, mode="complete")[0][:, n:]
+    h = np.concatenate([w, complement], axis=1).T @ g
+    z = cp.Variable((m, n))
+    top = z[:n, :]
+    problem = cp.Problem(cp.Minimize(cp.sum(cp.multiply(h, z))), [cp.sigma_max(z) <= 1, top + top.T == 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "solution may be inaccurate": Clarabel's reduced accuracy is still ~1e-8
+        problem.solve(solver=cp.CLARABEL)
+    assert problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE), problem.status
+    return float(problem.value)
+
+
+# the shapes of the bug report (nearly square, where the old dual ascent stalled 2-14% off), tall and square ones
+@pytest.mark.parametrize("shape", [(7, 5), (9, 5), (6, 5), (16, 12), (13, 12), (12, 4), (20, 6), (5, 5), (6, 6)])
+def test_stiefel_lmo_at_matches_the_sdp_optimum(shape):
+    rng = np.random.default_rng(sum(shape))
+    st = Stiefel()
+    w = st.project(rng.standard_normal((2, *shape)))
+    g = rng.standard_normal((2, *shape))
+    d, gap, _, _ = st.lmo_at(w, g, info=True)
+    assert np.all(st.tangent_residual(w, d) < 1e-10)
+    assert np.all(np.linalg.norm(d, 2, axis=(-2, -1)) <= 1 + 1e-12)
+    value = (g * d).sum((-2, -1))
+    for b in range(2):
+        optimum = _stiefel_sdp(w[b], g[b])
+        # our point is feasible and certified: OPT <= value <= OPT + gap; the solver's value is OPT to ~1e-8
+        assert abs(value[b] - optimum) <= 1e-6 * abs(optimum), (value[b], optimum)
+        assert value[b] - gap[b] <= optimum + 1e-7 * abs(optimum)
+        assert gap[b] <= 1e-6 * abs(optimum)
+
+
+def test_stiefel_lmo_at_degenerate_inputs():
+    """Gradients that are rank one, nearly normal to the manifold, exactly normal, or of geometric spectrum
+    (singular values 1 .. 1e-6): the certified gap still meets the tolerance."""
+    rng = np.random.default_rng(12)
+    st = Stiefel()
+    w = st.project(rng.standard_normal((9, 5)))
+    sym = rng.standard_normal((5, 5))
+    u, _ = np.linalg.qr(rng.standard_normal((9, 5)))
+    v, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    g = np.stack([
+        np.outer(rng.standard_normal(9), rng.standard_normal(5)),
+        w @ (sym + sym.T) + 1e-3 * rng.standard_normal((9, 5)),
+        (u * np.geomspace(1, 1e-6, 5)) @ v.T,
+    ])
+    d, gap, _, _ = st.lmo_at(np.broadcast_to(w, g.shape), g, info=True)
+    value = (g * d).sum((-2, -1))
+    assert np.all(gap <= 1e-6 * np.abs(value)) and np.all(value < 0)
+    for point in (w, st.project(rng.standard_normal((5, 5)))):  # tall and square
+        normal = st.lmo_at(point, point @ (sym + sym.T))
+        assert np.all(normal == 0)  # a normal gradient has no tangent descent direction
 
 
 def test_stiefel_single_column_is_the_sphere():
