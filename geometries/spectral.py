@@ -128,6 +128,14 @@ class Spectral(Norm, name="spectral"):
     def slack(self) -> float:  # type: ignore[override]
         return self.solver.bounds(BOUND_RANK)[1]
 
+    @property
+    def transposable(self) -> bool:  # type: ignore[override]
+        """True for a shape-independent factor (``scale="none"`` or a number) and the class's own oracle: the
+        polar factor commutes with transposition, and the iteration runs on the wide side of either orientation
+        (the same arithmetic)."""
+        return (self.ndim == 2 and type(self).lmo is Spectral.lmo
+                and (not isinstance(self.scale, str) or self.scale == "none"))
+
     def bounds_for(self, shape: tuple[int, ...]) -> tuple[float, float]:
         """``(delta, slack)`` honoured on inputs of ``shape`` (tighter than the class declaration for small ones)."""
         return self.solver.bounds(min(shape[-2], shape[-1]))
@@ -166,14 +174,14 @@ class Spectral(Norm, name="spectral"):
         p = self.solver(self._matrix(g))
         return narrow(xp.reshape(p, g.shape) * (-self._factor(self._core(g))))
 
-    def lmo_factored(self, g: Array) -> tuple[Array, float]:
+    def lmo_factored(self, g: Array, *, finite: bool = False) -> tuple[Array, float]:
         """``(P, -f)``: the solver's polar factor ``P`` in its iterate dtype (:meth:`PolarSolver.iterate`, e.g. the
         bfloat16 Newton-Schulz iterate) and the shape factor, ``lmo(g) = -f P``."""
         if type(self).lmo is not Spectral.lmo:  # a subclass with an oracle of its own (low rank): its lmo
-            return super().lmo_factored(g)
-        xp, g, _ = self._prepare(g)
+            return super().lmo_factored(g, finite=finite)
+        xp, g, narrow = self._prepare(g, finite=finite)
         p = self.solver.iterate(self._matrix(g))
-        return xp.reshape(p, g.shape), -self._factor(self._core(g))
+        return narrow(xp.reshape(p, g.shape)), -self._factor(self._core(g))
 
 
 class SpectralConv(Spectral, name="spectral_conv"):

@@ -74,6 +74,11 @@ class Norm(abc.ABC):
         - every other batch entry is computed as if the bad ones were absent.
 
         A ``"limit"`` geometry says how its limit is computed by :meth:`_at_infinity`.
+    ``transposable``
+        For a matrix norm (``ndim == 2``): ``||X^T|| = ||X||`` with the same instance on the transposed core, so that
+        ``lmo(X^T) = lmo(X)^T`` up to rounding. An optimizer then hands a tall matrix to the oracle transposed and
+        stacks it with the wide matrices of that shape (an MLP's ``W_in`` and ``W_out`` in one call). Default
+        ``False``; ``lmo.testing`` checks a ``True``.
     ``separable_axes``
         The core axes (negative indices among the trailing ``ndim`` axes) along which the oracle is separable:
         for every axis ``a`` listed, cutting ``g`` into blocks along ``a`` and applying ``lmo`` to each block
@@ -90,6 +95,7 @@ class Norm(abc.ABC):
     symmetry: ClassVar[str | None] = None
     separable_axes: ClassVar[tuple[int, ...]] = ()
     infinite_input: ClassVar[str] = "nan"
+    transposable: ClassVar[bool] = False
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -110,14 +116,17 @@ class Norm(abc.ABC):
     def lmo(self, g: Array) -> Array:
         """``argmin_{||d|| <= 1} <g, d>``; same namespace, device, dtype and shape as ``g``; ``lmo(0) = 0``."""
 
-    def lmo_factored(self, g: Array) -> tuple[Array, float]:
+    def lmo_factored(self, g: Array, *, finite: bool = False) -> tuple[Array, float]:
         """``(d, f)`` with ``lmo(g) = f * d``: the oracle as a direction and the number it is multiplied by.
 
         ``d`` has ``g``'s shape and namespace but may be in the oracle's working dtype (a bfloat16 polar iteration
         returns its bfloat16 iterate) and strided (a transposed view); ``f`` is a Python float. An optimizer's update
         ``x + lr * rho * lmo(g)`` then reads ``d`` once, with the coefficient ``lr * rho * f``, instead of casting and
-        scaling it first. Default: ``(lmo(g), 1.0)``; ``lmo.testing`` checks that ``f * d`` is ``lmo(g)`` up to the
-        rounding of ``d``'s dtype.
+        scaling it first. The non-finite policy is ``lmo``'s; ``finite=True`` is the caller's promise that every
+        entry of ``g`` is finite (the optimizers test gradients and momenta once per step, on the device), which lets
+        an implementation skip the per-call guard (on a broken promise the result is unspecified). Default:
+        ``(lmo(g), 1.0)``; ``lmo.testing`` checks that ``f * d`` is ``lmo(g)`` up to the rounding of ``d``'s dtype,
+        and that the policy holds with ``finite=False``.
         """
         return self.lmo(g), 1.0
 
@@ -150,8 +159,10 @@ class Norm(abc.ABC):
         return None
 
     # -- helpers for implementations -----------------------------------------------------------------------------
-    def _prepare(self, x: Array, name: str = "g") -> tuple[Namespace, Array, Any]:
-        """Validate ``x`` for this norm and return ``(xp, x_wide, narrow)``, see :func:`lmo.backend.widen`."""
+    def _prepare(self, x: Array, name: str = "g", *, finite: bool = False) -> tuple[Namespace, Array, Any]:
+        """Validate ``x`` for this norm and return ``(xp, x_wide, narrow)``, see :func:`lmo.backend.widen`; ``narrow``
+        also applies the non-finite policy to a result, unless ``finite`` (the caller's promise, see
+        :meth:`lmo_factored`) skips that guard."""
         xp = namespace(x)
         if x.ndim < self.ndim:
             raise ValueError(
@@ -165,6 +176,8 @@ class Norm(abc.ABC):
         if expected is not None and core != tuple(expected):
             raise ValueError(f"{self!r}: {name} must have trailing shape {tuple(expected)}; got shape {tuple(x.shape)}")
         wide, narrow = widen(xp, x, name=name, where=self)  # the norm's repr is formed only for an error
+        if finite:
+            return xp, wide, narrow
         return (xp, *_guard_nonfinite(xp, wide, narrow, self.ndim, self.infinite_input, self._at_infinity))
 
     def _at_infinity(self, xp: Namespace, x: Array) -> Array:

@@ -104,17 +104,20 @@ def estimator(
     return est, new
 
 
-def stack_rows(like: Array, shapes: Sequence[tuple[int, ...]], core: tuple[int, ...]) -> tuple[Array, list[Array]]:
+def stack_rows(like: Array, views: Sequence[tuple[int, ...]], transposed: Sequence[bool],
+               core: tuple[int, ...]) -> tuple[Array, list[Array]]:
     """An empty torch buffer ``(sum of the batch sizes, *core)`` of ``like``'s dtype and device, and its rows as
-    views of each shape in ``shapes`` (``(*batch, *core)``): what the estimator writes into (``out=``) so that a
-    stacked oracle call reads it without a stacking copy."""
+    views of each shape in ``views`` (``(*batch, *core)``), with the trailing two axes swapped back where
+    ``transposed``: the estimator writes the parameters' estimates into them (``out=``), so that a stacked oracle
+    call reads the buffer without a stacking copy."""
     import torch
 
-    counts = [math.prod(shape[: len(shape) - len(core)]) for shape in shapes]
+    counts = [math.prod(view[: len(view) - len(core)]) for view in views]
     buffer = torch.empty((sum(counts), *core), dtype=like.dtype, device=like.device)
     rows, start = [], 0
-    for shape, count in zip(shapes, counts):
-        rows.append(buffer[start : start + count].view(shape))
+    for view, flip, count in zip(views, transposed, counts):
+        row = buffer[start : start + count].view(view)
+        rows.append(row.mT if flip else row)
         start += count
     return buffer, rows
 

@@ -55,8 +55,11 @@ STACK_ENTRIES = 2**20
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Entry:
-    """One parameter of a plan: its name, shape, geometry and the radius ``rho = driver.radius * geometry.radius``
-    of its step; ``view``: the shape its oracle sees (after the geometry's view and transpose)."""
+    """One parameter of a plan: its name, shape, geometry (the driver's rule's answer) and the radius
+    ``rho = driver.radius * geometry.radius`` of its step. ``oracle``: the geometry the oracle stage uses, which is
+    ``geometry`` with the trailing axes swapped for a tall matrix of a :attr:`~lmo.Norm.transposable` norm (then it
+    is stacked with the wide matrices of its transposed shape: the same arithmetic, one call fewer); ``view``: the
+    shape its oracle sees."""
 
     name: str
     shape: tuple[int, ...]
@@ -64,6 +67,7 @@ class Entry:
     radius: float
     view: tuple[int, ...]
     stateful: bool
+    oracle: ParamGeometry
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -114,6 +118,9 @@ class Plan:
     names: tuple[str, ...]
     hooked: bool  # a hook after the estimator, or a stateful oracle: the step is pure, in one part
     writable: tuple[bool, ...]  # per part: torch parameters of one dtype and device, which a step may write into
+    # the oracle's inputs are known finite: the step tests gradients and momenta first (nonfinite != "ignore") and
+    # the estimate is a convex combination of them (no hook in between), so the oracle skips its own guard
+    finite: bool = False
     # per stacked batch: the buffer its estimates are written into, made on the first step and kept (a fresh one
     # per step is a fresh memory mapping: thousands of page faults a step)
     workspace: dict[int, tuple[Array, list[Array]]] = dataclasses.field(default_factory=dict)
@@ -125,10 +132,13 @@ def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) ->
     names = tuple(names)
     entries = []
     for name, x in zip(names, params):
-        geo = driver.geometry_for(name, tuple(x.shape))
-        entries.append(Entry(name, tuple(x.shape), geo, driver.radius * geo.radius, geo.oracle_shape(tuple(x.shape)),
-                             stateful_oracle(geo.norm)))
-    groups = group_for_oracle([e.geometry for e in entries], [e.view for e in entries], params, driver.batch,
+        shape = tuple(x.shape)
+        geo = driver.geometry_for(name, shape)
+        stateful = stateful_oracle(geo.norm)
+        oracle = geo if stateful else _wide(geo, shape)
+        entries.append(Entry(name, shape, geo, driver.radius * geo.radius, oracle.oracle_shape(shape), stateful,
+                             oracle))
+    groups = group_for_oracle([e.oracle for e in entries], [e.view for e in entries], params, driver.batch,
                               stateful=[e.stateful for e in entries])
     batches = []
     for members in groups:
@@ -145,7 +155,17 @@ def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) ->
         vectors = tuple(j for j, b in enumerate(batches) if b.norm.ndim < 2)
         parts = matrices + ((vectors,) if vectors else ())
     writable = tuple(_foreach.can_write([params[i] for j in part for i in batches[j].members]) for part in parts)
-    return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked, writable)
+    finite = driver.nonfinite != "ignore" and not hooked and driver.grad_transform is None
+    return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked, writable, finite=finite)
+
+
+def _wide(geo: ParamGeometry, shape: tuple[int, ...]) -> ParamGeometry:
+    """``geo``, or ``geo`` with the oracle's trailing axes swapped where its view is a tall matrix of a transposable
+    norm (``lmo(X^T) = lmo(X)^T``)."""
+    view = geo.oracle_shape(shape)
+    if geo.norm.ndim == 2 and view[-2] > view[-1] and geo.norm.transposable:
+        return dataclasses.replace(geo, transpose=not geo.transpose)
+    return geo
 
 
 def group_for_oracle(
@@ -224,62 +244,72 @@ def evaluate(
             entry = plan.entries[i]
             out[i] = _stateful(entry, params[i], estimates[i], slots[i], step, sharp)
             continue
-        geometries = [plan.entries[i].geometry for i in batch.members]
+        geometries = [plan.entries[i].oracle for i in batch.members]
         arrays = [estimates[i] for i in batch.members]
         found = oracle_call(batch.norm, geometries, arrays, batch.core, sharp, None if stacked is None else
-                            stacked.get(j))
+                            stacked.get(j), finite=plan.finite)
         for i, direction in zip(batch.members, found):
             out[i] = direction
     return out
 
 
 def oracle_directions(geometries: Sequence[ParamGeometry], estimates: Sequence[Array], rule: str,
-               batch: bool | str = "auto") -> list[Direction]:
+                      batch: bool | str = "auto", *, finite: bool = False) -> list[Direction]:
     """The oracle of each estimate in its geometry, grouped for batched calls as a plan would group them (for
-    arrays that no plan holds: the distributed executor's gathered matrices and shards)."""
+    arrays that no plan holds: the distributed executor's gathered matrices and shards); ``finite`` as in
+    :func:`oracle_call`."""
     views = [geo.oracle_shape(tuple(c.shape)) for geo, c in zip(geometries, estimates)]
     out: list[Direction | None] = [None] * len(estimates)
     for members in group_for_oracle(geometries, views, estimates, batch):
         norm = geometries[members[0]].norm
         core = views[members[0]][len(views[members[0]]) - norm.ndim:]
         found = oracle_call(norm, [geometries[i] for i in members], [estimates[i] for i in members], core,
-                            rule == "sharp")
+                            rule == "sharp", finite=finite)
         for i, d in zip(members, found):
             out[i] = d
     return [d for d in out if d is not None]
 
 
 def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequence[Array],
-                core: tuple[int, ...], sharp: bool, stacked: Array | None = None) -> list[Direction]:
+                core: tuple[int, ...], sharp: bool, stacked: Array | None = None, *,
+                finite: bool = False) -> list[Direction]:
     """One call of ``norm``'s oracle on the estimates (in their geometries' views), stacked along a new leading
     axis when there are several (``stacked``: that stack, if the estimates are its rows already); the directions
-    back in the estimates' shapes."""
-    views = [geo.to_oracle(c) for geo, c in zip(geometries, estimates)]
+    back in the estimates' shapes. ``finite``: the estimates are known finite (:attr:`Plan.finite`), passed on to
+    :meth:`Norm.lmo_factored`."""
     k = norm.ndim
-    if len(views) == 1:
-        d, factor = norm.lmo_factored(views[0])
+    if len(estimates) == 1:
+        view = geometries[0].to_oracle(estimates[0])
+        d, factor = norm.lmo_factored(view, finite=finite)
         ds = [d]
-        duals = [norm.dual_norm(views[0])] if sharp else [None]
+        duals = [norm.dual_norm(view)] if sharp else [None]
+        shapes = [tuple(view.shape)]
     else:
-        xp = namespace(views[0])
+        xp = namespace(estimates[0])
+        shapes = [geo.oracle_shape(tuple(c.shape)) for geo, c in zip(geometries, estimates)]
         if stacked is None:
-            stacked = xp.concat([xp.reshape(v, (-1, *core)) for v in views], axis=0)
-        d_all, factor = norm.lmo_factored(stacked)
+            stacked = xp.concat([xp.reshape(geo.to_oracle(c), (-1, *core)) for geo, c in zip(geometries, estimates)],
+                                axis=0)
+        d_all, factor = norm.lmo_factored(stacked, finite=finite)
         dual_all = norm.dual_norm(stacked) if sharp else None
-        ds, duals, start = [], [], 0
-        for v in views:
-            batch = tuple(v.shape[: v.ndim - k])
-            count = math.prod(batch)
-            ds.append(xp.reshape(d_all[start : start + count, ...], tuple(v.shape)))
-            duals.append(None if dual_all is None else xp.reshape(dual_all[start : start + count], batch))
-            start += count
+        if all(len(shape) == k for shape in shapes):  # one matrix each (the common case): one split, no reshapes
+            ds = list(xp.unstack(d_all))
+            duals = [None] * len(ds) if dual_all is None else list(xp.unstack(dual_all))
+        else:
+            ds, duals, start = [], [], 0
+            for shape in shapes:
+                batch = shape[: len(shape) - k]
+                count = math.prod(batch)
+                ds.append(xp.reshape(d_all[start : start + count, ...], shape))
+                duals.append(None if dual_all is None else xp.reshape(dual_all[start : start + count], batch))
+                start += count
     out = []
-    for geo, c, v, d, dual in zip(geometries, estimates, views, ds, duals):
+    for geo, c, shape, d, dual in zip(geometries, estimates, shapes, ds, duals):
         if dual is not None:
             xp = namespace(c)
             dual = xp.reshape(dual, tuple(dual.shape) + (1,) * k)
             if geo.view is not None or geo.transpose:
-                dual = geo.from_oracle(dual * xp.ones_like(v), c)
+                dual = geo.from_oracle(dual * xp.ones(shape, dtype=c.dtype, device=device(c)), c)
         out.append(Direction(geo.from_oracle(d, c), factor, dual))
     return out
 
@@ -361,7 +391,9 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
             batch = plan.batches[part[0]]
             kept = plan.workspace.get(part[0])
             if kept is None:
-                kept = plan.workspace[part[0]] = _foreach.stack_rows(xs[0], [tuple(x.shape) for x in xs], batch.core)
+                oracles = [plan.entries[i].oracle for i in idx]
+                kept = plan.workspace[part[0]] = _foreach.stack_rows(
+                    xs[0], [plan.entries[i].view for i in idx], [g.transpose for g in oracles], batch.core)
             stacked[part[0]], rows = kept
         estimates, moments = _foreach.estimator([s[MOMENTUM] for s in ss], gs, driver.beta1, driver.beta2,
                                                 inplace=write, out=rows)
@@ -407,12 +439,11 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
 
 
 def _rows_stack(plan: Plan, part: tuple[int, ...]) -> bool:
-    """Whether the part is one stacked batch whose members the oracle sees as they are (no view, no transpose):
-    then their estimates can be written as the rows of the stack."""
+    """Whether the part is one stacked batch whose members the oracle sees without a reshape (as they are, or
+    transposed): then their estimates can be written as the rows of the stack (transposed rows for the latter)."""
     if len(part) != 1 or not plan.batches[part[0]].stacked:
         return False
-    entries = [plan.entries[i] for i in plan.batches[part[0]].members]
-    return all(e.geometry.view is None and not e.geometry.transpose for e in entries)
+    return all(plan.entries[i].oracle.view is None for i in plan.batches[part[0]].members)
 
 
 def _sharp(d: Array, dual: Array | None) -> Array:

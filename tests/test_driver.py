@@ -403,6 +403,28 @@ def test_nonfinite_policy(backend):
     assert np.isfinite(to_numpy(new_x["ok"])).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unchecked_steps_keep_the_oracles_guard(backend):
+    """The oracle skips its non-finite guard only where the step proved its input finite (Plan.finite); with
+    ``nonfinite="ignore"`` a NaN gradient of a stacked spectral batch makes that matrix NaN, never a zero step."""
+    from lmo.optimizers.step import build_plan
+
+    rng = np.random.default_rng(3)
+    x = {f"w{i}": to_backend(backend, rng.standard_normal((4, 4))) for i in range(3)}
+    g = {k: to_backend(backend, rng.standard_normal((4, 4))) for k in x}
+    muon = lo.muon(lr=0.1)
+    assert build_plan(muon, list(x), list(x.values())).finite
+    ignoring = muon.replace(nonfinite="ignore")
+    assert not build_plan(ignoring, list(x), list(x.values())).finite
+    bad = np.array(to_numpy(g["w1"]), dtype=np.float64)
+    bad[2, 2] = np.nan
+    g["w1"] = to_backend(backend, bad)
+    with np.errstate(invalid="ignore"):
+        new_x, _ = ignoring.step(x, g, ignoring.init(x))
+    assert np.isnan(to_numpy(new_x["w1"])).all()
+    assert np.isfinite(to_numpy(new_x["w0"])).all() and np.isfinite(to_numpy(new_x["w2"])).all()
+
+
 # -- hooks -----------------------------------------------------------------------------------------------------------
 class ClipGlobal(lo.GradientTransform):
     def __init__(self, c):

@@ -76,9 +76,14 @@ def test_nonfinite_inputs(norm, backend_name):
         np.testing.assert_allclose(size[[0, 3]], to_numpy(norm.norm(ref)).astype(np.float64), rtol=tol)
         assert np.isnan(d[1]).all() and np.isnan(sharp[1]).all() and np.isnan(dual[1]) and np.isnan(size[1])
         assert dual[2] == np.inf and size[2] == np.inf and np.isnan(sharp[2]).all()
+        direction, factor = norm.lmo_factored(g)  # the optimizers' route keeps the policy (finite=False)
+        factored = factor * to_numpy(direction).astype(np.float64)
+        assert np.isnan(factored[1]).all() and np.isfinite(factored[[0, 3]]).all()
+        np.testing.assert_allclose(factored[[0, 3]], d[[0, 3]], rtol=_TOL["bfloat16"], atol=_TOL["bfloat16"])
         if norm.infinite_input == "nan":
-            assert np.isnan(d[2]).all()
+            assert np.isnan(d[2]).all() and np.isnan(factored[2]).all()
             continue
+        np.testing.assert_allclose(factored[2], d[2], rtol=_TOL["bfloat16"], atol=_TOL["bfloat16"])
         assert np.isfinite(d[2]).all()
         assert float(to_numpy(norm.norm(backend.asarray(d[2:3], dtype)))[0]) <= 1 + norm.slack + 4 * tol
         # the limit: the oracle at +-inf -> +-T, T huge (float64 holds the finite part exactly beside T)
