@@ -8,6 +8,7 @@ Nothing here is an optimizer: the scripts build theirs from :mod:`lmo.optimizers
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 
 import _repro
 
-__all__ = ["parser", "write_json", "interval", "paired", "fmt", "tune", "at_edge", "cosine", "warmup_constant",
+__all__ = ["parser", "parse", "report", "write_json", "interval", "paired", "fmt", "tune", "at_edge", "cosine", "warmup_constant",
            "CharData", "hidden_and_rest", "train_lm"]
 
 
@@ -33,6 +34,38 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     if not any("--json" in action.option_strings for action in p._actions):
         p.add_argument("--json", default=None, help="where the JSON of numbers goes (default: <out>/<script>.json)")
     return p
+
+
+def parse(doc: str | None, argv: list[str] | None, full: dict, quick: dict,
+          configure: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[argparse.Namespace, dict]:
+    """Parse a reproduction's command line (:func:`parser`, ``--seeds``, and ``--steps`` where the sizes hold a
+    ``demo.Config`` under ``"cfg"``; ``configure`` adds the script's own options); returns the arguments and the
+    sizes to run (``quick`` or ``full`` with the overrides)."""
+    p = parser(doc)
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"seeds per configuration (default {full['seeds']}; {quick['seeds']} with --quick)")
+    if "cfg" in full:
+        p.add_argument("--steps", type=int, default=None,
+                       help=f"training steps (default {full['cfg'].steps}; {quick['cfg'].steps} with --quick)")
+    if configure is not None:
+        configure(p)
+    args = p.parse_args(argv)
+    sizes = dict(quick if args.quick else full)
+    if args.seeds:
+        sizes["seeds"] = args.seeds
+    if getattr(args, "steps", None):
+        sizes["cfg"] = dataclasses.replace(sizes["cfg"], steps=args.steps)
+    return args, sizes
+
+
+def report(args: argparse.Namespace, name: str, res: dict, plot: Callable[[dict, Path], Path],
+           table: Callable[[dict], str]) -> dict:
+    """Write ``<out>/<name>.png`` and the JSON (:func:`write_json`), print the table and the paths; returns ``res``."""
+    png = plot(res, _repro.out_dir(args.out) / f"{name}.png")
+    path = write_json(args, name, res)
+    print(table(res))
+    print(f"plot: {png}\nnumbers: {path}")
+    return res
 
 
 def write_json(args: argparse.Namespace, name: str, data: dict[str, Any]) -> Path:

@@ -103,7 +103,8 @@ def run(sizes: dict, names: tuple[str, ...] = OPTIMIZERS, *, lrs: dict | None = 
         "config": dataclasses.asdict(cfg), "chars": data.chars, "seeds": seeds,
         "curves": {name: {"val_steps": rs[0]["val_steps"], "val_loss": [r["val_loss"] for r in rs],
                           "seconds_per_step": [r["ms_per_step"] / 1000 for r in rs],
-                          "train_loss": [_smooth(r["train_loss"], 10) for r in rs]}
+                          "train_steps": list(range(1, cfg.steps + 1, 5)),
+                          "train_loss_mean": _mean_curve([_smooth(r["train_loss"], 10) for r in rs], 5)}
                    for name, rs in runs.items()},
     }
 
@@ -117,6 +118,13 @@ def sweep(name: str, lrs: list[float], sizes: dict, *, show: bool = True) -> dic
         r = _training.train_lm(build(name, lr), data, cfg, seed=0, steps=cfg.steps, eval_every=cfg.steps)
         out[lr] = r["val"]
     return out
+
+
+def _mean_curve(curves: list[list[float]], every: int) -> list[float]:
+    """The mean over seeds of equally long curves, every ``every``-th step from the first, to 4 decimals."""
+    import numpy as np
+
+    return [round(float(v), 4) for v in np.mean(np.array(curves), axis=0)[::every]]
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -142,9 +150,8 @@ def plot(res: dict, path: Path) -> Path:
         label = f"{name} (lr {res['summary'][name]['lr']:g})"
         axes[0].plot(curve["val_steps"], vals.mean(0), "o-", ms=3, color=color, label=label)
         axes[0].fill_between(curve["val_steps"], vals.min(0), vals.max(0), color=color, alpha=0.15)
-        train = np.array(curve["train_loss"]).mean(0)
-        seconds = np.arange(1, len(train) + 1) * float(np.mean(curve["seconds_per_step"]))
-        axes[1].plot(seconds, train, color=color, label=label)
+        seconds = np.array(curve["train_steps"]) * float(np.mean(curve["seconds_per_step"]))
+        axes[1].plot(seconds, curve["train_loss_mean"], color=color, label=label)
     names = list(res["summary"])
     ranked = sorted(names, key=lambda n: res["summary"][n]["test"]["mean"])
     for k, name in enumerate(ranked):
@@ -155,7 +162,7 @@ def plot(res: dict, path: Path) -> Path:
     axes[0].set(xlabel="step", ylabel="validation loss (nats/char; band: min-max over seeds)")
     axes[1].set(xlabel="seconds (mean time per step x step; wall clock, shared CPU)",
                 ylabel="training loss (10-step mean, mean over seeds)")
-    axes[2].set(xlabel=f"test loss at the last step (mean, 95% interval, x: seeds)")
+    axes[2].set(xlabel="test loss at the last step (mean, 95% interval, x: seeds)")
     axes[0].set_ylim(top=min(3.0, axes[0].get_ylim()[1]))
     axes[1].set_ylim(top=min(3.0, axes[1].get_ylim()[1]))
     for ax in axes:
@@ -180,33 +187,22 @@ def table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = _training.parser(__doc__)
-    p.add_argument("--seeds", type=int, default=None, help="seeds per optimizer (default 3; 2 quick)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 600; 150 quick)")
-    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
-    p.add_argument("--tune", choices=OPTIMIZERS, default=None,
-                   help="sweep this optimizer's learning rate at the demo's size and 300 steps, on validation")
-    p.add_argument("--lrs", type=float, nargs="+", default=None, help="the learning rates of --tune")
-    args = p.parse_args(argv)
-    sizes = dict(QUICK if args.quick else FULL)
+    def options(p: Any) -> None:
+        p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+        p.add_argument("--tune", choices=OPTIMIZERS, default=None,
+                       help="sweep this optimizer's learning rate at the demo's size and 300 steps, on validation")
+        p.add_argument("--lrs", type=float, nargs="+", default=None, help="the learning rates of --tune")
+
+    args, sizes = _training.parse(__doc__, argv, FULL, QUICK, options)
     if args.tune:
-        tuning = {**sizes, "cfg": dataclasses.replace(demo.Config(), steps=args.steps or 300), "text_chars": 800_000}
+        tuning = {**FULL, "cfg": dataclasses.replace(demo.Config(), steps=args.steps or 300)}
         scores = sweep(args.tune, args.lrs or [LRS[args.tune] * f for f in (1 / 3, 1, 3)], tuning,
                        show=not args.no_progress)
         for lr, v in scores.items():
             print(f"{args.tune} lr {lr:g}: validation loss {v:.3f}")
         return {"sweep": scores}
-    if args.seeds:
-        sizes["seeds"] = args.seeds
-    if args.steps:
-        sizes["cfg"] = dataclasses.replace(sizes["cfg"], steps=args.steps)
     res = run(sizes, tuple(args.optimizers), show=not args.no_progress)
-    out = _repro.out_dir(args.out)
-    png = plot(res, out / "char_transformer.png")
-    path = _training.write_json(args, "char_transformer", res)
-    print(table(res))
-    print(f"plot: {png}\nnumbers: {path}")
-    return res
+    return _training.report(args, "char_transformer", res, plot, table)
 
 
 if __name__ == "__main__":

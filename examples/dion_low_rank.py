@@ -190,7 +190,7 @@ def plot(res: dict, path: Path) -> Path:
     axes[0].legend(fontsize=7, ncol=2)
     axes[2].legend(fontsize=8)
     cfg = res["config"]
-    fig.suptitle(f"Dion / Orth-Dion vs Muon, char-level transformer ({cfg['layers']} layers, width {cfg['width']}), "
+    fig.suptitle(f"Dion / Orth-Dion vs Muon, char-level transformer ({cfg['layers']} layer(s), width {cfg['width']}), "
                  f"{cfg['steps']} steps, {len(res['seeds'])} seed(s); solid Dion, dashed Orth-Dion", fontsize=10)
     return _repro.savefig(fig, path)
 
@@ -205,22 +205,8 @@ def table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = _training.parser(__doc__)
-    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 2; 1 quick)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 400; 120 quick)")
-    args = p.parse_args(argv)
-    sizes = dict(QUICK if args.quick else FULL)
-    if args.seeds:
-        sizes["seeds"] = args.seeds
-    if args.steps:
-        sizes["cfg"] = dataclasses.replace(sizes["cfg"], steps=args.steps)
-    res = run(sizes, show=not args.no_progress)
-    out = _repro.out_dir(args.out)
-    png = plot(res, out / "dion_low_rank.png")
-    path = _training.write_json(args, "dion_low_rank", res)
-    print(table(res))
-    print(f"plot: {png}\nnumbers: {path}")
-    return res
+    args, sizes = _training.parse(__doc__, argv, FULL, QUICK)
+    return _training.report(args, "dion_low_rank", run(sizes, show=not args.no_progress), plot, table)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Needs: torch, scikit-learn, matplotlib, tqdm, dp-accounting (``pip install "lmo-
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -231,32 +230,24 @@ def table(res: dict) -> str:
             r = res["results"][method][f"{e:g}"]
             rows.append(f"{e:4g} {method:10s} {r['lr']:7.3g} {r['clip']:5g} {r['noise_multiplier']:6.2f} "
                         f"{_training.fmt(r['test_accuracy']):>16s}")
+    rows += [f"{k}: {v}" for k, v in res["holds_parts"].items()]
+    rows.append(f"({res['seconds']:.0f} s)")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = _training.parser(__doc__)
-    p.add_argument("--seeds", type=int, default=None, help="evaluation seeds per method and epsilon (default 5)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the model is tiny)")
-    args = p.parse_args(argv)
+    def options(p: Any) -> None:
+        p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the model is tiny)")
+
+    args, sizes = _training.parse(__doc__, argv, FULL, QUICK, options)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's notes on RDP orders it leaves out
-    sizes = dict(QUICK if args.quick else FULL)
-    if args.seeds:
-        sizes["seeds"] = args.seeds
     try:
         res = run(sizes, show=not args.no_progress)
     finally:
         torch.set_num_threads(threads)
-    out = _repro.out_dir(args.out)
-    png = plot(res, out / "dp_training.png")
-    path = _training.write_json(args, "dp_training", res)
-    print(table(res))
-    for key, value in res["holds_parts"].items():
-        print(f"{key}: {value}")
-    print(f"plot: {png}\nnumbers: {path}\n({res['seconds']:.0f} s)")
-    return res
+    return _training.report(args, "dp_training", res, plot, table)
 
 
 if __name__ == "__main__":

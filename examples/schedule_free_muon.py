@@ -189,7 +189,7 @@ def plot(res: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     cfg = res["config"]
-    fig.suptitle(f"schedule-free vs cosine, char-level transformer ({cfg['layers']} layers, width {cfg['width']}), "
+    fig.suptitle(f"schedule-free vs cosine, char-level transformer ({cfg['layers']} layer(s), width {cfg['width']}), "
                  f"{len(res['seeds'])} seed(s): cosine runs know their horizon, schedule-free runs do not", fontsize=10)
     return _repro.savefig(fig, path)
 
@@ -207,22 +207,8 @@ def table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = _training.parser(__doc__)
-    p.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3; 1 quick)")
-    p.add_argument("--steps", type=int, default=None, help="the full horizon (default 400; 160 quick)")
-    args = p.parse_args(argv)
-    sizes = dict(QUICK if args.quick else FULL)
-    if args.seeds:
-        sizes["seeds"] = args.seeds
-    if args.steps:
-        sizes["cfg"] = dataclasses.replace(sizes["cfg"], steps=args.steps)
-    res = run(sizes, show=not args.no_progress)
-    out = _repro.out_dir(args.out)
-    png = plot(res, out / "schedule_free_muon.png")
-    path = _training.write_json(args, "schedule_free_muon", res)
-    print(table(res))
-    print(f"plot: {png}\nnumbers: {path}")
-    return res
+    args, sizes = _training.parse(__doc__, argv, FULL, QUICK)
+    return _training.report(args, "schedule_free_muon", run(sizes, show=not args.no_progress), plot, table)
 
 
 if __name__ == "__main__":
