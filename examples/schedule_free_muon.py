@@ -23,10 +23,10 @@ driver that ``lmo.optimizers.schedule_free`` can wrap:
 - AdamW + cosine: ``torch.optim.AdamW`` on all parameters (the demo's betas and weight decay), cosine schedule.
 
 Every run has the same 20-step linear warmup and no weight decay in the LMO drivers. Each method's learning rate is
-tuned on the validation split at the full horizon (seed 0; a 3-point grid, doubled, extended while the best is at an
-edge: the same budget for each); then 3 seeds. The schedule-free runs are evaluated (at their averaged iterate) at a
-quarter, half and all of the horizon; the cosine runs are repeated for each of those horizons (at the learning rate
-tuned for the full one).
+tuned on the validation split (seed 0; a 3-point grid, doubled, extended while the best is at an edge: the same
+budget for each); then 3 seeds. The schedule-free runs are tuned once, at the full horizon, and evaluated (at their
+averaged iterate) at a quarter, half and all of it; the cosine runs are repeated for each of those horizons, each
+with its learning rate tuned for that horizon.
 
     python examples/schedule_free_muon.py [--out docs/img] [--quick] [--seeds N] [--json PATH]
 """
@@ -53,6 +53,7 @@ METHODS = ("Muon + cosine", "SF-Muon", "NorMuon + cosine", "SF-NorMuon", "AdamW 
 SCHEDULE_FREE = ("SF-Muon", "SF-NorMuon")
 WARMUP = 20
 FULL = {"cfg": demo.Config(steps=400), "text_chars": 800_000, "eval_batches": 16, "eval_every": 25, "seeds": 3,
+        "tune_horizons": True,
         "grids": {"Muon + cosine": (0.02, 0.04, 0.08), "NorMuon + cosine": (0.02, 0.04, 0.08),
                   "SF-Muon": (0.16, 0.32, 0.64), "SF-NorMuon": (0.16, 0.32, 0.64),
                   "AdamW + cosine": (4.5e-3, 9e-3, 1.8e-2)}}
@@ -118,22 +119,32 @@ def run(sizes: dict, *, show: bool = True) -> dict:
             bar.update(1)
         return cache[key]
 
-    lrs, tuning = dict(sizes.get("lrs", {})), {}
+    # one learning rate per method at the full horizon; with "tune_horizons", the cosine methods get one more
+    # tuning per shorter horizon (a schedule that knows its horizon is tuned for it; schedule-free is tuned once)
+    lrs = {m: {h: lr for h in horizons} for m, lr in sizes.get("lrs", {}).items()}
+    tuning: dict[str, dict] = {}
     for method, grid in sizes.get("grids", {}).items():
-        lrs[method], scores = _training.tune(lambda lr: train(method, lr, 0)["val"], grid)
-        tuning[method] = {"val_loss": {f"{k:g}": v for k, v in scores.items()},
-                          "best_at_edge": _training.at_edge(lrs[method], scores)}
+        tuned = [h for h in horizons if h == T or (sizes.get("tune_horizons") and method not in SCHEDULE_FREE)]
+        lrs[method], tuning[method] = {}, {}
+        for h in tuned:
+            best, scores = _training.tune(lambda lr: train(method, lr, 0, h)["val"], grid)
+            lrs[method][h] = best
+            tuning[method][str(h)] = {"val_loss": {f"{k:g}": v for k, v in scores.items()},
+                                      "best_at_edge": _training.at_edge(best, scores)}
+        for h in horizons:
+            lrs[method].setdefault(h, lrs[method][T])
     results = {}
     for method in METHODS:
-        runs = [train(method, lrs[method], s) for s in seeds]
+        runs = [train(method, lrs[method][T], s) for s in seeds]
         at = {}
         for h in horizons:
             if method in SCHEDULE_FREE:
                 at[h] = [r["test_at"][h] for r in runs]
             else:
-                at[h] = [train(method, lrs[method], s, h)["test"] for s in seeds]
+                at[h] = [train(method, lrs[method][h], s, h)["test"] for s in seeds]
         val = np.array([r["val_loss"] for r in runs])
-        results[method] = {"lr": lrs[method], "test": _training.interval(at[T]),
+        results[method] = {"lr": lrs[method][T], "lr_at_horizon": {str(h): lrs[method][h] for h in horizons},
+                           "test": _training.interval(at[T]),
                            "val": _training.interval([r["val"] for r in runs]),
                            "test_at_horizon": {str(h): _training.interval(v) for h, v in at.items()},
                            "val_steps": runs[0]["val_steps"], "val_curve": val.mean(0).tolist(),
@@ -155,10 +166,12 @@ def run(sizes: dict, *, show: bool = True) -> dict:
         "setting": (f"char-level GPT ({cfg.layers} layers, width {cfg.width}, context {cfg.context}) on {data.chars} "
                     f"characters of the Python stdlib (train 80% / test 10% / validation 10%), batch {cfg.batch}; "
                     f"horizons {list(horizons)} steps; {WARMUP}-step warmup; lr tuned per method on validation at "
-                    f"{T} steps (3-point doubling grid + up to 2 extensions), {len(seeds)} seed(s); metric: test "
-                    f"loss at each horizon (cosine: a run per horizon; schedule-free: one run, averaged iterate)"),
+                    f"{T} steps (3-point doubling grid + up to 2 extensions)"
+                    f"{' and, for the cosine methods, at each shorter horizon' if sizes.get('tune_horizons') else ''}"
+                    f", {len(seeds)} seed(s); metric: test loss at each horizon (cosine: a run per horizon; "
+                    f"schedule-free: one run, averaged iterate)"),
         "holds": bool(all(parts.values())), "holds_parts": parts, "tolerance": tolerance,
-        "horizons": list(horizons), "lrs": lrs, "tuning_val_loss": tuning, "results": results,
+        "horizons": list(horizons), "tuning_val_loss": tuning, "results": results,
         "comparisons": comparisons, "seeds": seeds, "config": dataclasses.asdict(cfg), "chars": data.chars,
     }
 

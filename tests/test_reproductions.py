@@ -316,6 +316,15 @@ def test_schedule_free_muon_matches_cosine_at_every_horizon(tmp_path):
     assert res["holds"]
 
 
+def test_training_reproductions_build_their_optimizers_from_the_library():
+    """(f)-(i) take every method from lmo.optimizers (or torch.optim.AdamW) and write the JSON contract."""
+    for script in ("char_transformer", "dp_training", "dion_low_rank", "schedule_free_muon"):
+        text = (ROOT / "examples" / f"{script}.py").read_text()
+        assert "lmo.optimizers" in text and "_training.report(" in text, script
+        for home_made in ("np.linalg.svd", "torch.linalg.svd", "torch.linalg.qr", ".sign()", "lr * g", "grad_sample ="):
+            assert home_made not in text, (script, home_made)
+
+
 @pytest.mark.parametrize(
     "script", ["signsgd_vs_sgd", "muon_diagonal", "muon_sharp_sgd", "sign_descent_error_feedback"]
 )
