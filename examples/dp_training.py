@@ -1,168 +1,253 @@
-"""Private training of a small classifier on scikit-learn's digits: accuracy against epsilon, DP-SGD vs DP-Muon.
+"""Private training at fixed privacy budgets: DP-Muon and DP-MuonBC against DP-SGD (Kim & Fan, arXiv 2605.12994).
 
-For each target epsilon (at delta = 1e-5) the noise multiplier is calibrated with dp-accounting for the planned
-number of steps of Poisson sampling; a two-layer network is trained with DP-SGD (``lmo.optimizers.dp_sgd`` in
-``DPOptimizer``, flat clipping, as Opacus does it) and with DP-Muon (``lmo.optimizers.DPMuon``, per-matrix clipping),
-each reporting the epsilon it spent. A non-private run of each method (epsilon = inf) is the reference.
+The claim: Muon-style matrix updates of privatised gradients (DP-Muon: per-matrix clipping, Gaussian noise, then
+momentum and orthogonalisation, which is post-processing) train better than DP-SGD at the same (epsilon, delta),
+and the bias correction of DP-MuonBC improves utility further at no privacy cost.
 
-    python examples/dp_training.py                 # full run (a few minutes on two CPU cores)
-    python examples/dp_training.py --quick         # seconds
-    python examples/dp_training.py --out results/  # where dp_training.png and dp_training.json go
+Setting (ours): scikit-learn's 8x8 digits (1797 images, standardised), split once, stratified, into train (60%),
+validation (20%, for tuning) and test (20%, reported); a bias-free two-layer network 64 -> 128 -> 10 (tanh), so that
+every parameter is a matrix; Poisson sampling with expected batch 64, a fixed number of epochs; the noise multiplier
+calibrated with dp-accounting (RDP) so that the run spends the target epsilon at delta = 1e-5. For each method and
+epsilon the learning rate and the clipping threshold are tuned on the validation split (seed 0; the learning-rate
+grid is extended while the best is at its edge); the chosen pair is then run with 5 fresh seeds (initialisation,
+sampling and noise), and test accuracy is reported as mean and 95% t-interval, with paired differences.
+
+Methods, all from the library: DP-SGD is ``lmo.optimizers.dp_sgd`` (flat clipping, no momentum, as Opacus's
+``DPOptimizer`` around SGD) in ``lmo.optimizers.DPOptimizer``; DP-Muon is ``lmo.optimizers.DPMuon`` (per-matrix
+clipping, momentum 0.95 Nesterov, Newton-Schulz); DP-MuonBC is ``DPMuon(..., bias_correction=True)``.
+
+    python examples/dp_training.py [--out docs/img] [--quick] [--json PATH]
 
 Needs: torch, scikit-learn, matplotlib, tqdm, dp-accounting (``pip install "lmo-optim[privacy,examples]"``).
-DP-Muon needs the registry's ``spectral`` geometry.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import math
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
-from tqdm import tqdm
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _repro  # noqa: E402
+import _training  # noqa: E402
 
-import lmo
-import lmo.optimizers as lo
-from lmo.privacy import noise_multiplier_for, per_sample_grads, poisson_loader
+import torch  # noqa: E402
+
+import lmo.optimizers as lo  # noqa: E402
+from lmo.privacy import noise_multiplier_for, per_sample_grads, poisson_loader  # noqa: E402
 
 DELTA = 1e-5
-METHODS = ("dp_sgd", "dp_muon")
+METHODS = ("DP-SGD", "DP-Muon", "DP-MuonBC")
+PAIRS = (("DP-Muon", "DP-SGD"), ("DP-MuonBC", "DP-Muon"), ("DP-MuonBC", "DP-SGD"))
+CLAIM = ("Kim & Fan (arXiv 2605.12994): at the same (epsilon, delta), DP-Muon (clip per matrix, add noise, then Muon's "
+         "momentum and orthogonalisation) trains better than DP-SGD, and the bias-corrected DP-MuonBC better still.")
+
+# Tuning grids. Learning rates are log-spaced (extended by their ratio while the best is at an end, at most 3
+# times); DP-SGD's grid is of lr * clip, the length of a step whose examples are all clipped (so that each clipping
+# threshold gets a grid of the same step lengths), DP-Muon's of lr itself (its step length does not depend on clip).
+FULL = {"epsilons": (1.0, 2.0, 4.0, 8.0), "epochs": 10, "batch": 64, "hidden": 128, "seeds": 5, "extend": 3,
+        "steps": {"DP-SGD": (0.1, 0.2, 0.4), "DP-Muon": (0.01, 0.02, 0.04), "DP-MuonBC": (0.01, 0.02, 0.04)},
+        "clips": (0.1, 0.3, 1.0)}
+QUICK = {"epsilons": (0.5, 8.0), "epochs": 6, "batch": 64, "hidden": 64, "seeds": 2, "extend": 3,
+         "steps": {"DP-SGD": (0.1, 0.2), "DP-Muon": (0.01, 0.02), "DP-MuonBC": (0.01, 0.02)}, "clips": (0.3,)}
 
 
-def load_digits(seed: int) -> tuple[torch.utils.data.TensorDataset, tuple[torch.Tensor, torch.Tensor]]:
-    """scikit-learn's 8x8 digits (ships with the package), standardised, split 80/20."""
+def lr_grid(method: str, clip: float, sizes: dict) -> tuple[float, ...]:
+    """The learning rates tried for ``method`` at clipping threshold ``clip`` (see the grids above)."""
+    steps = sizes["steps"][method]
+    return tuple(s / clip for s in steps) if method == "DP-SGD" else tuple(steps)
+
+
+def load_digits() -> tuple[Any, tuple[Any, Any], tuple[Any, Any]]:
+    """Train / validation / test (60/20/20, stratified, one fixed split), standardised with the training statistics."""
     from sklearn.datasets import load_digits as _load
     from sklearn.model_selection import train_test_split
 
     x, y = _load(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=0, stratify=y)
+    x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0, stratify=y_rest)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     as_x = lambda a: torch.tensor((a - mean) / std, dtype=torch.float32)  # noqa: E731
     train = torch.utils.data.TensorDataset(as_x(x_train), torch.tensor(y_train))
-    return train, (as_x(x_test), torch.tensor(y_test))
+    return train, (as_x(x_val), torch.tensor(y_val)), (as_x(x_test), torch.tensor(y_test))
 
 
 def make_model(hidden: int, seed: int) -> torch.nn.Module:
-    """64 -> hidden -> 10 without biases: every parameter is a matrix (Muon's domain)."""
+    """64 -> hidden -> 10 without biases: every parameter is a matrix (what DPMuon accepts today)."""
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(64, hidden, bias=False), torch.nn.Tanh(),
                                torch.nn.Linear(hidden, 10, bias=False))
 
 
-def make_optimizer(method: str, model: torch.nn.Module, sigma: float, expected: float, rate: float, seed: int):
-    if method == "dp_sgd":  # flat clipping to C = 1, as Opacus's default; lr from {0.25, 0.5, 1, 2} (0.25 best private)
-        driver = lo.dp_sgd(0.25, noise_multiplier=sigma, max_grad_norm=1.0, expected_batch_size=expected,
+def make_optimizer(method: str, model: torch.nn.Module, *, lr: float, clip: float, sigma: float, expected: float,
+                   rate: float, seed: int) -> Any:
+    if method == "DP-SGD":
+        driver = lo.dp_sgd(lr, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=expected,
                            clipping="flat", generator=seed)
         return lo.DPOptimizer(model.parameters(), driver, sample_rate=rate)
-    # per-matrix clipping, C_W = 1 for both matrices (sensitivity sqrt(2))
-    return lo.DPMuon(model.parameters(), lr=0.02, weight_decay=0.0, momentum=0.9, noise_multiplier=sigma,
-                     max_grad_norm=1.0, expected_batch_size=expected, sample_rate=rate, generator=seed)
+    if method in ("DP-Muon", "DP-MuonBC"):  # C_W = clip for each of the two matrices (sensitivity clip * sqrt 2)
+        return lo.DPMuon(model.parameters(), lr=lr, weight_decay=0.0, noise_multiplier=sigma, max_grad_norm=clip,
+                         expected_batch_size=expected, sample_rate=rate, generator=seed,
+                         bias_correction=method == "DP-MuonBC")
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
-def accuracy(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> float:
+def accuracy(model: torch.nn.Module, data: tuple[Any, Any]) -> float:
     with torch.no_grad():
         return float((model(data[0]).argmax(1) == data[1]).float().mean())
 
 
-def train(method: str, target_epsilon: float, *, epochs: int, batch: int, hidden: int, seed: int,
-          data=None, progress: bool = True) -> dict:
-    """Train one model privately to ``target_epsilon`` (``inf``: no noise, no clipping budget); returns the record."""
-    train_set, test = data if data is not None else load_digits(seed)
-    n = len(train_set)
-    rate = batch / n
-    steps = int(round(epochs / rate))
-    sigma = 0.0 if math.isinf(target_epsilon) else noise_multiplier_for(target_epsilon, DELTA, rate, steps)
+class Budget:
+    """The privacy parameters of one run length: sampling rate, steps and the calibrated noise per epsilon."""
+
+    def __init__(self, n: int, batch: int, epochs: int) -> None:
+        self.rate = batch / n
+        self.expected = float(batch)
+        self.steps = int(round(epochs / self.rate))
+        self._sigma: dict[float, float] = {}
+
+    def sigma(self, epsilon: float) -> float:
+        if epsilon not in self._sigma:
+            self._sigma[epsilon] = noise_multiplier_for(epsilon, DELTA, self.rate, self.steps)
+        return self._sigma[epsilon]
+
+
+def train(method: str, epsilon: float, *, lr: float, clip: float, seed: int, data: tuple, budget: Budget,
+          hidden: int) -> dict:
+    """One private run; returns validation and test accuracy and the epsilon actually spent."""
+    train_set, val, test = data
+    sigma = budget.sigma(epsilon)
     model = make_model(hidden, seed)
-    opt = make_optimizer(method, model, sigma, rate * n, rate, seed)
-    loader = poisson_loader(train_set, rate, steps=steps, generator=seed + 1)
+    opt = make_optimizer(method, model, lr=lr, clip=clip, sigma=sigma, expected=budget.expected, rate=budget.rate,
+                         seed=seed)
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"{method} eps={target_epsilon:g}", leave=False, disable=not progress)
-    for xb, yb in bar:
+    for xb, yb in poisson_loader(train_set, budget.rate, steps=budget.steps, generator=seed + 1):
         per_sample_grads(model, torch.nn.functional.cross_entropy, xb, yb)
         opt.step()
         opt.zero_grad()
-    spent = opt.epsilon(DELTA) if sigma > 0 else math.inf
-    return {"method": method, "target_epsilon": target_epsilon, "epsilon": spent, "delta": DELTA,
-            "noise_multiplier": sigma, "sample_rate": rate, "steps": steps, "test_accuracy": accuracy(model, test),
-            "seconds": time.perf_counter() - start}
+    return {"val": accuracy(model, val), "test": accuracy(model, test), "spent_epsilon": opt.epsilon(DELTA),
+            "noise_multiplier": sigma, "seconds": time.perf_counter() - start}
 
 
-def plot(records: list[dict], path: Path) -> None:
-    import matplotlib
+def run(sizes: dict, methods: tuple[str, ...] = METHODS, *, show: bool = True) -> dict:
+    """Tune (lr, clip) per method and epsilon on the validation split (seed 0), then run seeds 1, 2, ... at the
+    chosen pair."""
+    data = load_digits()
+    budget = Budget(len(data[0]), sizes["batch"], sizes["epochs"])
+    bar = _repro.progress(desc="runs", disable=not show)
+    results: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    start = time.perf_counter()
+    for eps in sizes["epsilons"]:
+        for method in methods:
+            grid: dict[str, dict[str, float]] = {}
+            best = (-1.0, None, None, False)
+            for clip in sizes["clips"]:
+                def val_acc(lr: float, clip: float = clip) -> float:
+                    bar.update(1)
+                    return train(method, eps, lr=lr, clip=clip, seed=0, data=data, budget=budget,
+                                 hidden=sizes["hidden"])["val"]
+                lr, scores = _training.tune(val_acc, lr_grid(method, clip, sizes), minimize=False,
+                                            extend=sizes["extend"])
+                grid[f"{clip:g}"] = {f"{k:g}": v for k, v in scores.items()}
+                if scores[lr] > best[0]:
+                    best = (scores[lr], lr, clip, _training.at_edge(lr, scores))
+            _, lr, clip, edge = best
+            runs = []
+            for seed in range(1, sizes["seeds"] + 1):
+                runs.append(train(method, eps, lr=lr, clip=clip, seed=seed, data=data, budget=budget,
+                                  hidden=sizes["hidden"]))
+                bar.update(1)
+            results[method][f"{eps:g}"] = {
+                "lr": lr, "clip": clip, "tuning_val_accuracy": grid, "best_val_accuracy": best[0],
+                "lr_at_grid_edge": edge, "clip_at_grid_edge": clip in (min(sizes["clips"]), max(sizes["clips"])),
+                "test_accuracy": _training.interval([r["test"] for r in runs]),
+                "val_accuracy": _training.interval([r["val"] for r in runs]),
+                "spent_epsilon": max(r["spent_epsilon"] for r in runs),
+                "noise_multiplier": budget.sigma(eps),
+            }
+    bar.close()
+    comparisons = {}
+    for eps in sizes["epsilons"]:
+        key = f"{eps:g}"
+        test = {m: results[m][key]["test_accuracy"]["values"] for m in methods}
+        comparisons[key] = {f"{a} - {b}": _training.paired(test[a], test[b]) for a, b in PAIRS
+                            if a in test and b in test}
+    parts = {f"{a} beats {b} at every epsilon": all(c[f"{a} - {b}"]["mean"] > 0 for c in comparisons.values())
+             for a, b in PAIRS[:2] if a in methods and b in methods}
+    return {
+        "claim": CLAIM,
+        "setting": (f"digits (sklearn), train/val/test 60/20/20; bias-free MLP 64-{sizes['hidden']}-10 (tanh); "
+                    f"Poisson sampling, expected batch {sizes['batch']}, {sizes['epochs']} epochs "
+                    f"({budget.steps} steps, q = {budget.rate:.4f}); delta = {DELTA:g}, RDP accountant; "
+                    f"lr x clip tuned per method and epsilon on the validation split (seed 0); "
+                    f"{sizes['seeds']} fresh seeds at the chosen pair; metric: test accuracy, mean and 95% t-interval"),
+        "holds": bool(all(parts.values())), "holds_parts": parts, "methods": list(methods),
+        "delta": DELTA, "epsilons": list(sizes["epsilons"]), "steps": budget.steps, "sample_rate": budget.rate,
+        "sizes": {k: v for k, v in sizes.items() if k not in ("steps", "clips")},
+        "grids": {"step_lengths": sizes["steps"], "clips": sizes["clips"],
+                  "note": "DP-SGD's learning rate is step / clip, DP-Muon's is step"},
+        "results": results, "comparisons": comparisons, "seconds": time.perf_counter() - start,
+    }
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, marker in zip(METHODS, "os"):
-        rows = [r for r in records if r["method"] == method]
-        private = [r for r in rows if math.isfinite(r["target_epsilon"])]
-        if private:
-            ax.plot([r["epsilon"] for r in private], [r["test_accuracy"] for r in private], marker=marker,
-                    label=method.replace("_", "-").upper().replace("MUON", "Muon"))
-        for r in rows:
-            if not math.isfinite(r["target_epsilon"]):
-                name = method.replace("_", "-").upper().replace("MUON", "Muon")
-                ax.axhline(r["test_accuracy"], ls=":", lw=1, color=ax.lines[-1].get_color() if private else "grey",
-                           label=f"{name[3:]} without privacy")
-    ax.set_xscale("log")
-    finite = sorted({r["epsilon"] for r in records if math.isfinite(r["epsilon"])})
-    if finite:
-        ax.set_xticks(finite, [f"{e:.3g}" for e in finite])
-        ax.minorticks_off()
-    ax.set_xlabel(f"epsilon (delta = {DELTA:g}, dp-accounting RDP)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("digits: private training, accuracy against epsilon")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def plot(res: dict, path: Path) -> Path:
+    plt = _repro.plt
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    eps = res["epsilons"]
+    for k, (method, marker) in enumerate(zip(res["methods"], "osd")):
+        rows = [res["results"][method][f"{e:g}"]["test_accuracy"] for e in eps]
+        shift = [e * (1 + 0.04 * (k - 1)) for e in eps]
+        ax.errorbar(shift, [r["mean"] for r in rows], yerr=[r["half"] for r in rows], marker=marker, capsize=3,
+                    label=method)
+    for name, marker in (("DP-Muon - DP-SGD", "o"), ("DP-MuonBC - DP-Muon", "d")):
+        if name not in res["comparisons"][f"{eps[0]:g}"]:
+            continue
+        rows = [res["comparisons"][f"{e:g}"][name] for e in eps]
+        bx.errorbar(eps, [r["mean"] for r in rows], yerr=[r["half"] for r in rows], marker=marker, capsize=3,
+                    label=name)
+    bx.axhline(0.0, color="grey", lw=1)
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_xticks(eps, [f"{e:g}" for e in eps])
+        a.minorticks_off()
+        a.set_xlabel(f"epsilon (delta = {DELTA:g})")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    n = res["sizes"]["seeds"]
+    ax.set_ylabel(f"test accuracy (mean, 95% interval, {n} seeds)")
+    ax.set_title("digits, private training: lr and clip tuned on validation", fontsize=10)
+    bx.set_ylabel("paired difference in test accuracy")
+    bx.set_title("per-seed differences (same init, sampling, noise seed)", fontsize=10)
+    return _repro.savefig(fig, path)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small run (seconds): 2 epsilons, 3 epochs")
-    parser.add_argument("--epsilons", type=float, nargs="+", default=None, help="target epsilons (default 0.5 1 2 4 8)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch", type=int, default=64, help="expected batch size (Poisson sampling)")
-    parser.add_argument("--hidden", type=int, default=None)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--no-baseline", action="store_true", help="skip the non-private runs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("."))
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: the model is tiny, intra-op parallelism only costs here)")
-    args = parser.parse_args(argv)
+def table(res: dict) -> str:
+    rows = [f"{'eps':>4s} {'method':10s} {'lr':>7s} {'clip':>5s} {'sigma':>6s} {'test accuracy':>16s}"]
+    for e in res["epsilons"]:
+        for method in res["methods"]:
+            r = res["results"][method][f"{e:g}"]
+            rows.append(f"{e:4g} {method:10s} {r['lr']:7.3g} {r['clip']:5g} {r['noise_multiplier']:6.2f} "
+                        f"{_training.fmt(r['test_accuracy']):>16s}")
+    rows += [f"{k}: {v}" for k, v in res["holds_parts"].items()]
+    rows.append(f"({res['seconds']:.0f} s)")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    def options(p: Any) -> None:
+        p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the model is tiny)")
+
+    args, sizes = _training.parse(__doc__, argv, FULL, QUICK, options)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's notes on RDP orders it leaves out
-    epsilons = args.epsilons or ([2.0, 8.0] if args.quick else [0.5, 1.0, 2.0, 4.0, 8.0])
-    epochs = args.epochs or (3 if args.quick else 30)
-    hidden = args.hidden or (32 if args.quick else 128)
-    if "dp_muon" in args.methods and "spectral" not in lmo.norms():
-        parser.error("dp_muon needs the spectral geometry, which is not registered; use --methods dp_sgd")
-    data = load_digits(args.seed)
-    runs = [(m, e) for m in args.methods for e in ([] if args.no_baseline else [math.inf]) + epsilons]
-    records = []
-    for method, eps in tqdm(runs, desc="runs", disable=args.no_progress):
-        records.append(train(method, eps, epochs=epochs, batch=args.batch, hidden=hidden, seed=args.seed, data=data,
-                             progress=not args.no_progress))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dp_training.json").write_text(json.dumps(
-        {"delta": DELTA, "epochs": epochs, "hidden": hidden, "batch": args.batch, "records": records},
-        indent=2, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
-    plot(records, args.out / "dp_training.png")
-    print(f"{'method':8s} {'target eps':>10s} {'spent eps':>9s} {'sigma':>7s} {'accuracy':>8s}")
-    for r in records:
-        print(f"{r['method']:8s} {r['target_epsilon']:10g} {r['epsilon']:9.3f} {r['noise_multiplier']:7.3f} "
-              f"{r['test_accuracy']:8.3f}")
-    print(f"wrote {args.out / 'dp_training.png'} and {args.out / 'dp_training.json'}")
-    return records
+    try:
+        res = run(sizes, show=not args.no_progress)
+    finally:
+        torch.set_num_threads(threads)
+    return _training.report(args, "dp_training", res, plot, table)
 
 
 if __name__ == "__main__":
