@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _repro
 import numpy as np
 
-import _repro
-
-__all__ = ["parser", "parse", "report", "write_json", "interval", "paired", "fmt", "tune", "at_edge", "cosine", "warmup_constant",
-           "CharData", "hidden_and_rest", "train_lm"]
+__all__ = ["parser", "parse", "report", "write_json", "interval", "paired", "fmt", "tune", "at_edge", "cosine",
+           "warmup_constant", "CharData", "hidden_and_rest", "train_lm"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -310,5 +309,6 @@ def _train_lm(build: Callable[[Any], Sequence[Any]], data: CharData, cfg: Any, *
         if progress is not None:
             progress(steps - len(losses))
     return {"train_loss": losses, "val_steps": val_steps, "val_loss": val_loss, "val": val_loss[-1],
-            "test": test[steps], "test_at": test, "seconds": elapsed, "ms_per_step": 1000 * elapsed / max(1, len(losses)),
-            "diverged": diverged, "parameters": sum(p.numel() for p in model.parameters())}
+            "test": test[steps], "test_at": test, "seconds": elapsed,
+            "ms_per_step": 1000 * elapsed / max(1, len(losses)), "diverged": diverged,
+            "parameters": sum(p.numel() for p in model.parameters())}

@@ -250,8 +250,8 @@ def run(*, lr: float = 0.05, batches=BATCHES, betas=BETAS, decays=DECAYS, sweeps
                                                                           [r["theory_factor"] for r in rows])}
                        for k, eps in enumerate(eps_grid)},
         }
-    return {"lr": lr, "batches": batches.tolist(), "seeds": seeds, "max_steps": max_steps, "eps_grid": eps_grid.tolist(),
-            "n": int(data["X"].shape[0]), "W_star_op": data["W_star_op"],
+    return {"lr": lr, "batches": batches.tolist(), "seeds": seeds, "max_steps": max_steps,
+            "eps_grid": eps_grid.tolist(), "n": int(data["X"].shape[0]), "W_star_op": data["W_star_op"],
             "sweeps": tables, "results": results}
 
 

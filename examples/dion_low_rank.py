@@ -29,7 +29,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _repro  # noqa: E402
 import _training  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 import lmo.optimizers as lo  # noqa: E402
@@ -96,7 +95,8 @@ def run(sizes: dict, *, show: bool = True) -> dict:
     lrs, tuning = dict(sizes.get("lrs", {})), {}
     for method, grid in sizes.get("grids", {}).items():
         fraction = None if method == "Muon" else sizes["tune_fraction"]
-        lrs[method], scores = _training.tune(lambda lr: train(method, fraction, lr, 0)["val"], grid)
+        lrs[method], scores = _training.tune(
+            lambda lr, method=method, fraction=fraction: train(method, fraction, lr, 0)["val"], grid)
         tuning[method] = {"val_loss": {f"{k:g}": v for k, v in scores.items()},
                           "best_at_edge": _training.at_edge(lrs[method], scores)}
     import torch

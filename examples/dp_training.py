@@ -32,7 +32,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _repro  # noqa: E402
 import _training  # noqa: E402
-
 import torch  # noqa: E402
 
 import lmo.optimizers as lo  # noqa: E402
@@ -144,7 +143,7 @@ def run(sizes: dict, methods: tuple[str, ...] = METHODS, *, show: bool = True) -
             grid: dict[str, dict[str, float]] = {}
             best = (-1.0, None, None, False)
             for clip in sizes["clips"]:
-                def val_acc(lr: float, clip: float = clip) -> float:
+                def val_acc(lr: float, clip: float = clip, method: str = method, eps: float = eps) -> float:
                     bar.update(1)
                     return train(method, eps, lr=lr, clip=clip, seed=0, data=data, budget=budget,
                                  hidden=sizes["hidden"])["val"]

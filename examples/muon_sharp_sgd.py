@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
                       f"horizon T in {res['horizons']}; version B = spectral_descent(1/L), L = tr(X^T X/n); metric "
                       f"(1/T) sum_t ||grad f(W_t)||_F, mean of {res['runs']} runs, W_0 = 0")
     png = plot(res, out / "muon_sharp_sgd.png")
-    summary = {**res, "version_b": {B: {k: v for k, v in t.items() if k != "curve"} for B, t in res["version_b"].items()}}
+    summary = {**res, "version_b": {B: {k: v for k, v in t.items() if k != "curve"}
+                                    for B, t in res["version_b"].items()}}
     _repro.save_evidence(args, out, "muon_sharp_sgd", summary)
     for name, key in (("A", "version_a"), ("B", "version_b")):
         for B, t in res[key].items():

@@ -41,7 +41,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _repro  # noqa: E402
 import _training  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 import lmo.optimizers as lo  # noqa: E402
@@ -127,7 +126,7 @@ def run(sizes: dict, *, show: bool = True) -> dict:
         tuned = [h for h in horizons if h == T or (sizes.get("tune_horizons") and method not in SCHEDULE_FREE)]
         lrs[method], tuning[method] = {}, {}
         for h in tuned:
-            best, scores = _training.tune(lambda lr: train(method, lr, 0, h)["val"], grid)
+            best, scores = _training.tune(lambda lr, method=method, h=h: train(method, lr, 0, h)["val"], grid)
             lrs[method][h] = best
             tuning[method][str(h)] = {"val_loss": {f"{k:g}": v for k, v in scores.items()},
                                       "best_at_edge": _training.at_edge(best, scores)}

@@ -163,7 +163,7 @@ def sweep(*, runs: int = 32, horizon: int = 20000, cosine_horizons=(200, 2000, 2
         for method in methods(beta, lambda t: 1.0):
             rows.append(grid_row(method, beta, name, x0, scales, runs, horizon, cosine_horizons, checkpoints))
             # the same schedule at unit rate, Muon on matrices against its vector form, from the rows at scale 0.1
-            drv = methods(beta, lambda t: SCHEDULES[name](t, check_steps))[method]
+            drv = methods(beta, lambda t, name=name: SCHEDULES[name](t, check_steps))[method]
             deviations[f"{method}, beta={beta}, {name}"] = embedding_check(drv, x0[2 * runs: 3 * runs], check_steps)
     if flatter is not None:
         for beta in BETAS[1:]:
@@ -178,7 +178,9 @@ def verdict(res: dict) -> dict:
     schedule and both momentum forms). EF-Muon: with the cosine schedule some base rate brings it below 5% of it
     (with 1/sqrt(t) it falls too, but slowly: the valley's slope is eps, so the subgradient rate G D / sqrt(T) reaches
     the valley's gap eps D only after T ~ (G / eps)^2 ~ 10^6 steps)."""
-    last = lambda r: r["best_over_lr"][str(res["horizon"] if r["schedule"] != "cosine" else max(res["cosine_horizons"]))]  # noqa: E731
+    def last(r: dict) -> float:
+        return r["best_over_lr"][str(res["horizon"] if r["schedule"] != "cosine" else max(res["cosine_horizons"]))]
+
     stuck: dict[str, bool] = {}  # a method is defeated on the class if one f of the family (some eps) stops it
     for r in res["rows"]:
         if r["method"] != "EF-Muon":
@@ -230,17 +232,19 @@ def main(argv: list[str] | None = None) -> dict:
     res["claim"] = CLAIM
     res["setting"] = (f"f = eps|x1+x2| + |x1-x2| with eps = {EPS} (convex, Lipschitz), lifted to 2x2 matrices; Muon "
                       f"with exact polar factor, beta in {list(BETAS)} (Nesterov and EMA), EF-Muon (Nesterov); "
-                      f"schedules {list(SCHEDULES)}; base lr/D in {res['rows'][0]['scales']} via the scale of the start; "
-                      f"{res['runs_per_lr']} runs per base lr; metric: median f(x_T)/(eps|x1+x2|_0) at the horizons, the "
-                      f"best base lr per horizon; for EMA momentum with 1/t also eps = {res['flatter_eps']}; "
+                      f"schedules {list(SCHEDULES)}; base lr/D in {res['rows'][0]['scales']} via the scale of the "
+                      f"start; {res['runs_per_lr']} runs per base lr; metric: median f(x_T)/(eps|x1+x2|_0) at the "
+                      f"horizons, the best base lr per horizon; for EMA momentum with 1/t also "
+                      f"eps = {res['flatter_eps']}; "
                       f"adversarial tie rule (ties met: "
                       f"{sum(r['ties'] for r in res['rows'])})")
     png = plot(res, out / "sign_descent_error_feedback.png")
     _repro.save_evidence(args, out, "sign_descent_error_feedback", res)
     T = str(res["horizon"])
     for r in res["rows"]:
+        chosen = r["best_lr_over_D"].get(T, "-")
         print(f"{r['method']:11s} beta={r['beta']:<5} {r['schedule']:10s} eps={r['eps']:<7} best over lr: "
-              + " ".join(f"T={t}: {b:.3g}" for t, b in r["best_over_lr"].items()) + f"  (lr/D {r['best_lr_over_D'][T] if T in r['best_lr_over_D'] else '-'})")
+              + " ".join(f"T={t}: {b:.3g}" for t, b in r["best_over_lr"].items()) + f"  (lr/D {chosen})")
     print(f"Muon on matrices vs its vector form: max deviation {res['embedding_max_deviation']:.2g}")
     print(f"holds: {res['holds']}")
     print(f"plot: {png}")
