@@ -362,6 +362,33 @@ def test_same_shape_matrices_go_to_the_oracle_in_one_batch(backend):
         np.testing.assert_allclose(to_numpy(batched[k]), to_numpy(single[k]), rtol=1e-12, atol=1e-13)
 
 
+class CountingSpectral(lmo.geometries.Spectral):
+    """The exact spectral oracle (``lmo_factored`` is its route in a step), counting the shapes it is called on."""
+
+    def lmo_factored(self, g, *, finite=False):
+        _CALLS.append(tuple(g.shape))
+        return super().lmo_factored(g, finite=finite)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tall_matrices_share_the_stack_of_their_transposes(backend):
+    """A transposable norm's tall matrices go to the oracle transposed, in one call with the wide ones (an MLP's
+    W_in and W_out); the step is the one each matrix gets alone. A shape-dependent scale is not transposable."""
+    rng = RNG(12)
+    shapes = {"w_in": (6, 3), "w_out": (3, 6), "w_in2": (6, 3), "square": (3, 3)}
+    x = {k: to_backend(backend, rng.standard_normal(s)) for k, s in shapes.items()}
+    g = {k: to_backend(backend, rng.standard_normal(s)) for k, s in shapes.items()}
+    assert CountingSpectral().transposable and not CountingSpectral(scale="rms").transposable
+    for scale, calls in (("none", [(3, 3), (3, 3, 6)]), ("rms", [(2, 6, 3), (3, 3), (3, 6)])):
+        driver = lo.Driver(CountingSpectral(scale=scale), lr=0.1, decay=0.1)
+        _CALLS.clear()
+        batched, _ = driver.step(x, g, driver.init(x))
+        assert sorted(_CALLS) == calls, scale
+        single, _ = driver.replace(batch=False).step(x, g, driver.init(x))
+        for k in shapes:
+            np.testing.assert_allclose(to_numpy(batched[k]), to_numpy(single[k]), rtol=1e-12, atol=1e-13)
+
+
 def test_views_and_transposes_reach_the_oracle_as_declared():
     rng = RNG(9)
     x = np.zeros((4, 2, 3, 3))

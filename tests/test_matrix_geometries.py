@@ -225,3 +225,21 @@ def test_property_kit_passes(cls):
     report = check_plugin(cls, backends=["numpy", "array_api_strict"], max_examples=5)
     assert report.ok, str(report)
 
+
+
+@pytest.mark.parametrize("norm", [pytest.param(n, id=repr(n)) for cls in lmo.norms().values() for n in cls.examples()
+                                  if n.ndim == 2])
+def test_transposable_declaration(norm):
+    """``transposable`` (the optimizers stack a tall matrix with its wide transposes) holds where declared:
+    ``||G^T|| = ||G||``, ``||G^T||_* = ||G||_*`` and ``lmo(G^T) = lmo(G)^T``; Spectral declares it exactly for a
+    shape-independent factor."""
+    g = rand(2, 7, 3, seed=5)
+    if isinstance(norm, Spectral) and type(norm).lmo is Spectral.lmo:
+        assert norm.transposable == (norm.scale == "none" or not isinstance(norm.scale, str))
+    if not norm.transposable:
+        return
+    t = np.swapaxes(g, -1, -2)
+    tol = 1e-10 if getattr(norm, "method", "svd") == "svd" else 1e-6
+    np.testing.assert_allclose(norm.norm(t), norm.norm(g), rtol=tol)
+    np.testing.assert_allclose(norm.dual_norm(t), norm.dual_norm(g), rtol=tol)
+    np.testing.assert_allclose(norm.lmo(t), np.swapaxes(norm.lmo(g), -1, -2), rtol=tol, atol=tol)
