@@ -83,10 +83,10 @@ def frobenius_normalized(xp: Any, x: Any, work: Any) -> Any | None:
     In ``x``'s own memory layout (a transposed view stays one, as torch.optim.Muon keeps it): the largest magnitude
     ``p`` (two read-only reductions), one multiplication by ``1 / p`` that writes the work dtype, the norm of that
     copy (its entries are at most 1: no square overflows, and the largest is 1, so the sum does not underflow), and
-    one division in place (two roundings to the work dtype, as in torch.optim.Muon's prelude). Every scale from subnormal (``p < 2^-126`` is multiplied by ``2^126``) to float32's
-    largest number gives the start of a unit-scale input, and a zero matrix stays zero. A float32 sum of squares of
-    ``x`` itself would overflow beyond ~1e19 and underflow below ~1e-19; a float64 one is exact but costs 3x the
-    whole prelude on a CPU.
+    one division in place (two roundings to the work dtype, as in torch.optim.Muon's prelude). Every scale from
+    subnormal (``p < 2^-126`` is multiplied by ``2^126``) to float32's largest number gives the start of a
+    unit-scale input, and a zero matrix stays zero. A float32 sum of squares of ``x`` itself would overflow beyond
+    ~1e19 and underflow below ~1e-19; a float64 one is exact but costs 3x the whole prelude on a CPU.
     """
     if not _is_torch(xp) or x.dtype != xp.float32:
         return None
