@@ -387,7 +387,9 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
     stacked: dict[int, Array] = {}
     if driver.has_momentum:  # the two-beta estimator
         rows = None
-        if write and driver.beta1 != driver.beta2 and _rows_stack(plan, part):  # c straight into the oracle's stack
+        # c straight into the oracle's stack (this process's executor only: the distributed one stacks what it
+        # gathers, and DTensor estimates cannot be written into a plain tensor)
+        if write and executor is evaluate and driver.beta1 != driver.beta2 and _rows_stack(plan, part):
             batch = plan.batches[part[0]]
             kept = plan.workspace.get(part[0])
             if kept is None:

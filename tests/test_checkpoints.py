@@ -178,8 +178,14 @@ def test_scion_unconstrained_must_be_a_bool():
 
 # -- torch's own optimizer inputs for Muon ---------------------------------------------------------------------------
 def _torch_inputs():
-    """torch's test inputs for its optimizers (``torch.testing._internal``: needs expecttest, a test extra)."""
-    return pytest.importorskip("torch.testing._internal.common_optimizers")
+    """torch's test inputs for its optimizers (``torch.testing._internal``: needs expecttest, a test extra).
+
+    Importing torch's test utilities freezes the global backend flags (``torch.backends.disable_global_flags``),
+    which breaks later tests in this process that set them (Opacus sets ``cudnn.deterministic``): thawed again.
+    """
+    common = pytest.importorskip("torch.testing._internal.common_optimizers")
+    torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True  # the flag's own module
+    return common
 
 
 # Accepted on purpose (documented on lo.Muon): parameters with 3 or more axes are batches of matrices or conv
