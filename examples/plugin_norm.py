@@ -37,7 +37,8 @@ class RowSum(Norm, name="row_sum"):
         lengths, unit = self._row_lengths(xp, g)
         best = xp.astype((lengths == xp.max(lengths, axis=(-2, -1), keepdims=True)) & (lengths > 0), g.dtype)
         share = safe_divide(xp, best, xp.sum(best, axis=(-2, -1), keepdims=True))
-        return narrow(-share * safe_divide(xp, g, lengths))
+        nonfinite = 0 * xp.sum(g, axis=(-2, -1), keepdims=True)  # NaN or inf in a matrix: NaN out (no step)
+        return narrow(-share * safe_divide(xp, g, lengths) + nonfinite)
 
 
 if __name__ == "__main__":
