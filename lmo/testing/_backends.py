@@ -41,7 +41,7 @@ class Backend:
 
     def asarray(self, array: np.ndarray, dtype: str = "float64", layout: str = "contiguous") -> Any:
         """``array`` as this backend's array of ``dtype``, stored in ``layout`` (one of ``layouts``)."""
-        out = self.from_numpy(np.asarray(array, dtype=np.float64), dtype)
+        out = self.from_numpy(np.array(array, dtype=np.float64), dtype)  # a copy: the input may be read-only
         if layout == "contiguous":
             return out
         if layout not in self.layouts or self.relayout is None:

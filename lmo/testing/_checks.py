@@ -223,7 +223,7 @@ def check_norm(
     if not np.all(np.isfinite(case.g64)):
         raise ValueError(f"check_norm needs a finite input g (check_nonfinite takes NaN and inf); got shape "
                          f"{case.g64.shape} with non-finite entries")
-    check_declarations(case)
+    _check_declarations(case)
 
     norm_out = case.call_on_input("norm")
     dual_out = case.call_on_input("dual_norm")
@@ -328,7 +328,7 @@ def check_norm(
 
 
 # -- declarations -------------------------------------------------------------------------------------------------
-def check_declarations(case: _Case) -> None:
+def _check_declarations(case: _Case) -> None:
     norm = case.norm
     delta, slack = norm.delta, norm.slack
     if not (isinstance(delta, (int, float)) and isinstance(slack, (int, float)) and 0 < delta <= 1 and slack >= 0):

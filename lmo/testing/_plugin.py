@@ -21,8 +21,8 @@ from ._names import short_name
 from ._nonfinite import check_nonfinite
 from ._strategies import hard_inputs, large_inputs, numpy_inputs
 
-__all__ = ["Failure", "Report", "Profile", "PROFILES", "check_backend", "check_bounds", "check_parity",
-           "check_plugin", "check_references", "instances_of"]
+__all__ = ["Failure", "Report", "Profile", "PROFILES", "check_backend", "check_bounds", "check_hard_inputs",
+           "check_parity", "check_plugin", "check_references", "instances_of"]
 
 _HALF = ("float16", "bfloat16")
 
@@ -211,11 +211,8 @@ def check_backend(norm: Norm, backend: Backend, *, max_examples: int | None = No
     counter = counter or _Counter()
     references = list(norm.reference_cases())
     full = [dt for dt in backend.dtypes if dt not in _HALF]
+    check_hard_inputs(norm, backend, profile=prof, counter=counter)
     for dtype in backend.dtypes:
-        for label, g in hard_inputs(norm, dtype=dtype):
-            for layout in _layouts(backend, label, prof, g):
-                check_norm(norm, backend.asarray(g, dtype, layout))
-                counter.n += 1
         counter.n += check_references(norm, backend, dtype, references, manifold=False)
     if is_manifold(norm):
         for dtype in full:
@@ -240,16 +237,34 @@ def check_backend(norm: Norm, backend: Backend, *, max_examples: int | None = No
     return counter.n
 
 
+@single_threaded()
+def check_hard_inputs(norm: Norm, backend: Backend, *, profile: str | Profile = "default",
+                      counter: _Counter | None = None) -> int:
+    """:func:`check_norm` on every hard input (:func:`hard_inputs`) in every dtype of ``backend``; on torch also as
+    transposed, strided and channels-last views (the small Gaussian, the batch and the real-size inputs; every
+    input under the thorough profile). Returns the number of cases checked."""
+    prof = _profile(profile)
+    counter = counter or _Counter()
+    for dtype in backend.dtypes:
+        for label, g in hard_inputs(norm, dtype=dtype):
+            for layout in _layouts(backend, label, prof, g, dtype):
+                check_norm(norm, backend.asarray(g, dtype, layout))
+                counter.n += 1
+    return counter.n
+
+
 @functools.lru_cache(maxsize=16)
 def _large_references(norm: Norm, side: int) -> tuple[tuple[np.ndarray, Reference | None], ...]:
     """The large inputs with the norm's reference for each (computed once: an SVD of a 256 x 256 stack is not free)."""
     return tuple((g, norm.reference(np.array(g))) for _, g in large_inputs(norm, side=side))
 
 
-def _layouts(backend: Backend, label: str, prof: Profile, g: np.ndarray) -> tuple[str, ...]:
+def _layouts(backend: Backend, label: str, prof: Profile, g: np.ndarray, dtype: str) -> tuple[str, ...]:
     if len(backend.layouts) == 1 or g.ndim < 2:
         return ("contiguous",)
-    if prof.layouts == "all" or label in ("gaussian", "batch 6 x 5") or label[:1].isdigit():
+    if prof.layouts == "all" or label in ("gaussian", "batch 6 x 5"):
+        return backend.layouts
+    if label[:1].isdigit() and dtype == "float32":  # the real sizes, in one dtype
         return backend.layouts
     return ("contiguous",)
 
