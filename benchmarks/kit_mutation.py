@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -256,7 +255,7 @@ def coverage(only: set[str] | None = None) -> dict[tuple[str, int], set[str]]:
             continue
         seen: set[tuple[str, int]] = set()
 
-        def profile(frame: Any, event: str, arg: Any) -> None:
+        def profile(frame: Any, event: str, arg: Any, seen: set = seen) -> None:
             if event == "call" and "geometries" in frame.f_code.co_filename:
                 seen.add((os.path.basename(frame.f_code.co_filename), frame.f_code.co_firstlineno))
 

@@ -28,7 +28,6 @@ from lmo.backend import Array, Namespace, device, namespace, safe_divide, vdot, 
 from lmo.norm import Norm, Reference
 
 from . import _references
-
 from .spectral import Spectral, _svdvals
 from .vector import L2
 

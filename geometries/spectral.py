@@ -19,7 +19,6 @@ from lmo.backend import Array, Namespace, safe_divide
 from lmo.norm import Norm, Reference
 
 from . import _references
-
 from .polar_solvers import BOUND_RANK, PolarSolver
 from .vector import L2
 
@@ -206,7 +205,7 @@ class SpectralConv(Spectral, name="spectral_conv"):
         return math.sqrt(core[0] / core[1]) / math.prod(core[2:])
 
     def reference(self, g: Any) -> Reference:
-        """The spectral closed form of ``g`` viewed as ``(c_out, c_in K)``, with the factor ``sqrt(c_out / c_in) / K``."""
+        """The spectral closed form of ``g`` viewed as ``(c_out, c_in K)``, factor ``sqrt(c_out / c_in) / K``."""
         batch, core = g.shape[: g.ndim - self.ndim], g.shape[g.ndim - self.ndim :]
         kernel = math.prod(core[2:])
         ref = _references.spectral(g.reshape(*batch, core[0], core[1] * kernel), math.sqrt(core[0] / core[1]) / kernel)

@@ -96,8 +96,8 @@ def test_nonfinite_policy(norm, backend_name):
 # (norm name, input label) pairs where lmo_at is known to be short of the optimum (conftest.LMO_AT_PENDING)
 LMO_AT_SHORT = {("stiefel", label) for label in ("7x5", "6x5", "9x5", "2x7x5")} | {("spectral_sphere", "5x5")}
 MANIFOLD_CASES = [
-    pytest.param(norm, label, x0, g, id=f"{norm!r}-{label}",
-                 marks=_pending(norm, (norm.name, label) in LMO_AT_SHORT and "short", LMO_AT_PENDING.get(norm.name, "")))
+    pytest.param(norm, label, x0, g, id=f"{norm!r}-{label}", marks=_pending(
+        norm, (norm.name, label) in LMO_AT_SHORT and "short", LMO_AT_PENDING.get(norm.name, "")))
     for norm in EXAMPLES if is_manifold(norm) for label, x0, g in manifold_inputs(norm)
 ]
 

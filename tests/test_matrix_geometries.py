@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import pending_failures
 from scipy.optimize import linprog
 
 import lmo
@@ -25,7 +26,6 @@ from lmo.geometries import (
     Sphere,
     Stiefel,
 )
-from conftest import pending_failures
 from lmo.testing import check_plugin, to_numpy
 
 MINE = [Spectral, SpectralConv, Nuclear, Schatten, Frobenius, ColNorm, RowNorm, ScionSign, BiasRMS, Product, Sphere,

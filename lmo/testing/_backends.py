@@ -12,8 +12,7 @@ import functools
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import array_api_compat

@@ -21,7 +21,7 @@ import numpy as np
 
 from lmo.norm import Norm, Reference
 
-from ._backends import single_threaded, Backend, backend_for, to_numpy
+from ._backends import Backend, backend_for, single_threaded, to_numpy
 from ._names import short_name
 
 __all__ = ["ContractViolation", "Measured", "check_norm", "tolerance", "rounding"]
@@ -71,7 +71,8 @@ class ContractViolation(AssertionError):
         self.point = point
         where = short_name(norm) + (f".{method}" if method else "")
         stored = f", {layout}" if layout else ""
-        lines = [f"[{prop}] {where}: {explanation}", f"  input g: shape {self.shape}, {dtype}, backend {backend}{stored}"]
+        lines = [f"[{prop}] {where}: {explanation}",
+                 f"  input g: shape {self.shape}, {dtype}, backend {backend}{stored}"]
         if self.numbers:
             lines.append("  " + ", ".join(f"{k} = {_fmt(v)}" for k, v in self.numbers.items()))
         if point is not None:
@@ -743,8 +744,8 @@ def _check_symmetry(case: _Case, dual: np.ndarray, norm_g: np.ndarray, rng: np.r
         if np.any(gap > 0):
             i = case.worst(gap)
             case.fail("symmetry", "symmetry", f"{method} is declared invariant under {symmetry!r} maps T, but "
-                      f"{method}(T g) differs from {method}(g): the declaration (or {method}) is wrong", **{f"{method}(T g)": float(got[i]),
-                                                                    f"{method}(g)": float(base[i]), "batch index": i})
+                      f"{method}(T g) differs from {method}(g): the declaration (or {method}) is wrong",
+                      **{f"{method}(T g)": float(got[i]), f"{method}(g)": float(base[i]), "batch index": i})
 
 
 def _check_separable(case: _Case, d64: np.ndarray) -> None:

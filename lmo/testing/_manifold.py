@@ -184,8 +184,8 @@ def _check_lmo_at(case: _Case, y: Any, y64: np.ndarray, v64: np.ndarray, dual: n
         excess = value - delta * want - slop - reference.rtol * np.abs(want)
         if np.any(excess > 0):
             i = case.worst(excess)
-            case.fail("reference", "lmo_at", f"<g, lmo_at(x, g)> falls short of the known optimum over the tangent ball "
-                      f"({reference.source})", **{"<g, lmo_at(x, g)>": float(value[i]), "optimum": float(want[i]),
+            case.fail("reference", "lmo_at", "<g, lmo_at(x, g)> falls short of the known optimum over the tangent "
+                      f"ball ({reference.source})", **{"<g, lmo_at(x, g)>": float(value[i]), "optimum": float(want[i]),
                                                   "relative gap": float(excess[i] / max(abs(want[i]), 1e-300)),
                                                   "batch index": i})
         if reference.tangent_lmo is not None and delta == 1 and slack == 0:
@@ -215,8 +215,8 @@ def _check_lmo_at(case: _Case, y: Any, y64: np.ndarray, v64: np.ndarray, dual: n
     value_c = case.inner(case.g64, to_numpy(case.call("lmo_at", y, case.on_backend(case.g64 * c), what="x, g / 8")))
     inexact = 1.0 - delta + slack
     if np.any(np.abs(value_c - value) > (4 * case.tol + inexact) * np.maximum(dual, 1e-300) + case.atol):
-        case.fail("homogeneity", "lmo_at", "lmo_at(x, g) must be positively homogeneous of degree 0 in g: lmo_at(x, g/8) "
-                  "attains a different value", **{"<g, lmo_at(x, g/8)>": float(np.max(value_c)),
+        case.fail("homogeneity", "lmo_at", "lmo_at(x, g) must be positively homogeneous of degree 0 in g: "
+                  "lmo_at(x, g/8) attains a different value", **{"<g, lmo_at(x, g/8)>": float(np.max(value_c)),
                                                    "<g, lmo_at(x, g)>": float(np.max(value))})
 
 

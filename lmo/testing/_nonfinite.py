@@ -22,7 +22,7 @@ import numpy as np
 
 from lmo.norm import Norm
 
-from ._backends import single_threaded, Backend, to_numpy
+from ._backends import Backend, single_threaded, to_numpy
 from ._checks import _MAX_EXPONENT, _Case, _check_outputs, tolerance
 
 __all__ = ["check_nonfinite", "nonfinite_inputs"]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from lmo.norm import Norm, Reference
 
-from ._backends import single_threaded, Backend, available_backends, to_numpy
+from ._backends import Backend, available_backends, single_threaded, to_numpy
 from ._checks import ContractViolation, Measured, _Case, check_norm, tolerance
 from ._manifold import ShapeRefused, check_manifold, is_manifold, manifold_inputs
 from ._names import short_name
@@ -284,8 +284,8 @@ def _manifold(norm: Norm, backend: Backend, dtype: str, counter: _Counter) -> No
     counter.n += checked
 
 
-def check_references(norm: Norm, backend: Backend, dtype: str = "float64", references: Iterable[Reference] | None = None,
-                     *, manifold: bool | None = None) -> int:
+def check_references(norm: Norm, backend: Backend, dtype: str = "float64",
+                     references: Iterable[Reference] | None = None, *, manifold: bool | None = None) -> int:
     """Check the declared :meth:`~lmo.Norm.reference_cases` (or ``references``) on ``backend``: plain ones with
     :func:`check_norm`, manifold ones (with a ``point`` or a ``project``) with :func:`check_manifold` and a
     comparison of ``project``. ``manifold``: only the manifold ones (True) or only the plain ones (False).

@@ -162,7 +162,8 @@ def _large_cores(norm: Norm) -> list[tuple[int, ...]]:
     return [(8, 6) + (3,) * (norm.ndim - 2)]
 
 
-def hard_inputs(norm: Norm, *, seed: int = 0, dtype: str = "float64", large: bool = True) -> list[tuple[str, np.ndarray]]:
+def hard_inputs(norm: Norm, *, seed: int = 0, dtype: str = "float64",
+                large: bool = True) -> list[tuple[str, np.ndarray]]:
     """Named float64 inputs that every oracle must handle.
 
     Zero, ties, a single entry, rank deficiency and ill conditioning at a small tall shape; a second small shape with
