@@ -22,7 +22,8 @@ class RowSum(Norm, name="row_sum"):
     def _row_lengths(self, xp, x):
         peak = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)           # scale first: no overflow in squares
         unit = safe_divide(xp, x, peak)
-        return peak * xp.sqrt(xp.sum(unit * unit, axis=-1, keepdims=True)), unit
+        r = xp.sqrt(xp.sum(unit * unit, axis=-1, keepdims=True))
+        return peak * r, safe_divide(xp, unit, r)                         # row lengths, and the rows made unit
 
     def norm(self, x):
         xp, x, narrow = self._prepare(x, "x")
@@ -34,10 +35,11 @@ class RowSum(Norm, name="row_sum"):
 
     def lmo(self, g):
         xp, g, narrow = self._prepare(g)
-        lengths, unit = self._row_lengths(xp, g)
+        lengths, rows = self._row_lengths(xp, g)
         best = xp.astype((lengths == xp.max(lengths, axis=(-2, -1), keepdims=True)) & (lengths > 0), g.dtype)
         share = safe_divide(xp, best, xp.sum(best, axis=(-2, -1), keepdims=True))
-        return narrow(-share * safe_divide(xp, g, lengths))
+        nonfinite = 0 * xp.sum(g, axis=(-2, -1), keepdims=True)  # NaN or inf in a matrix: NaN out (no step)
+        return narrow(-share * rows + nonfinite)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from lmo.backend import Array, Namespace, safe_divide
-from lmo.norm import Norm
+from lmo.norm import Norm, Reference
 
+from . import _references
 from .vector import RMS, Sign
 
 __all__ = ["ColNorm", "RowNorm", "ScionSign", "BiasRMS"]
@@ -133,6 +135,11 @@ class ColNorm(_LineNorm, name="colnorm"):
         d_out, d_in = core
         return (1 / math.sqrt(d_out) if self.rms else 1.0) * (d_in if self.normalized else 1.0)
 
+    def reference(self, g: Any) -> Reference:
+        d_out, d_in = (g.shape[-1], g.shape[-2]) if self.transpose else (g.shape[-2], g.shape[-1])
+        c = (d_out**-0.5 if self.rms else 1.0) * (d_in if self.normalized else 1.0)
+        return _references.lines(g, -2, c, self.transpose)
+
 
 class RowNorm(_LineNorm, name="rownorm"):
     """The l2 -> l-infinity operator norm ``max_i ||W[i, :]||_2`` (largest row norm), with Scion's scaling.
@@ -154,6 +161,10 @@ class RowNorm(_LineNorm, name="rownorm"):
 
     def _c(self, core: tuple[int, int]) -> float:
         return math.sqrt(core[1]) if self.normalized else 1.0
+
+    def reference(self, g: Any) -> Reference:
+        d_in = g.shape[-2] if self.transpose else g.shape[-1]
+        return _references.lines(g, -1, d_in**0.5 if self.normalized else 1.0, self.transpose)
 
 
 class ScionSign(Norm, name="scion_sign"):
@@ -194,12 +205,20 @@ class ScionSign(Norm, name="scion_sign"):
         return narrow(_SIGN2.norm(x) * self._c(x))
 
     def dual_norm(self, g: Array) -> Array:
-        _, g, narrow = self._prepare(g)
-        return narrow(_SIGN2.dual_norm(g) / self._c(g))
+        xp, g, narrow = self._prepare(g)
+        if not self.normalized:
+            return narrow(_SIGN2.dual_norm(g))
+        # sum |G| overflows where sum |G| / d_in does not: summed at unit scale, max |G| applied last
+        peak = xp.max(xp.abs(g), axis=(-2, -1))
+        unit = safe_divide(xp, xp.abs(g), peak[..., None, None])
+        return narrow(xp.sum(unit, axis=(-2, -1)) / self._c(g) * peak)
 
     def lmo(self, g: Array) -> Array:
         _, g, narrow = self._prepare(g)
         return narrow(_SIGN2.lmo(g) / self._c(g))
+
+    def reference(self, g: Any) -> Reference | None:
+        return _references.scaled(_references.sign(g, 2), 1.0 / g.shape[-1] if self.normalized else 1.0)
 
 
 _SIGN2 = Sign(ndim=2)

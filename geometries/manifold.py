@@ -25,8 +25,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from lmo.backend import Array, Namespace, device, namespace, safe_divide, vdot, widen
-from lmo.norm import Norm
+from lmo.norm import Norm, Reference
 
+from . import _references
 from .polar_solvers import polar
 from .spectral import Spectral, _svdvals
 from .vector import L2
@@ -57,6 +58,10 @@ class Sphere(L2, name="sphere"):
     @classmethod
     def examples(cls) -> Iterable[Norm]:
         return (cls(), cls(ndim=2, radius=2.0))
+
+    def reference_cases(self) -> Iterable[Reference]:
+        shapes = {1: ((9,), (3, 9)), 2: ((4, 6),)}.get(self.ndim, ())
+        return _references.sphere_cases(self.ndim, self.radius, shapes)
 
     def _expand(self, xp: Namespace, v: Array) -> Array:
         return xp.reshape(v, tuple(v.shape) + (1,) * self.ndim)
@@ -165,6 +170,9 @@ class Stiefel(Spectral, name="stiefel"):
     @classmethod
     def examples(cls) -> Iterable[Norm]:
         return (cls(), cls(retraction="qr"))
+
+    def reference_cases(self) -> Iterable[Reference]:
+        return _references.stiefel_cases(lambda m, n: _references.spectral_factor(self.scale, m, n))
 
     def _point(self, x: Array) -> tuple[Namespace, Array]:
         xp = namespace(x)
@@ -460,6 +468,10 @@ class SpectralSphere(Spectral, name="spectral_sphere"):
     @classmethod
     def examples(cls) -> Iterable[Norm]:
         return (cls(), cls(radius=3.0))
+
+    def reference_cases(self) -> Iterable[Reference]:
+        return _references.spectral_sphere_cases(
+            self.radius, lambda m, n: _references.spectral_factor(self.scale, m, n))
 
     def _theta(self, xp: Namespace, w: Array) -> Array:
         _, u = _peak_div(xp, w)

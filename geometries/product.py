@@ -28,7 +28,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lmo.backend import Array, Namespace, namespace, safe_divide
-from lmo.norm import Norm, get_norm
+from lmo.norm import Norm, Reference, get_norm
+
+from . import _references
 
 __all__ = ["Product"]
 
@@ -121,6 +123,15 @@ class Product(Norm, name="product"):
             for p, (_, shape) in zip(parts, self.blocks)
         ]
         return xp.concat(flat, axis=-1)
+
+    def reference(self, g: Any) -> Reference | None:
+        """The blocks' references (cut from ``g`` as :meth:`split` cuts it), combined by the product formulas."""
+        batch, blocks, start = g.shape[:-1], [], 0
+        for norm, shape in self.blocks:
+            size = math.prod(shape)
+            blocks.append((norm.reference(g[..., start : start + size].reshape(*batch, *shape)), shape))
+            start += size
+        return _references.product(g, blocks, self.radii, self.combine)
 
     # -- the contract ------------------------------------------------------------------------------------------
     def _stack(self, xp: Namespace, values: list[Array]) -> Array:

@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from lmo.backend import Array, Namespace, safe_divide
-from lmo.norm import Norm
+from lmo.norm import Norm, Reference
 
+from . import _references
 from .polar_solvers import BOUND_RANK, PolarSolver
 from .vector import L2
 
@@ -183,6 +184,9 @@ class Spectral(Norm, name="spectral"):
         p = self.solver.iterate(self._matrix(g))
         return narrow(xp.reshape(p, g.shape)), -self._factor(self._core(g))
 
+    def reference(self, g: Any) -> Reference:
+        return _references.spectral(g, _references.spectral_factor(self.scale, g.shape[-2], g.shape[-1]))
+
 
 class SpectralConv(Spectral, name="spectral_conv"):
     """The spectral norm of a convolution kernel ``(c_out, c_in, *kernel)`` reshaped to ``(c_out, c_in * K)``,
@@ -220,6 +224,14 @@ class SpectralConv(Spectral, name="spectral_conv"):
 
     def _factor(self, core: tuple[int, ...]) -> float:
         return math.sqrt(core[0] / core[1]) / math.prod(core[2:])
+
+    def reference(self, g: Any) -> Reference:
+        """The spectral closed form of ``g`` viewed as ``(c_out, c_in K)``, factor ``sqrt(c_out / c_in) / K``."""
+        batch, core = g.shape[: g.ndim - self.ndim], g.shape[g.ndim - self.ndim :]
+        kernel = math.prod(core[2:])
+        ref = _references.spectral(g.reshape(*batch, core[0], core[1] * kernel), math.sqrt(core[0] / core[1]) / kernel)
+        return Reference(g, norm=ref.norm, dual_norm=ref.dual_norm, lmo=ref.lmo.reshape(g.shape),
+                         condition=ref.condition, source=ref.source + ", on the kernel viewed as (c_out, c_in K)")
 
 
 class Nuclear(Norm, name="nuclear"):
@@ -293,6 +305,9 @@ class Nuclear(Norm, name="nuclear"):
         d = u * xp.matrix_transpose(v)
         return narrow(-(xp.matrix_transpose(d) if tall else d))
 
+    def reference(self, g: Any) -> Reference:
+        return _references.nuclear(g)
+
 
 def _unit(xp: Namespace, v: Array) -> Array:
     n = xp.sqrt(xp.sum(v * v, axis=(-2, -1), keepdims=True))
@@ -348,6 +363,9 @@ class Schatten(Norm, name="schatten"):
         total = xp.sum(s**self.q, axis=-1, keepdims=True) ** (1.0 / self.p)
         w = safe_divide(xp, w, total)
         return narrow(-xp.matmul(u * w[..., None, :], vh))
+
+    def reference(self, g: Any) -> Reference:
+        return _references.schatten(g, self.p)
 
 
 class Frobenius(L2, name="frobenius"):

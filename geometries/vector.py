@@ -15,7 +15,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lmo.backend import Array, Namespace, device, safe_divide
-from lmo.norm import Norm, get_norm
+from lmo.norm import Norm, Reference, get_norm
+
+from . import _references
 
 __all__ = ["Sign", "L1", "L2", "Lp", "RMS", "WeightedSign", "Scaled"]
 
@@ -70,6 +72,9 @@ class Sign(_Entrywise, name="sign"):
         xp, g, narrow = self._prepare(g)
         return narrow(-xp.sign(g))
 
+    def reference(self, g: Any) -> Reference:
+        return _references.sign(g, self.ndim)
+
     @property
     def separable_axes(self) -> tuple[int, ...]:  # type: ignore[override]
         return tuple(range(-self.ndim, 0))  # entrywise: every block is its own oracle
@@ -101,6 +106,9 @@ class L1(_Entrywise, name="l1"):
         count = xp.sum(winners, axis=self._axes(), keepdims=True)
         return narrow(-xp.sign(g) * safe_divide(xp, winners, count))
 
+    def reference(self, g: Any) -> Reference:
+        return _references.l1(g, self.ndim)
+
 
 class L2(_Entrywise, name="l2"):
     """The Euclidean norm; self-dual; ``lmo(g) = -g / ||g||_2``, and ``lmo(0) = 0``. Infinite entries: the limit
@@ -126,6 +134,9 @@ class L2(_Entrywise, name="l2"):
         xp, g, narrow = self._prepare(g)
         return narrow(-self._length(xp, g)[1])
 
+    def reference(self, g: Any) -> Reference:
+        return _references.euclidean(g, self.ndim)
+
 
 class RMS(L2, name="rms"):
     """The root-mean-square norm ``||x||_2 / sqrt(n)`` (``n`` entries); dual ``sqrt(n) ||g||_2``;
@@ -139,6 +150,9 @@ class RMS(L2, name="rms"):
 
     def lmo(self, g: Array) -> Array:
         return super().lmo(g) * math.sqrt(self._size(g))
+
+    def reference(self, g: Any) -> Reference:
+        return _references.euclidean(g, self.ndim, factor=math.sqrt(math.prod(g.shape[g.ndim - self.ndim:])))
 
 
 class Lp(_Entrywise, name="lp"):
@@ -189,6 +203,9 @@ class Lp(_Entrywise, name="lp"):
         s = xp.sum(xp.abs(u) ** q, axis=self._axes(), keepdims=True)
         return narrow(-xp.sign(u) * safe_divide(xp, w, s ** (1.0 / self.p)))
 
+    def reference(self, g: Any) -> Reference:
+        return _references.lp(g, self.ndim, self.p)
+
 
 class WeightedSign(Norm, name="weighted_sign"):
     """The weighted l-infinity norm ``max_i w_i |x_i|`` with weights ``w_i > 0`` on the trailing axis;
@@ -235,6 +252,9 @@ class WeightedSign(Norm, name="weighted_sign"):
     def lmo(self, g: Array) -> Array:
         xp, g, narrow = self._prepare(g)
         return narrow(-xp.sign(g) / self._weights(xp, g))
+
+    def reference(self, g: Any) -> Reference:
+        return _references.weighted_sign(g, self.weights)
 
 
 def _as_sequence(weights: Any) -> Sequence[Any]:
@@ -311,4 +331,7 @@ class Scaled(Norm, name="scaled"):
     def sharp(self, g: Array) -> Array:
         _, g, narrow = self._prepare(g)
         return narrow(self.base.sharp(g) * self.scale**2)
+
+    def reference(self, g: Any) -> Reference | None:
+        return _references.scaled(self.base.reference(g), self.scale)
 

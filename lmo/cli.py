@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,24 +58,115 @@ def load_target(target: str) -> Any:
     return obj
 
 
-def _check(targets: Sequence[str], backends: Sequence[str] | None, max_examples: int) -> int:
-    import lmo
-    from lmo.testing import Report, check_plugin
+def _cache_dir() -> Path:
+    """Where the kit's hypothesis storage goes: ``$LMO_CACHE_DIR``, else ``$XDG_CACHE_HOME/lmo``, else ``~/.cache/lmo``
+    (never the working directory)."""
+    if os.environ.get("LMO_CACHE_DIR"):
+        return Path(os.environ["LMO_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lmo"
 
+
+def _use_cache_dir() -> None:
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        return  # the user chose where hypothesis writes
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(_cache_dir() / "hypothesis")
+
+
+def _worker_init() -> None:
+    _use_cache_dir()
+    try:  # small matrices: one thread per process is faster than two fighting over two cores
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def _check_one(obj: Any, backends: Sequence[str] | None, max_examples: int | None, profile: str) -> Any:
+    from lmo.testing import check_plugin
+
+    return check_plugin(obj, backends=backends, max_examples=max_examples, profile=profile)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _check(targets: Sequence[str], backends: Sequence[str] | None, max_examples: int | None, profile: str,
+           jobs: int) -> int:
+    import lmo
+    from lmo.testing import Report, instances_of
+
+    _use_cache_dir()
     objects = [load_target(t) for t in targets] if targets else list(lmo.norms().values())
-    combined = Report()
+    names = [getattr(obj, "name", None) or getattr(obj, "__qualname__", str(obj)) for obj in objects]
+    # the estimate counts example instances (a geometry's cost is roughly proportional to them)
+    weights = []
     for obj in objects:
-        name = getattr(obj, "__qualname__", str(obj))
-        print(f"checking {name} ...", end=" ", flush=True)
-        report = check_plugin(obj, backends=backends, max_examples=max_examples)
+        try:
+            weights.append(max(1, len(instances_of(obj))))
+        except Exception:
+            weights.append(1)
+    total = sum(weights)
+    print(f"checking {len(objects)} geometr{'y' if len(objects) == 1 else 'ies'} ({total} example instances, profile "
+          f"{profile}, {jobs} process{'es' if jobs > 1 else ''})", flush=True)
+    start = time.perf_counter()
+    done_weight = 0
+    reports: dict[int, Any] = {}
+
+    def finished(i: int, report: Any) -> None:
+        nonlocal done_weight
+        reports[i] = report
+        done_weight += weights[i]
+        elapsed = time.perf_counter() - start
+        left = elapsed / done_weight * (total - done_weight)
         cases = sum(r.cases for r in report.rows)
-        print(f"{'ok' if report.ok else 'FAILED'} ({cases} cases)", flush=True)
-        combined.rows += report.rows
+        verdict = "ok" if report.ok else f"FAILED ({len(report.failures)} row{'s' if len(report.failures) > 1 else ''})"
+        seconds = sum(r.seconds for r in report.rows)
+        print(f"[{len(reports):{len(str(len(objects)))}d}/{len(objects)}] {names[i]:<16} {verdict:<16} "
+              f"{cases:6d} cases {_duration(seconds):>6}   elapsed {_duration(elapsed)}, about "
+              f"{_duration(left)} left", flush=True)
+
+    # a worker process finds a geometry again by its registry name; a class loaded from a file is checked here
+    portable = [_portable(obj) for obj in objects]
+    if jobs > 1 and len(objects) > 1 and all(isinstance(p, str) for p in portable):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # the slowest geometries first, so that the pool is not left waiting on one at the end
+        order = sorted(range(len(objects)), key=lambda i: -weights[i])
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
+            futures = {pool.submit(_check_one, portable[i], backends, max_examples, profile): i for i in order}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    else:
+        for i, obj in enumerate(objects):
+            finished(i, _check_one(obj, backends, max_examples, profile))
+    combined = Report()
+    for i in range(len(objects)):
+        combined.rows += reports[i].rows
     print()
     print(combined)
     print()
-    print("FAILED: at least one property is violated" if not combined.ok else "OK: every property holds")
+    print(f"{'FAILED: at least one property is violated' if not combined.ok else 'OK: every property holds'} "
+          f"({_duration(time.perf_counter() - start)})")
     return 0 if combined.ok else 1
+
+
+def _portable(obj: Any) -> Any:
+    """What a worker process can unpickle: a registered norm by name (its class is found again there)."""
+    name = getattr(obj, "name", None)
+    if isinstance(obj, type) and isinstance(name, str):
+        import lmo.norm
+
+        if lmo.norm._REGISTRY.get(name) is obj:
+            return name
+    return obj
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,13 +174,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="run the property kit on norms (exit 1 on any violation)",
-                           description="Run the property kit (lmo.testing.check_plugin) on each target: "
-                           "feasibility, tightness, optimality, duality, homogeneity, norm axioms, Hoelder, extreme "
-                           "scales, symmetry and backend parity, on every installed backend.")
+                           description="Run the property kit (lmo.testing.check_plugin) on each target, on every "
+                           "installed backend and dtype: reference values, feasibility, tightness, optimality, "
+                           "duality, homogeneity, norm axioms, Hoelder, sharp, extreme scales, NaN and inf inputs, "
+                           "symmetry, separability, real sizes and memory layouts, manifold methods (lmo_at, retract, "
+                           "project), and backend parity. Hypothesis keeps its files in ~/.cache/lmo (or "
+                           "$LMO_CACHE_DIR), not in the working directory.")
     check.add_argument("targets", nargs="*", help="module:Name, file.py:Name or a registry name (default: all)")
     check.add_argument("--backend", action="append", dest="backends", metavar="NAME",
                        help="check only this backend (repeatable): numpy, torch, array_api_strict, cupy, ...")
-    check.add_argument("--max-examples", type=int, default=50, help="hypothesis examples per backend and dtype")
+    check.add_argument("--max-examples", type=int, default=None,
+                       help="hypothesis examples per backend and dtype (default: the profile's)")
+    check.add_argument("--thorough", action="store_true",
+                       help="the thorough profile: 200 examples per dtype, every input in every memory layout, large "
+                       "sizes (256 and 512) for exact oracles too; takes several times longer")
+    check.add_argument("--jobs", "-j", type=int, default=None,
+                       help="worker processes for several geometries (default: 2 when checking more than one, "
+                       "at most the number of CPUs)")
     demo = sub.add_parser(
         "demo", help="train a tiny transformer with AdamW, Muon, Scion, Lion, SignSGD; plot and table (~1 min)",
         description="Train a tiny character-level transformer (2 layers, width 64) on the source of the installed "
@@ -101,9 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.command == "check":
-        if args.max_examples < 1:
+        if args.max_examples is not None and args.max_examples < 1:
             parser.error("--max-examples must be >= 1")
-        return _check(args.targets, args.backends, args.max_examples)
+        if args.jobs is not None and args.jobs < 1:
+            parser.error("--jobs must be >= 1")
+        jobs = args.jobs or min(2, os.cpu_count() or 1)
+        return _check(args.targets, args.backends, args.max_examples, "thorough" if args.thorough else "default", jobs)
     return _demo(args, parser)
 
 

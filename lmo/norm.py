@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from .backend import Array, Namespace, namespace, widen
 
-__all__ = ["Norm", "get_norm", "norms", "ENTRY_POINT_GROUP"]
+__all__ = ["Norm", "Reference", "get_norm", "norms", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "lmo.geometries"
 
@@ -158,6 +158,26 @@ class Norm(abc.ABC):
         """The trailing shape this norm requires, or ``None`` if any shape with ``ndim`` non-empty axes fits."""
         return None
 
+    def reference(self, g: Any) -> Reference | None:
+        """What this norm gives on ``g`` (a float64 numpy array), known independently of its methods, or ``None``.
+
+        A geometry that can state its results in closed form (``sum |g|``, the singular values of ``g`` from
+        numpy, ...) returns them as a :class:`Reference`; ``lmo.testing`` compares ``norm``, ``dual_norm`` and
+        ``lmo`` with it on every input it draws. A subclass inherits the reference, so one that changes the math
+        (an ``rms`` that is silently ``l2``) is caught; one that changes it on purpose declares its own.
+        Default: ``None`` (no closed form; the kit's other checks still apply).
+        """
+        return None
+
+    def reference_cases(self) -> Iterable[Reference]:
+        """Fixed inputs with independently known results (closed forms, or numbers from an LP or a convex solver
+        stated with their source), checked by ``lmo.testing`` on every backend; see :class:`Reference`.
+
+        Manifold geometries declare their tangent-space optimum here (``point`` and ``tangent_value``). Default:
+        none.
+        """
+        return ()
+
     # -- helpers for implementations -----------------------------------------------------------------------------
     def _prepare(self, x: Array, name: str = "g", *, finite: bool = False) -> tuple[Namespace, Array, Any]:
         """Validate ``x`` for this norm and return ``(xp, x_wide, narrow)``, see :func:`lmo.backend.widen`; ``narrow``
@@ -228,6 +248,45 @@ def _guard_nonfinite(
         return narrow(y)
 
     return clean, guarded
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Reference:
+    """An input ``g`` and results for it that were obtained without the geometry's own methods.
+
+    Every field that is not ``None`` is checked by ``lmo.testing``; arrays are float64 numpy arrays (or nested
+    lists), and ``g`` may have batch axes (then ``norm`` and ``dual_norm`` have the batch shape).
+
+    ``norm``, ``dual_norm``
+        ``||g||`` and ``||g||_*``.
+    ``lmo``
+        ``argmin_{||d|| <= 1} <g, d>``, with the tie rule the geometry documents; leave it ``None`` where the argmin
+        is set-valued and no rule is documented, or where it is too ill-conditioned to compare.
+    ``condition``
+        How much a relative perturbation of ``g`` can move ``lmo`` (e.g. ``s_1 / s_r`` for a polar factor): the kit
+        compares the argmin within its tolerance times ``condition``.
+    ``point``, ``tangent_value``, ``tangent_lmo``
+        For manifold geometries: a point ``x`` of the manifold, the optimum ``min <g, v>`` over tangent ``v`` at
+        ``x`` with ``||v|| <= 1`` (what ``lmo_at(x, g)`` must attain), and that argmin where it is unique.
+    ``project``
+        For manifold geometries: ``project(g)``.
+    ``rtol``
+        The relative accuracy of the numbers themselves (a solver's tolerance; 0 for closed forms).
+    ``source``
+        How the numbers were obtained ("closed form: ...", "cvxpy 1.9 (Clarabel), gap 1e-9", ...).
+    """
+
+    g: Any
+    norm: Any = None
+    dual_norm: Any = None
+    lmo: Any = None
+    condition: float = 1.0
+    point: Any = None
+    tangent_value: Any = None
+    tangent_lmo: Any = None
+    project: Any = None
+    rtol: float = 0.0
+    source: str = ""
 
 
 # -- registry ----------------------------------------------------------------------------------------------------

@@ -39,3 +39,30 @@ def backend_params() -> list:
 def backend(request):
     """A property-kit ``Backend`` for each installed array library."""
     return INSTALLED[request.param]
+
+# Geometries whose NaN/inf policy (issue 15 item 5) is known broken: the kit's "non-finite input" check is
+# expected to fail for them (strict xfail). None since every built-in keeps the policy.
+NONFINITE_PENDING: frozenset[str] = frozenset()
+# Known lmo_at bugs the kit finds (issue 16): the spectral sphere's bisection is up to 10% short on square matrices,
+# where the optimal G - lam Theta is singular and msign of it is not the argmin.
+LMO_AT_PENDING = {
+    "spectral_sphere": "SpectralSphere.lmo_at: up to 10% short on square matrices (msign of a singular G - lam Theta)",
+}
+
+
+def registry_name(label: str) -> str:
+    """The registry name in a kit report label (``spectral(scale='rms')`` -> ``spectral``)."""
+    return label.split("(", 1)[0]
+
+
+def pending_failures(report) -> list:
+    """The failures of ``report`` that are not among the known pending ones above."""
+    out = []
+    for f in report.failures:
+        name = registry_name(f.norm)
+        if f.property == "non-finite input" and name in NONFINITE_PENDING:
+            continue
+        if f.method == "lmo_at" and name in LMO_AT_PENDING:
+            continue
+        out.append(f)
+    return out

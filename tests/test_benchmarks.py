@@ -31,3 +31,14 @@ def test_benchmark_script_quick_mode_writes_its_table_and_json(script, tmp_path)
     assert data["benchmark"] == script and data["quick"] is True
     assert data["rows"] and all(len(r) == len(data["headers"]) for r in data["rows"])
     assert data["machine"]["torch"] and data["machine"]["cores"]
+
+
+def test_kit_mutation_quick_mode_kills_the_mutants_of_two_methods(tmp_path):
+    out = tmp_path / "kit_mutation.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kit_mutation.py"), "--quick", "--jobs", "1",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    assert data["results"] and all(r["status"] == "killed" for r in data["results"]), done.stdout
+    assert data["score"] == 1.0 and "| killed |" in done.stdout
