@@ -19,6 +19,7 @@ uscion         as scion                                       (b, b)            
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -41,6 +42,8 @@ __all__ = [
     "MuonGeometry",
     "ScionGeometry",
     "ScionRecipe",
+    "ScionAssignment",
+    "SCION_ROLES",
     "SCION_NORMS",
     "vector_geometry",
     "ADJUST_LR",
@@ -198,8 +201,9 @@ class MuonGeometry:
       computed from that matrix: ``A = O``, ``B = I * k1 * ...``
       (so ``original`` gives ``sqrt(max(1, O / (I k1 ...)))``).
       Use ``view="flatten"`` for Conv1d kernels ``(O, I, k)``, which ``"auto"`` would read as ``O`` matrices.
-    - vectors and scalars (fewer than 2 axes): the geometry ``vectors`` if given (a ``Norm``, registry name or
-      ``ParamGeometry``: e.g. ``"rms"`` or :func:`vector_geometry`), else refused.
+    - vectors and scalars (fewer than 2 axes): the geometry ``vectors`` if given, else refused. ``vectors`` is a
+      ``Norm``, registry name or ``ParamGeometry`` (e.g. ``"rms"`` or :func:`vector_geometry`), or a rule
+      ``(name, shape) -> geometry`` for them; a scalar is seen as a vector of one entry.
 
     Radius (``adjust_lr``, torch.optim.Muon's ``adjust_lr_fn``) from the matrix shape ``(A, B)``:
     ``"original"`` ``sqrt(max(1, A / B))`` (Keller Jordan), ``"match_rms_adamw"`` ``0.2 sqrt(max(A, B))`` (Moonshot),
@@ -210,6 +214,7 @@ class MuonGeometry:
     adjust_lr: str | None = "original"
     view: str = "auto"
     vectors: Any = None
+    label: str = dataclasses.field(default="muon", compare=False)  # the configuration's name, for messages
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", get_norm(self.norm))
@@ -218,8 +223,7 @@ class MuonGeometry:
         adjust = "original" if self.adjust_lr is None else self.adjust_lr
         object.__setattr__(self, "adjust_lr", validation.choice("adjust_lr", adjust, ADJUST_LR))
         validation.choice("view", self.view, VIEWS)
-        if self.vectors is not None and not isinstance(self.vectors, ParamGeometry):
-            object.__setattr__(self, "vectors", ParamGeometry(get_norm(self.vectors)))
+        object.__setattr__(self, "vectors", vectors_rule(self.vectors))
 
     def radius(self, rows: int, cols: int) -> float:
         """The radius of an ``(rows, cols)`` matrix's update under this geometry's ``adjust_lr``."""
@@ -232,16 +236,41 @@ class MuonGeometry:
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
         if len(shape) < 2:
             if self.vectors is not None:
-                return self.vectors
+                return vector_for(self.vectors, name, tuple(shape))
             raise ValueError(
-                f"Muon acts on matrices; parameter {name!r} has shape {tuple(shape)}. Give the vectors a geometry "
-                f"of their own: muon(..., vectors='rms') (or lmo.optimizers.vector_geometry()), or optimise them "
-                f"with another optimizer"
+                f"{self.label} acts on matrices; parameter {name!r} has shape {tuple(shape)}. Give what is not a "
+                f"matrix a geometry: {self.label}(..., vectors='rms') (the default: "
+                f"lmo.optimizers.vector_geometry()), or a rule {self.label}(..., vectors=lambda name, shape: "
+                f"lmo.optimizers.ParamGeometry('rms', radius=0.1))"
             )
         if flattens(len(shape), self.view):
             view = (shape[0], math.prod(shape[1:]))
             return ParamGeometry(self.norm, self.radius(*view), view)
         return ParamGeometry(self.norm, self.radius(shape[-2], shape[-1]))
+
+
+def vectors_rule(vectors: Any) -> ParamGeometry | Callable[[str, tuple[int, ...]], Any] | None:
+    """``vectors=`` of the matrix configurations, checked: ``None`` (refuse vectors), a ``ParamGeometry``, a
+    ``Norm`` or registry name (made a ``ParamGeometry`` of radius 1), or a rule ``(name, shape) -> geometry``."""
+    if vectors is None or isinstance(vectors, ParamGeometry):
+        return vectors
+    if isinstance(vectors, (str, Norm)):
+        return ParamGeometry(get_norm(vectors))
+    if callable(vectors):
+        return vectors
+    raise HyperparameterError("vectors", vectors, "None, a Norm, a registry name, a ParamGeometry or a rule "
+                              "(name, shape) -> geometry")
+
+
+def vector_for(vectors: Any, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+    """The geometry that ``vectors`` (see :func:`vectors_rule`) gives the parameter ``name`` of fewer than 2 axes;
+    a scalar is seen as a vector of one entry (``view=(1,)``), so that a vector norm applies to it."""
+    geo = vectors(name, shape) if callable(vectors) and not isinstance(vectors, ParamGeometry) else vectors
+    if not isinstance(geo, ParamGeometry):
+        geo = ParamGeometry(get_norm(geo))
+    if not shape and geo.view is None and geo.norm.ndim == 1:
+        geo = dataclasses.replace(geo, view=(1,))
+    return geo
 
 
 def vector_geometry(radius: float = 1.0) -> ParamGeometry:
@@ -310,9 +339,10 @@ def muon(
     of the polar iteration; the default follows the device (bf16 where bf16 matrix products are fast, as
     torch.optim.Muon always uses; fp32 elsewhere).
 
-    ``vectors``: the geometry of parameters with fewer than 2 axes (biases, gains): a ``Norm``, registry name or
-    ``ParamGeometry``; default ``"rms"``, each vector's step of RMS ``lr`` (Scion's ``BiasRMS``), so that
-    ``muon(lr).init({"w": W, "b": b})`` works; ``None`` refuses them, as torch.optim.Muon does.
+    ``vectors``: the geometry of parameters with fewer than 2 axes (biases, gains, scalars): a ``Norm``, registry
+    name or ``ParamGeometry``, or a rule ``(name, shape) -> geometry`` for them; default ``"rms"``
+    (:func:`vector_geometry`: each vector's step has RMS ``lr``, Scion's ``BiasRMS``), so that
+    ``muon(lr).init({"w": W, "b": b})`` works in numpy and CuPy; ``None`` refuses them, as torch.optim.Muon does.
     """
     validation.boolean("nesterov", nesterov)
     if norm is not None:
@@ -341,13 +371,17 @@ def _spectral(method: str, dtype: str | None) -> Norm:
     needs=("spectral",),
 )
 def spectral_descent(
-    lr: float | Callable[[int], float] = 0.1, *, beta: float = 0.0, method: str = "svd", **driver: Any
+    lr: float | Callable[[int], float] = 0.1, *, beta: float = 0.0, method: str = "svd", vectors: Any = "l2",
+    **driver: Any
 ) -> Driver:
     """Stochastic spectral descent (Carlson et al., 2015): the sharp step ``x <- x - lr ||c||_nuc U V^T``.
 
     The driver with the spectral geometry and ``rule="sharp"``: the step is scaled by the dual (nuclear) norm.
+    ``vectors`` (see :func:`muon`): default ``"l2"``, the spectral norm of a vector (a one-row matrix), whose
+    sharp step is ``-lr c`` (SGD); the RMS ball's sharp step would be ``-lr n c`` for ``n`` entries.
     """
-    geometry = MuonGeometry(_spectral(method, None), adjust_lr="none", view="batch")
+    geometry = MuonGeometry(_spectral(method, None), adjust_lr="none", view="batch", vectors=vectors,
+                            label="spectral_descent")
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta)}
     return configured(names, geometry=geometry, lr=lr, beta1=beta, beta2=beta, rule="sharp", **driver)
 
@@ -472,49 +506,177 @@ class ScionGeometry:
         return dataclasses.replace(geo, radius=geo.radius * self.radius)
 
 
+SCION_ROLES = ("output", "embedding", "hidden", "conv", "vector")
+"""The roles of :class:`ScionRecipe`, each with its Scion norm and radius."""
+
+
+def _patterns(field: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        out = tuple(value)
+    except TypeError:
+        raise HyperparameterError(field, value, "a name, a module name or a glob pattern (or a sequence of them)")
+    if not all(isinstance(p, str) and p for p in out):
+        raise HyperparameterError(field, value, "non-empty strings: parameter names, module names or glob patterns")
+    return out
+
+
+def _declared(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``name`` is declared by one of ``patterns``: the parameter's name, the name of a module holding it
+    (a dotted prefix: ``"head"`` declares ``"head.weight"``), or a glob pattern (``"*.lm_head.*"``)."""
+    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _reads_rows(first: tuple[int, ...], following: tuple[int, ...]) -> bool:
+    """Whether a model's first matrix ``first`` is an embedding table ``(vocab, dim)``, seen from the matrix
+    registered after it: that one takes inputs of ``first``'s row length ``dim`` (a lookup emits rows), not of
+    its row count (a linear layer ``(out, in)`` emits ``out`` values). A square matrix cannot tell: not a table."""
+    return len(first) == 2 and first[0] != first[1] and following[-1] == first[1]
+
+
 @dataclasses.dataclass(frozen=True)
 class ScionRecipe:
-    """Scion's recipe for a transformer (LIONS-EPFL/scion README and paper), assigned by parameter name and shape:
+    """Scion's per-parameter recipe for any model, from its parameter list alone (``model.named_parameters()``:
+    names, shapes, registration order), with no naming rule required. Each parameter gets a role, and the role its
+    Scion norm (:data:`SCION_NORMS`) and radius:
 
-    - output layer (a name component containing one of ``output``, e.g. ``lm_head.weight``): ``Sign`` (normalised,
-      ``1/d_in``), radius ``output_radius`` (README: ``50 * 60``);
-    - embeddings (a name component containing one of ``embedding``, e.g. ``wte.weight``, stored ``(vocab, dim)``):
-      ``ColNorm`` transposed (each embedding vector of unit RMS), radius ``embedding_radius``;
-    - vectors and scalars (biases, gains): ``BiasRMS``, radius ``bias_radius``;
-    - other matrices (hidden layers): ``Spectral`` (``sqrt(d_out / d_in)`` normalised), radius ``radius``;
-    - conv kernels: ``SpectralConv``, radius ``radius``.
+    =========  ===========================================================  =========================  ================
+    role       parameters                                                   norm (lmo of the estimate)  radius
+    =========  ===========================================================  =========================  ================
+    output     the last matrix in registration order (the layer that maps   ``Sign``, normalised:       output_radius
+               to the output), or the parameters named by ``output``        ``-sign(g) / d_in``
+    embedding  the matrices named by ``embedding`` (tables stored           ``ColNorm`` transposed:     embedding_radius
+               ``(vocab, dim)``)                                            rows of unit RMS
+    hidden     every other matrix                                           ``Spectral``: ``-sqrt(d_out  radius
+                                                                            / d_in) U V^T``
+    conv       kernels of 3 or 4 axes                                       ``SpectralConv``            radius
+    vector     0 or 1 axis (biases, norm gains, scalars)                    ``BiasRMS``: unit RMS       bias_radius
+    =========  ===========================================================  =========================  ================
+
+    ``output`` and ``embedding`` override the structural choice: parameter names, module names (``"head"`` declares
+    ``head.weight`` and ``head.bias``) or glob patterns (``"*lm_head*"``). Declare the output of a model whose
+    output matrix is not registered last -- one that ties it to the input embedding (``named_parameters()`` lists
+    a tied tensor once, under the embedding's name: ``output="wte"``), or registers a matrix after its head.
+
+    The recipe is a geometry rule that sees the whole parameter list: the driver binds it to the list
+    (:meth:`for_parameters`, the torch optimizers to all their parameters) before it assigns geometries;
+    :meth:`assign` does the same for a model's ``named_parameters()`` and shows the result. Called on one
+    parameter alone, it knows only the declared names and the shape (no output layer unless declared).
+    The defaults (``radius``, ``output_radius``, ...) are the ones measured to train both a small CNN and a small
+    GPT with :func:`scion` and :func:`uscion` at their default learning rates (docs/optimizers.md, "Scion recipes").
     """
 
     radius: float = 50.0
     output_radius: float = 3000.0
     embedding_radius: float = 1.0
     bias_radius: float = 1.0
-    output: tuple[str, ...] = ("lm_head", "head", "output", "classifier")
-    embedding: tuple[str, ...] = ("embed", "wte", "wpe")
+    output: str | Sequence[str] | None = None
+    embedding: str | Sequence[str] = ()
     steps: int = 5
 
     def __post_init__(self) -> None:
         for field in ("radius", "output_radius", "embedding_radius", "bias_radius"):
             object.__setattr__(self, field, validation.real(field, getattr(self, field), 0.0, low_open=True))
-        object.__setattr__(self, "output", tuple(self.output))
-        object.__setattr__(self, "embedding", tuple(self.embedding))
+        if self.output is not None:
+            object.__setattr__(self, "output", _patterns("output", self.output))
+        object.__setattr__(self, "embedding", _patterns("embedding", self.embedding))
+        validation.integer("steps", self.steps, 1, 100)
 
-    def _matches(self, name: str, patterns: tuple[str, ...]) -> bool:
-        return any(p in part for part in name.split(".") for p in patterns)
+    # -- roles ---------------------------------------------------------------------------------------------------
+    def role(self, name: str, shape: tuple[int, ...]) -> str:
+        """The role of one parameter seen alone: by its shape and the declared names (``output``, ``embedding``)."""
+        ndim = len(shape)
+        if ndim <= 1:
+            return "vector"
+        if ndim >= 3:
+            return "conv"
+        if self.output is not None and _declared(name, self.output):
+            return "output"
+        if _declared(name, self.embedding):
+            return "embedding"
+        return "hidden"
+
+    def roles(self, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> dict[str, str]:
+        """The role of every parameter of a list (in registration order): as :meth:`role`, and, unless ``output``
+        is declared, the last matrix is the output layer. ``ValueError`` if a declared name matches no parameter."""
+        names, shapes = list(names), [tuple(s) for s in shapes]
+        for field in ("output", "embedding"):
+            for pattern in getattr(self, field) or ():
+                if not any(_declared(n, (pattern,)) for n in names):
+                    raise ValueError(f"ScionRecipe: {field}={pattern!r} matches no parameter; the parameters are "
+                                     f"{names if len(names) <= 12 else names[:12] + ['...']}")
+        out = {n: self.role(n, s) for n, s in zip(names, shapes)}
+        matrices = [(n, s) for n, s in zip(names, shapes) if len(s) >= 2]
+        if self.output is None:
+            last = [n for n, _ in matrices if out[n] == "hidden"][-1:]
+            for n in last:
+                out[n] = "output"
+        if not self.embedding and len(matrices) >= 2 and _reads_rows(matrices[0][1], matrices[1][1]):
+            if out[matrices[0][0]] == "hidden":
+                out[matrices[0][0]] = "embedding"
+        return out
+
+    def for_parameters(self, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> ScionAssignment:
+        """The rule of this recipe for a parameter list (what the driver calls): its :meth:`roles`, fixed."""
+        return ScionAssignment(self, tuple(self.roles(names, shapes).items()))
+
+    def assign(self, named_parameters: Any) -> ScionAssignment:
+        """The recipe bound to a model's parameters, e.g. ``recipe.assign(model.named_parameters())`` (pairs of a
+        name and an array, or a mapping): what the optimizer will use, to read (``print``) or to pass as the
+        ``geometry`` of :func:`scion`."""
+        pairs = list(named_parameters.items() if isinstance(named_parameters, Mapping) else named_parameters)
+        return self.for_parameters([n for n, _ in pairs], [tuple(x.shape) for _, x in pairs])
+
+    # -- geometry ------------------------------------------------------------------------------------------------
+    def geometry(self, role: str, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+        """The geometry of a parameter in ``role``: its Scion norm and the role's radius times the norm's own."""
+        shape = tuple(shape)
+        if role == "vector":
+            geo, r = _scion_bias_rms(name, shape), self.bias_radius
+        elif role == "output":
+            geo, r = _scion_sign(name, shape), self.output_radius
+        elif role == "embedding":
+            geo, r = _scion_colnorm(name, shape, transpose=True), self.embedding_radius
+        elif role == "hidden":
+            geo, r = _scion_spectral(name, shape, steps=self.steps), self.radius
+        elif role == "conv":
+            geo, r = _scion_spectral_conv(name, shape, steps=self.steps), self.radius
+        else:
+            raise ValueError(f"ScionRecipe: role must be one of {SCION_ROLES}; got {role!r} for parameter {name!r}")
+        return dataclasses.replace(geo, radius=geo.radius * r)
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
-        shape = tuple(shape)
-        if len(shape) <= 1:
-            geo, r = _scion_bias_rms(name, shape), self.bias_radius
-        elif len(shape) == 2 and self._matches(name, self.output):
-            geo, r = _scion_sign(name, shape), self.output_radius
-        elif len(shape) == 2 and self._matches(name, self.embedding):
-            geo, r = _scion_colnorm(name, shape, transpose=True), self.embedding_radius
-        elif len(shape) == 2:
-            geo, r = _scion_spectral(name, shape, steps=self.steps), self.radius
-        else:
-            geo, r = _scion_spectral_conv(name, shape, steps=self.steps), self.radius
-        return dataclasses.replace(geo, radius=geo.radius * r)
+        return self.geometry(self.role(name, tuple(shape)), name, tuple(shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScionAssignment:
+    """A :class:`ScionRecipe` bound to a parameter list: each parameter's role, fixed (``roles``: ``(name, role)``
+    pairs in registration order). A geometry rule; a parameter it does not list gets the recipe's :meth:`~ScionRecipe.role`
+    of a parameter seen alone. ``str()`` is a table of the assignment."""
+
+    recipe: ScionRecipe
+    roles: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", dict(self.roles))
+
+    def role(self, name: str, shape: tuple[int, ...]) -> str:
+        """The role of parameter ``name``."""
+        return self._by_name.get(name) or self.recipe.role(name, tuple(shape))  # type: ignore[attr-defined]
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+        return self.recipe.geometry(self.role(name, tuple(shape)), name, tuple(shape))
+
+    def __str__(self) -> str:
+        width = max([len(n) for n, _ in self.roles] + [9])
+        rows = [f"{'parameter':{width}s}  {'role':9s}  radius"]
+        for name, role in self.roles:
+            radius = {"output": self.recipe.output_radius, "embedding": self.recipe.embedding_radius,
+                      "vector": self.recipe.bias_radius}.get(role, self.recipe.radius)
+            rows.append(f"{name:{width}s}  {role:9s}  {radius:g}")
+        return "\n".join(rows)
 
 
 def _scion_driver(lr: Any, beta: float, geometry: Any, constrained: bool, driver: dict[str, Any]) -> Driver:

@@ -258,7 +258,9 @@ class DriverOptimizer(torch.optim.Optimizer):
         ids = tuple(map(id, params))
         kept = self._plans.get(gi)
         if kept is None or kept.params != ids or kept.hyperparameters != hyperparameters:
-            kept = _GroupPlan(hyperparameters, ids, build_plan(self.configure(group), names, params))
+            # a rule that sees the whole list (the last layer) sees the group's, not the ones with a gradient now
+            driver = self.configure(group).for_parameters(self._names(gi, group), [p.shape for p in group["params"]])
+            kept = _GroupPlan(hyperparameters, ids, build_plan(driver, names, params))
             self._plans[gi] = kept
         return kept.plan
 
