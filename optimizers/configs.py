@@ -24,8 +24,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lmo.backend import Array, namespace
 from lmo.geometries.polar_solvers import METHODS as POLAR_METHODS
 from lmo.norm import Norm, get_norm, norms
+from lmo.random import gaussian, uniform
 
 from . import validation
 from .driver import Driver, ParamGeometry
@@ -44,6 +46,7 @@ __all__ = [
     "ScionRecipe",
     "ScionAssignment",
     "SCION_ROLES",
+    "scion_init",
     "SCION_NORMS",
     "vector_geometry",
     "ADJUST_LR",
@@ -133,7 +136,7 @@ def configured(names: Mapping[str, tuple[str, Any]], **fields: Any) -> Driver:
     cases=[{"lr": 0.05}, {"lr": 0.05, "weight_decay": 0.01}],
     bad=[({"lr": -1.0}, "lr"), ({"weight_decay": -0.1}, "decay")],
 )
-def sign_sgd(lr: float | Callable[[int], float] = 1e-3, *, weight_decay: float = 0.0, **driver: Any) -> Driver:
+def sign_sgd(lr: float | Callable[[int], float] = 3e-3, *, weight_decay: float = 0.0, **driver: Any) -> Driver:
     """SignSGD (Bernstein et al., 2018): ``x <- (1 - lr wd) x - lr sign(g)``; the LMO of the l-inf ball."""
     return configured({"decay": ("weight_decay", weight_decay)}, geometry=get_norm("sign"), lr=lr, decay=weight_decay,
                    **driver)
@@ -144,7 +147,7 @@ def sign_sgd(lr: float | Callable[[int], float] = 1e-3, *, weight_decay: float =
     bad=[({"beta": 1.0}, "beta"), ({"beta": -0.5}, "beta"), ({"lr": float("nan")}, "lr")],
 )
 def signum(
-    lr: float | Callable[[int], float] = 1e-3, *, beta: float = 0.9, weight_decay: float = 0.0, **driver: Any
+    lr: float | Callable[[int], float] = 3e-3, *, beta: float = 0.9, weight_decay: float = 0.0, **driver: Any
 ) -> Driver:
     """Signum (Bernstein et al., 2018): ``m <- b m + (1 - b) g``, ``x <- (1 - lr wd) x - lr sign(m)``."""
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
@@ -156,7 +159,7 @@ def signum(
     bad=[({"betas": (0.9, 1.0)}, "beta2"), ({"betas": (0.9,)}, "betas"), ({"weight_decay": -1.0}, "decay")],
 )
 def lion(
-    lr: float | Callable[[int], float] = 1e-4,
+    lr: float | Callable[[int], float] = 3e-3,
     *,
     betas: tuple[float, float] = (0.9, 0.99),
     weight_decay: float = 0.0,
@@ -307,7 +310,7 @@ def _ns_coefficients(value: Any) -> tuple[float, ...]:
     needs=("spectral",),
 )
 def muon(
-    lr: float | Callable[[int], float] = 1e-3,
+    lr: float | Callable[[int], float] = 0.02,
     *,
     beta: float = 0.95,
     nesterov: bool = True,
@@ -567,8 +570,8 @@ class ScionRecipe:
     GPT with :func:`scion` and :func:`uscion` at their default learning rates (docs/optimizers.md, "Scion recipes").
     """
 
-    radius: float = 50.0
-    output_radius: float = 3000.0
+    radius: float = 8.0
+    output_radius: float = 128.0
     embedding_radius: float = 1.0
     bias_radius: float = 1.0
     output: str | Sequence[str] | None = None
@@ -646,6 +649,11 @@ class ScionRecipe:
             raise ValueError(f"ScionRecipe: role must be one of {SCION_ROLES}; got {role!r} for parameter {name!r}")
         return dataclasses.replace(geo, radius=geo.radius * r)
 
+    def radius_of(self, role: str) -> float:
+        """The radius of a role (``radius`` for hidden matrices and conv kernels)."""
+        return {"output": self.output_radius, "embedding": self.embedding_radius,
+                "vector": self.bias_radius}.get(role, self.radius)
+
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
         return self.geometry(self.role(name, tuple(shape)), name, tuple(shape))
 
@@ -653,8 +661,8 @@ class ScionRecipe:
 @dataclasses.dataclass(frozen=True)
 class ScionAssignment:
     """A :class:`ScionRecipe` bound to a parameter list: each parameter's role, fixed (``roles``: ``(name, role)``
-    pairs in registration order). A geometry rule; a parameter it does not list gets the recipe's :meth:`~ScionRecipe.role`
-    of a parameter seen alone. ``str()`` is a table of the assignment."""
+    pairs in registration order). A geometry rule; a parameter it does not list gets the recipe's role of a
+    parameter seen alone (:meth:`ScionRecipe.role`). ``str()`` is a table of the assignment."""
 
     recipe: ScionRecipe
     roles: tuple[tuple[str, str], ...]
@@ -671,12 +679,89 @@ class ScionAssignment:
 
     def __str__(self) -> str:
         width = max([len(n) for n, _ in self.roles] + [9])
-        rows = [f"{'parameter':{width}s}  {'role':9s}  radius"]
+        rows = [f"{'parameter':{width}s}  {'role':9s}  {'norm':20s}  radius"]
         for name, role in self.roles:
-            radius = {"output": self.recipe.output_radius, "embedding": self.recipe.embedding_radius,
-                      "vector": self.recipe.bias_radius}.get(role, self.recipe.radius)
-            rows.append(f"{name:{width}s}  {role:9s}  {radius:g}")
+            rows.append(f"{name:{width}s}  {role:9s}  {_ROLE_NORMS[role]:20s}  {self.recipe.radius_of(role):g}")
         return "\n".join(rows)
+
+
+_ROLE_NORMS = {"output": "Sign", "embedding": "ColNorm (transposed)", "hidden": "Spectral", "conv": "SpectralConv",
+               "vector": "BiasRMS"}
+
+
+def scion_init(params: Any, geometry: ScionRecipe | ScionAssignment | None = None, *, seed: int = 0,
+               vectors: str = "keep") -> dict[str, Array]:
+    """Scion's initialisation (Pethick et al., 2025; the reference's ``Norm.init`` times the group's radius): each
+    parameter a random point on the sphere of its role's ball (:class:`ScionRecipe`), so that constrained Scion
+    starts where its iterates live (inside the ball of radius ``rho``, on its surface)::
+
+        hidden     rho sqrt(d_out / d_in) Q            Q (semi-)orthogonal, Haar-distributed (QR of a Gaussian)
+        conv       rho sqrt(c_out / c_in) / K  Q_tap   each kernel tap (c_out, c_in) orthogonal; K taps (k*k)
+        output     rho / d_in  S                       S: random signs
+        embedding  rho  E                              E: Gaussian rows (one per token) of unit RMS
+        vector     kept as it is ("keep"), or zeros ("zeros": the reference's BiasRMS init; it would also zero
+                   the gains of LayerNorm/GroupNorm, switching them off)
+
+    ``params``: a mapping or pairs of (name, array), e.g. ``model.named_parameters()``; ``geometry``: the recipe
+    (default ``ScionRecipe()``; only the roles and radii are used) or its assignment. ``seed`` seeds each
+    parameter's draw (with its index). Returns ``{name: array}`` in each parameter's namespace, dtype and device;
+    the inputs are not changed. torch: ``model.load_state_dict(scion_init(model.named_parameters()), strict=False)``.
+    """
+    validation.choice("vectors", vectors, ("keep", "zeros"))
+    pairs = list(params.items() if isinstance(params, Mapping) else params)
+    recipe = ScionRecipe() if geometry is None else geometry
+    if isinstance(recipe, ScionRecipe):
+        recipe = recipe.assign(pairs)
+    if not isinstance(recipe, ScionAssignment):
+        raise HyperparameterError("geometry", geometry, "a ScionRecipe or a ScionAssignment")
+    out = {}
+    for index, (name, x) in enumerate(pairs):
+        x = x.detach() if hasattr(x, "detach") else x  # a torch parameter: its values, outside autograd
+        role, shape = recipe.role(name, tuple(x.shape)), tuple(x.shape)
+        xp = namespace(x)
+        radius = recipe.recipe.radius_of(role)
+        if role == "vector":
+            out[name] = xp.zeros_like(x) if vectors == "zeros" else xp.asarray(x, copy=True)
+        elif role == "hidden":
+            out[name] = (radius * math.sqrt(shape[0] / shape[1])) * _orthogonal(x, shape[:0], shape, seed + index)
+        elif role == "conv":  # taps last: (c_out, c_in, k1, ...) with each [:, :, tap] orthogonal
+            taps = math.prod(shape[2:])
+            q = _orthogonal(x, (taps,), shape[:2], seed + index)
+            q = xp.reshape(xp.permute_dims(q, (1, 2, 0)), shape)
+            out[name] = (radius * math.sqrt(shape[0] / shape[1]) / taps) * q
+        elif role == "output":
+            out[name] = xp.astype(_signs(_random(x, shape, seed + index, "uniform") - 0.5) * (radius / shape[-1]),
+                                  x.dtype)
+        else:  # embedding: rows of unit RMS
+            e = _random(x, shape, seed + index, "normal")
+            out[name] = xp.astype(radius * e / xp.sqrt(xp.mean(e * e, axis=-1, keepdims=True)), x.dtype)
+    return out
+
+
+def _random(like: Array, shape: tuple[int, ...], seed: int, kind: str) -> Array:
+    """Draws of ``shape`` like ``like``, in float32 at least (QR and normalisation in low precision are poor)."""
+    xp = namespace(like)
+    work = like if like.dtype in (xp.float32, xp.float64) else xp.astype(like, xp.float32)
+    return (gaussian if kind == "normal" else uniform)(work, shape, seed)
+
+
+def _signs(x: Array) -> Array:
+    """-1 where ``x < 0``, else 1."""
+    xp = namespace(x)
+    one = xp.ones_like(x)
+    return xp.where(x < 0, -one, one)
+
+
+def _orthogonal(like: Array, batch: tuple[int, ...], shape: tuple[int, int], seed: int) -> Array:
+    """``batch`` random matrices of ``shape`` with orthonormal rows or columns (Haar: the QR factor of a Gaussian,
+    its signs fixed by ``R``'s diagonal, as torch.nn.init.orthogonal_), in ``like``'s namespace and dtype."""
+    xp = namespace(like)
+    rows, cols = shape
+    g = _random(like, (*batch, max(rows, cols), min(rows, cols)), seed, "normal")
+    q, r = xp.linalg.qr(g)
+    q = q * _signs(xp.linalg.diagonal(r))[..., None, :]
+    q = q if rows >= cols else xp.matrix_transpose(q)
+    return xp.astype(q, like.dtype)
 
 
 def _scion_driver(lr: Any, beta: float, geometry: Any, constrained: bool, driver: dict[str, Any]) -> Driver:
@@ -694,7 +779,7 @@ def _scion_driver(lr: Any, beta: float, geometry: Any, constrained: bool, driver
     needs=("spectral",),
 )
 def scion(
-    lr: float | Callable[[int], float] = 2.0**-12,
+    lr: float | Callable[[int], float] = 2.0**-8,
     *,
     beta: float = 0.9,
     geometry: Any = None,
@@ -718,9 +803,9 @@ def scion(
     needs=("spectral",),
 )
 def uscion(
-    lr: float | Callable[[int], float] = 2.0**-12,
+    lr: float | Callable[[int], float] = 2.0**-8,
     *,
-    beta: float = 0.9,
+    beta: float = 0.8,
     geometry: Any = None,
     **driver: Any,
 ) -> Driver:
