@@ -19,12 +19,15 @@ uscion         as scion                                       (b, b)            
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from lmo.backend import Array, namespace
 from lmo.geometries.polar_solvers import METHODS as POLAR_METHODS
 from lmo.norm import Norm, get_norm, norms
+from lmo.random import gaussian, uniform
 
 from . import validation
 from .driver import Driver, ParamGeometry
@@ -41,6 +44,9 @@ __all__ = [
     "MuonGeometry",
     "ScionGeometry",
     "ScionRecipe",
+    "ScionAssignment",
+    "SCION_ROLES",
+    "scion_init",
     "SCION_NORMS",
     "vector_geometry",
     "ADJUST_LR",
@@ -130,7 +136,7 @@ def configured(names: Mapping[str, tuple[str, Any]], **fields: Any) -> Driver:
     cases=[{"lr": 0.05}, {"lr": 0.05, "weight_decay": 0.01}],
     bad=[({"lr": -1.0}, "lr"), ({"weight_decay": -0.1}, "decay")],
 )
-def sign_sgd(lr: float | Callable[[int], float] = 1e-3, *, weight_decay: float = 0.0, **driver: Any) -> Driver:
+def sign_sgd(lr: float | Callable[[int], float] = 3e-3, *, weight_decay: float = 0.0, **driver: Any) -> Driver:
     """SignSGD (Bernstein et al., 2018): ``x <- (1 - lr wd) x - lr sign(g)``; the LMO of the l-inf ball."""
     return configured({"decay": ("weight_decay", weight_decay)}, geometry=get_norm("sign"), lr=lr, decay=weight_decay,
                    **driver)
@@ -141,7 +147,7 @@ def sign_sgd(lr: float | Callable[[int], float] = 1e-3, *, weight_decay: float =
     bad=[({"beta": 1.0}, "beta"), ({"beta": -0.5}, "beta"), ({"lr": float("nan")}, "lr")],
 )
 def signum(
-    lr: float | Callable[[int], float] = 1e-3, *, beta: float = 0.9, weight_decay: float = 0.0, **driver: Any
+    lr: float | Callable[[int], float] = 3e-3, *, beta: float = 0.9, weight_decay: float = 0.0, **driver: Any
 ) -> Driver:
     """Signum (Bernstein et al., 2018): ``m <- b m + (1 - b) g``, ``x <- (1 - lr wd) x - lr sign(m)``."""
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
@@ -153,7 +159,7 @@ def signum(
     bad=[({"betas": (0.9, 1.0)}, "beta2"), ({"betas": (0.9,)}, "betas"), ({"weight_decay": -1.0}, "decay")],
 )
 def lion(
-    lr: float | Callable[[int], float] = 1e-4,
+    lr: float | Callable[[int], float] = 3e-3,
     *,
     betas: tuple[float, float] = (0.9, 0.99),
     weight_decay: float = 0.0,
@@ -198,8 +204,9 @@ class MuonGeometry:
       computed from that matrix: ``A = O``, ``B = I * k1 * ...``
       (so ``original`` gives ``sqrt(max(1, O / (I k1 ...)))``).
       Use ``view="flatten"`` for Conv1d kernels ``(O, I, k)``, which ``"auto"`` would read as ``O`` matrices.
-    - vectors and scalars (fewer than 2 axes): the geometry ``vectors`` if given (a ``Norm``, registry name or
-      ``ParamGeometry``: e.g. ``"rms"`` or :func:`vector_geometry`), else refused.
+    - vectors and scalars (fewer than 2 axes): the geometry ``vectors`` if given, else refused. ``vectors`` is a
+      ``Norm``, registry name or ``ParamGeometry`` (e.g. ``"rms"`` or :func:`vector_geometry`), or a rule
+      ``(name, shape) -> geometry`` for them; a scalar is seen as a vector of one entry.
 
     Radius (``adjust_lr``, torch.optim.Muon's ``adjust_lr_fn``) from the matrix shape ``(A, B)``:
     ``"original"`` ``sqrt(max(1, A / B))`` (Keller Jordan), ``"match_rms_adamw"`` ``0.2 sqrt(max(A, B))`` (Moonshot),
@@ -210,6 +217,7 @@ class MuonGeometry:
     adjust_lr: str | None = "original"
     view: str = "auto"
     vectors: Any = None
+    label: str = dataclasses.field(default="muon", compare=False)  # the configuration's name, for messages
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", get_norm(self.norm))
@@ -218,8 +226,7 @@ class MuonGeometry:
         adjust = "original" if self.adjust_lr is None else self.adjust_lr
         object.__setattr__(self, "adjust_lr", validation.choice("adjust_lr", adjust, ADJUST_LR))
         validation.choice("view", self.view, VIEWS)
-        if self.vectors is not None and not isinstance(self.vectors, ParamGeometry):
-            object.__setattr__(self, "vectors", ParamGeometry(get_norm(self.vectors)))
+        object.__setattr__(self, "vectors", vectors_rule(self.vectors))
 
     def radius(self, rows: int, cols: int) -> float:
         """The radius of an ``(rows, cols)`` matrix's update under this geometry's ``adjust_lr``."""
@@ -232,16 +239,41 @@ class MuonGeometry:
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
         if len(shape) < 2:
             if self.vectors is not None:
-                return self.vectors
+                return vector_for(self.vectors, name, tuple(shape))
             raise ValueError(
-                f"Muon acts on matrices; parameter {name!r} has shape {tuple(shape)}. Give the vectors a geometry "
-                f"of their own: muon(..., vectors='rms') (or lmo.optimizers.vector_geometry()), or optimise them "
-                f"with another optimizer"
+                f"{self.label} acts on matrices; parameter {name!r} has shape {tuple(shape)}. Give what is not a "
+                f"matrix a geometry: {self.label}(..., vectors='rms') (the default: "
+                f"lmo.optimizers.vector_geometry()), or a rule {self.label}(..., vectors=lambda name, shape: "
+                f"lmo.optimizers.ParamGeometry('rms', radius=0.1))"
             )
         if flattens(len(shape), self.view):
             view = (shape[0], math.prod(shape[1:]))
             return ParamGeometry(self.norm, self.radius(*view), view)
         return ParamGeometry(self.norm, self.radius(shape[-2], shape[-1]))
+
+
+def vectors_rule(vectors: Any) -> ParamGeometry | Callable[[str, tuple[int, ...]], Any] | None:
+    """``vectors=`` of the matrix configurations, checked: ``None`` (refuse vectors), a ``ParamGeometry``, a
+    ``Norm`` or registry name (made a ``ParamGeometry`` of radius 1), or a rule ``(name, shape) -> geometry``."""
+    if vectors is None or isinstance(vectors, ParamGeometry):
+        return vectors
+    if isinstance(vectors, (str, Norm)):
+        return ParamGeometry(get_norm(vectors))
+    if callable(vectors):
+        return vectors
+    raise HyperparameterError("vectors", vectors, "None, a Norm, a registry name, a ParamGeometry or a rule "
+                              "(name, shape) -> geometry")
+
+
+def vector_for(vectors: Any, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+    """The geometry that ``vectors`` (see :func:`vectors_rule`) gives the parameter ``name`` of fewer than 2 axes;
+    a scalar is seen as a vector of one entry (``view=(1,)``), so that a vector norm applies to it."""
+    geo = vectors(name, shape) if callable(vectors) and not isinstance(vectors, ParamGeometry) else vectors
+    if not isinstance(geo, ParamGeometry):
+        geo = ParamGeometry(get_norm(geo))
+    if not shape and geo.view is None and geo.norm.ndim == 1:
+        geo = dataclasses.replace(geo, view=(1,))
+    return geo
 
 
 def vector_geometry(radius: float = 1.0) -> ParamGeometry:
@@ -278,7 +310,7 @@ def _ns_coefficients(value: Any) -> tuple[float, ...]:
     needs=("spectral",),
 )
 def muon(
-    lr: float | Callable[[int], float] = 1e-3,
+    lr: float | Callable[[int], float] = 0.02,
     *,
     beta: float = 0.95,
     nesterov: bool = True,
@@ -310,9 +342,10 @@ def muon(
     of the polar iteration; the default follows the device (bf16 where bf16 matrix products are fast, as
     torch.optim.Muon always uses; fp32 elsewhere).
 
-    ``vectors``: the geometry of parameters with fewer than 2 axes (biases, gains): a ``Norm``, registry name or
-    ``ParamGeometry``; default ``"rms"``, each vector's step of RMS ``lr`` (Scion's ``BiasRMS``), so that
-    ``muon(lr).init({"w": W, "b": b})`` works; ``None`` refuses them, as torch.optim.Muon does.
+    ``vectors``: the geometry of parameters with fewer than 2 axes (biases, gains, scalars): a ``Norm``, registry
+    name or ``ParamGeometry``, or a rule ``(name, shape) -> geometry`` for them; default ``"rms"``
+    (:func:`vector_geometry`: each vector's step has RMS ``lr``, Scion's ``BiasRMS``), so that
+    ``muon(lr).init({"w": W, "b": b})`` works in numpy and CuPy; ``None`` refuses them, as torch.optim.Muon does.
     """
     validation.boolean("nesterov", nesterov)
     if norm is not None:
@@ -341,13 +374,17 @@ def _spectral(method: str, dtype: str | None) -> Norm:
     needs=("spectral",),
 )
 def spectral_descent(
-    lr: float | Callable[[int], float] = 0.1, *, beta: float = 0.0, method: str = "svd", **driver: Any
+    lr: float | Callable[[int], float] = 0.1, *, beta: float = 0.0, method: str = "svd", vectors: Any = "l2",
+    **driver: Any
 ) -> Driver:
     """Stochastic spectral descent (Carlson et al., 2015): the sharp step ``x <- x - lr ||c||_nuc U V^T``.
 
     The driver with the spectral geometry and ``rule="sharp"``: the step is scaled by the dual (nuclear) norm.
+    ``vectors`` (see :func:`muon`): default ``"l2"``, the spectral norm of a vector (a one-row matrix), whose
+    sharp step is ``-lr c`` (SGD); the RMS ball's sharp step would be ``-lr n c`` for ``n`` entries.
     """
-    geometry = MuonGeometry(_spectral(method, None), adjust_lr="none", view="batch")
+    geometry = MuonGeometry(_spectral(method, None), adjust_lr="none", view="batch", vectors=vectors,
+                            label="spectral_descent")
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta)}
     return configured(names, geometry=geometry, lr=lr, beta1=beta, beta2=beta, rule="sharp", **driver)
 
@@ -472,49 +509,259 @@ class ScionGeometry:
         return dataclasses.replace(geo, radius=geo.radius * self.radius)
 
 
+SCION_ROLES = ("output", "embedding", "hidden", "conv", "vector")
+"""The roles of :class:`ScionRecipe`, each with its Scion norm and radius."""
+
+
+def _patterns(field: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        out = tuple(value)
+    except TypeError:
+        raise HyperparameterError(field, value, "a name, a module name or a glob pattern (or a sequence of them)")
+    if not all(isinstance(p, str) and p for p in out):
+        raise HyperparameterError(field, value, "non-empty strings: parameter names, module names or glob patterns")
+    return out
+
+
+def _declared(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``name`` is declared by one of ``patterns``: the parameter's name, the name of a module holding it
+    (a dotted prefix: ``"head"`` declares ``"head.weight"``), or a glob pattern (``"*.lm_head.*"``)."""
+    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _reads_rows(first: tuple[int, ...], following: tuple[int, ...]) -> bool:
+    """Whether a model's first matrix ``first`` is an embedding table ``(vocab, dim)``, seen from the matrix
+    registered after it: that one takes inputs of ``first``'s row length ``dim`` (a lookup emits rows), not of
+    its row count (a linear layer ``(out, in)`` emits ``out`` values). A square matrix cannot tell: not a table."""
+    return len(first) == 2 and first[0] != first[1] and following[-1] == first[1]
+
+
 @dataclasses.dataclass(frozen=True)
 class ScionRecipe:
-    """Scion's recipe for a transformer (LIONS-EPFL/scion README and paper), assigned by parameter name and shape:
+    """Scion's per-parameter recipe for any model, from its parameter list alone (``model.named_parameters()``:
+    names, shapes, registration order), with no naming rule required. Each parameter gets a role, and the role its
+    Scion norm (:data:`SCION_NORMS`) and radius:
 
-    - output layer (a name component containing one of ``output``, e.g. ``lm_head.weight``): ``Sign`` (normalised,
-      ``1/d_in``), radius ``output_radius`` (README: ``50 * 60``);
-    - embeddings (a name component containing one of ``embedding``, e.g. ``wte.weight``, stored ``(vocab, dim)``):
-      ``ColNorm`` transposed (each embedding vector of unit RMS), radius ``embedding_radius``;
-    - vectors and scalars (biases, gains): ``BiasRMS``, radius ``bias_radius``;
-    - other matrices (hidden layers): ``Spectral`` (``sqrt(d_out / d_in)`` normalised), radius ``radius``;
-    - conv kernels: ``SpectralConv``, radius ``radius``.
+    =========  ===========================================================  =========================  ================
+    role       parameters                                                   norm (lmo of the estimate)  radius
+    =========  ===========================================================  =========================  ================
+    output     the last matrix in registration order (the layer that maps   ``Sign``, normalised:       output_radius
+               to the output), or the parameters named by ``output``        ``-sign(g) / d_in``
+    embedding  the matrices named by ``embedding`` (tables stored           ``ColNorm`` transposed:     embedding_radius
+               ``(vocab, dim)``)                                            rows of unit RMS
+    hidden     every other matrix                                           ``Spectral``: ``-sqrt(d_out  radius
+                                                                            / d_in) U V^T``
+    conv       kernels of 3 or 4 axes                                       ``SpectralConv``            radius
+    vector     0 or 1 axis (biases, norm gains, scalars)                    ``BiasRMS``: unit RMS       bias_radius
+    =========  ===========================================================  =========================  ================
+
+    ``output`` and ``embedding`` override the structural choice: parameter names, module names (``"head"`` declares
+    ``head.weight`` and ``head.bias``) or glob patterns (``"*lm_head*"``). Declare the output of a model whose
+    output matrix is not registered last -- one that ties it to the input embedding (``named_parameters()`` lists
+    a tied tensor once, under the embedding's name: ``output="wte"``), or registers a matrix after its head.
+
+    The recipe is a geometry rule that sees the whole parameter list: the driver binds it to the list
+    (:meth:`for_parameters`, the torch optimizers to all their parameters) before it assigns geometries;
+    :meth:`assign` does the same for a model's ``named_parameters()`` and shows the result. Called on one
+    parameter alone, it knows only the declared names and the shape (no output layer unless declared).
+    The defaults (``radius``, ``output_radius``, ...) are the ones measured to train both a small CNN and a small
+    GPT with :func:`scion` and :func:`uscion` at their default learning rates (docs/optimizers.md, "Scion recipes").
     """
 
-    radius: float = 50.0
-    output_radius: float = 3000.0
+    radius: float = 8.0
+    output_radius: float = 128.0
     embedding_radius: float = 1.0
     bias_radius: float = 1.0
-    output: tuple[str, ...] = ("lm_head", "head", "output", "classifier")
-    embedding: tuple[str, ...] = ("embed", "wte", "wpe")
+    output: str | Sequence[str] | None = None
+    embedding: str | Sequence[str] = ()
     steps: int = 5
 
     def __post_init__(self) -> None:
         for field in ("radius", "output_radius", "embedding_radius", "bias_radius"):
             object.__setattr__(self, field, validation.real(field, getattr(self, field), 0.0, low_open=True))
-        object.__setattr__(self, "output", tuple(self.output))
-        object.__setattr__(self, "embedding", tuple(self.embedding))
+        if self.output is not None:
+            object.__setattr__(self, "output", _patterns("output", self.output))
+        object.__setattr__(self, "embedding", _patterns("embedding", self.embedding))
+        validation.integer("steps", self.steps, 1, 100)
 
-    def _matches(self, name: str, patterns: tuple[str, ...]) -> bool:
-        return any(p in part for part in name.split(".") for p in patterns)
+    # -- roles ---------------------------------------------------------------------------------------------------
+    def role(self, name: str, shape: tuple[int, ...]) -> str:
+        """The role of one parameter seen alone: by its shape and the declared names (``output``, ``embedding``)."""
+        ndim = len(shape)
+        if ndim <= 1:
+            return "vector"
+        if ndim >= 3:
+            return "conv"
+        if self.output is not None and _declared(name, self.output):
+            return "output"
+        if _declared(name, self.embedding):
+            return "embedding"
+        return "hidden"
+
+    def roles(self, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> dict[str, str]:
+        """The role of every parameter of a list (in registration order): as :meth:`role`, and, unless ``output``
+        is declared, the last matrix is the output layer. ``ValueError`` if a declared name matches no parameter."""
+        names, shapes = list(names), [tuple(s) for s in shapes]
+        for field in ("output", "embedding"):
+            for pattern in getattr(self, field) or ():
+                if not any(_declared(n, (pattern,)) for n in names):
+                    raise ValueError(f"ScionRecipe: {field}={pattern!r} matches no parameter; the parameters are "
+                                     f"{names if len(names) <= 12 else names[:12] + ['...']}")
+        out = {n: self.role(n, s) for n, s in zip(names, shapes)}
+        matrices = [(n, s) for n, s in zip(names, shapes) if len(s) >= 2]
+        if self.output is None:
+            last = [n for n, _ in matrices if out[n] == "hidden"][-1:]
+            for n in last:
+                out[n] = "output"
+        if not self.embedding and len(matrices) >= 2 and _reads_rows(matrices[0][1], matrices[1][1]):
+            if out[matrices[0][0]] == "hidden":
+                out[matrices[0][0]] = "embedding"
+        return out
+
+    def for_parameters(self, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> ScionAssignment:
+        """The rule of this recipe for a parameter list (what the driver calls): its :meth:`roles`, fixed."""
+        return ScionAssignment(self, tuple(self.roles(names, shapes).items()))
+
+    def assign(self, named_parameters: Any) -> ScionAssignment:
+        """The recipe bound to a model's parameters, e.g. ``recipe.assign(model.named_parameters())`` (pairs of a
+        name and an array, or a mapping): what the optimizer will use, to read (``print``) or to pass as the
+        ``geometry`` of :func:`scion`."""
+        pairs = list(named_parameters.items() if isinstance(named_parameters, Mapping) else named_parameters)
+        return self.for_parameters([n for n, _ in pairs], [tuple(x.shape) for _, x in pairs])
+
+    # -- geometry ------------------------------------------------------------------------------------------------
+    def geometry(self, role: str, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+        """The geometry of a parameter in ``role``: its Scion norm and the role's radius times the norm's own."""
+        shape = tuple(shape)
+        if role == "vector":
+            geo, r = _scion_bias_rms(name, shape), self.bias_radius
+        elif role == "output":
+            geo, r = _scion_sign(name, shape), self.output_radius
+        elif role == "embedding":
+            geo, r = _scion_colnorm(name, shape, transpose=True), self.embedding_radius
+        elif role == "hidden":
+            geo, r = _scion_spectral(name, shape, steps=self.steps), self.radius
+        elif role == "conv":
+            geo, r = _scion_spectral_conv(name, shape, steps=self.steps), self.radius
+        else:
+            raise ValueError(f"ScionRecipe: role must be one of {SCION_ROLES}; got {role!r} for parameter {name!r}")
+        return dataclasses.replace(geo, radius=geo.radius * r)
+
+    def radius_of(self, role: str) -> float:
+        """The radius of a role (``radius`` for hidden matrices and conv kernels)."""
+        return {"output": self.output_radius, "embedding": self.embedding_radius,
+                "vector": self.bias_radius}.get(role, self.radius)
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
-        shape = tuple(shape)
-        if len(shape) <= 1:
-            geo, r = _scion_bias_rms(name, shape), self.bias_radius
-        elif len(shape) == 2 and self._matches(name, self.output):
-            geo, r = _scion_sign(name, shape), self.output_radius
-        elif len(shape) == 2 and self._matches(name, self.embedding):
-            geo, r = _scion_colnorm(name, shape, transpose=True), self.embedding_radius
-        elif len(shape) == 2:
-            geo, r = _scion_spectral(name, shape, steps=self.steps), self.radius
-        else:
-            geo, r = _scion_spectral_conv(name, shape, steps=self.steps), self.radius
-        return dataclasses.replace(geo, radius=geo.radius * r)
+        return self.geometry(self.role(name, tuple(shape)), name, tuple(shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScionAssignment:
+    """A :class:`ScionRecipe` bound to a parameter list: each parameter's role, fixed (``roles``: ``(name, role)``
+    pairs in registration order). A geometry rule; a parameter it does not list gets the recipe's role of a
+    parameter seen alone (:meth:`ScionRecipe.role`). ``str()`` is a table of the assignment."""
+
+    recipe: ScionRecipe
+    roles: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", dict(self.roles))
+
+    def role(self, name: str, shape: tuple[int, ...]) -> str:
+        """The role of parameter ``name``."""
+        return self._by_name.get(name) or self.recipe.role(name, tuple(shape))  # type: ignore[attr-defined]
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
+        return self.recipe.geometry(self.role(name, tuple(shape)), name, tuple(shape))
+
+    def __str__(self) -> str:
+        width = max([len(n) for n, _ in self.roles] + [9])
+        rows = [f"{'parameter':{width}s}  {'role':9s}  {'norm':20s}  radius"]
+        for name, role in self.roles:
+            rows.append(f"{name:{width}s}  {role:9s}  {_ROLE_NORMS[role]:20s}  {self.recipe.radius_of(role):g}")
+        return "\n".join(rows)
+
+
+_ROLE_NORMS = {"output": "Sign", "embedding": "ColNorm (transposed)", "hidden": "Spectral", "conv": "SpectralConv",
+               "vector": "BiasRMS"}
+
+
+def scion_init(params: Any, geometry: ScionRecipe | ScionAssignment | None = None, *, seed: int = 0,
+               vectors: str = "keep") -> dict[str, Array]:
+    """Scion's initialisation (Pethick et al., 2025; the reference's ``Norm.init`` times the group's radius): each
+    parameter a random point on the sphere of its role's ball (:class:`ScionRecipe`), so that constrained Scion
+    starts where its iterates live (inside the ball of radius ``rho``, on its surface)::
+
+        hidden     rho sqrt(d_out / d_in) Q            Q (semi-)orthogonal, Haar-distributed (QR of a Gaussian)
+        conv       rho sqrt(c_out / c_in) / K  Q_tap   each kernel tap (c_out, c_in) orthogonal; K taps (k*k)
+        output     rho / d_in  S                       S: random signs
+        embedding  rho  E                              E: Gaussian rows (one per token) of unit RMS
+        vector     kept as it is ("keep"), or zeros ("zeros": the reference's BiasRMS init; it would also zero
+                   the gains of LayerNorm/GroupNorm, switching them off)
+
+    ``params``: a mapping or pairs of (name, array), e.g. ``model.named_parameters()``; ``geometry``: the recipe
+    (default ``ScionRecipe()``; only the roles and radii are used) or its assignment. ``seed`` seeds each
+    parameter's draw (with its index). Returns ``{name: array}`` in each parameter's namespace, dtype and device;
+    the inputs are not changed. torch: ``model.load_state_dict(scion_init(model.named_parameters()), strict=False)``.
+    """
+    validation.choice("vectors", vectors, ("keep", "zeros"))
+    pairs = list(params.items() if isinstance(params, Mapping) else params)
+    recipe = ScionRecipe() if geometry is None else geometry
+    if isinstance(recipe, ScionRecipe):
+        recipe = recipe.assign(pairs)
+    if not isinstance(recipe, ScionAssignment):
+        raise HyperparameterError("geometry", geometry, "a ScionRecipe or a ScionAssignment")
+    out = {}
+    for index, (name, x) in enumerate(pairs):
+        x = x.detach() if hasattr(x, "detach") else x  # a torch parameter: its values, outside autograd
+        role, shape = recipe.role(name, tuple(x.shape)), tuple(x.shape)
+        xp = namespace(x)
+        radius = recipe.recipe.radius_of(role)
+        if role == "vector":
+            out[name] = xp.zeros_like(x) if vectors == "zeros" else xp.asarray(x, copy=True)
+        elif role == "hidden":
+            out[name] = (radius * math.sqrt(shape[0] / shape[1])) * _orthogonal(x, shape[:0], shape, seed + index)
+        elif role == "conv":  # taps last: (c_out, c_in, k1, ...) with each [:, :, tap] orthogonal
+            taps = math.prod(shape[2:])
+            q = _orthogonal(x, (taps,), shape[:2], seed + index)
+            q = xp.reshape(xp.permute_dims(q, (1, 2, 0)), shape)
+            out[name] = (radius * math.sqrt(shape[0] / shape[1]) / taps) * q
+        elif role == "output":
+            out[name] = xp.astype(_signs(_random(x, shape, seed + index, "uniform") - 0.5) * (radius / shape[-1]),
+                                  x.dtype)
+        else:  # embedding: rows of unit RMS
+            e = _random(x, shape, seed + index, "normal")
+            out[name] = xp.astype(radius * e / xp.sqrt(xp.mean(e * e, axis=-1, keepdims=True)), x.dtype)
+    return out
+
+
+def _random(like: Array, shape: tuple[int, ...], seed: int, kind: str) -> Array:
+    """Draws of ``shape`` like ``like``, in float32 at least (QR and normalisation in low precision are poor)."""
+    xp = namespace(like)
+    work = like if like.dtype in (xp.float32, xp.float64) else xp.astype(like, xp.float32)
+    return (gaussian if kind == "normal" else uniform)(work, shape, seed)
+
+
+def _signs(x: Array) -> Array:
+    """-1 where ``x < 0``, else 1."""
+    xp = namespace(x)
+    one = xp.ones_like(x)
+    return xp.where(x < 0, -one, one)
+
+
+def _orthogonal(like: Array, batch: tuple[int, ...], shape: tuple[int, int], seed: int) -> Array:
+    """``batch`` random matrices of ``shape`` with orthonormal rows or columns (Haar: the QR factor of a Gaussian,
+    its signs fixed by ``R``'s diagonal, as torch.nn.init.orthogonal_), in ``like``'s namespace and dtype."""
+    xp = namespace(like)
+    rows, cols = shape
+    g = _random(like, (*batch, max(rows, cols), min(rows, cols)), seed, "normal")
+    q, r = xp.linalg.qr(g)
+    q = q * _signs(xp.linalg.diagonal(r))[..., None, :]
+    q = q if rows >= cols else xp.matrix_transpose(q)
+    return xp.astype(q, like.dtype)
 
 
 def _scion_driver(lr: Any, beta: float, geometry: Any, constrained: bool, driver: dict[str, Any]) -> Driver:
@@ -532,7 +779,7 @@ def _scion_driver(lr: Any, beta: float, geometry: Any, constrained: bool, driver
     needs=("spectral",),
 )
 def scion(
-    lr: float | Callable[[int], float] = 2.0**-12,
+    lr: float | Callable[[int], float] = 2.0**-8,
     *,
     beta: float = 0.9,
     geometry: Any = None,
@@ -556,9 +803,9 @@ def scion(
     needs=("spectral",),
 )
 def uscion(
-    lr: float | Callable[[int], float] = 2.0**-12,
+    lr: float | Callable[[int], float] = 2.0**-8,
     *,
-    beta: float = 0.9,
+    beta: float = 0.8,
     geometry: Any = None,
     **driver: Any,
 ) -> Driver:

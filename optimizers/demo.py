@@ -126,7 +126,8 @@ def make_optimizers(name: str, model: Any, lr: float) -> list[Any]:
     if name == "Muon":
         return list(muon_with_adamw(model, lr=lr, weight_decay=0.0, adamw_lr=3e-3, adamw_weight_decay=0.0))
     if name == "Scion":
-        recipe = ScionRecipe(radius=3.0, output_radius=30.0, embedding_radius=1.0, bias_radius=1.0)
+        recipe = ScionRecipe(radius=3.0, output_radius=30.0, embedding_radius=1.0, bias_radius=1.0,
+                             embedding=("wte", "wpe"))
         group = {"params": [p for _, p in named], "param_names": [n for n, _ in named]}
         return [LMOOptimizer([group], scion(lr, beta=0.9, geometry=recipe))]
     if name == "Lion":
@@ -145,9 +146,11 @@ def _batches(data: Any, cfg: Config, generator: Any):
         yield x, y
 
 
-def train(name: str, cfg: Config, text: str | None = None, *, progress: Callable[[int], None] | None = None) -> dict:
+def train(name: str, cfg: Config, text: str | None = None, *, progress: Callable[[int], None] | None = None,
+          make: Callable[[Any], list[Any]] | None = None) -> dict:
     """Train one model with optimizer ``name``; returns per-step training losses, wall-clock seconds, and the
-    validation loss every ``cfg.eval_every`` steps (on fixed held-out batches)."""
+    validation loss every ``cfg.eval_every`` steps (on fixed held-out batches). ``make(model)``, if given, builds
+    the optimizers instead (``name`` then only labels the run; benchmarks/defaults.py measures defaults so)."""
     torch = _torch()
     F = torch.nn.functional
     if cfg.threads:
@@ -160,8 +163,8 @@ def train(name: str, cfg: Config, text: str | None = None, *, progress: Callable
     train_data, val_data = data[:split], data[split:]
     torch.manual_seed(cfg.seed)
     model = TinyGPT(len(chars), cfg)
-    lr = cfg.lrs.get(name, DEFAULT_LR[name])
-    optimizers = make_optimizers(name, model, lr)
+    lr = cfg.lrs.get(name, DEFAULT_LR.get(name))
+    optimizers = make_optimizers(name, model, lr) if make is None else make(model)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     batches = _batches(train_data, cfg, gen)
     val_gen = torch.Generator().manual_seed(12345)

@@ -132,7 +132,11 @@ class ParamGeometry:
 
 
 GeometryRule = Callable[[str, tuple[int, ...]], Norm | str | ParamGeometry]
-"""A rule assigning a geometry to each parameter from its name (dotted path) and shape."""
+"""A rule assigning a geometry to each parameter from its name (dotted path) and shape.
+
+A rule that must see the whole parameter list (to find the last layer, say: :class:`lmo.optimizers.ScionRecipe`)
+also has a method ``for_parameters(names, shapes) -> GeometryRule``: the rule for that list, in registration order.
+The driver calls it once per parameter list (:meth:`Driver.for_parameters`) before any per-parameter call."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -366,7 +370,8 @@ class Driver:
         A :class:`~lmo.Norm` (or registry name, or :class:`ParamGeometry`) for every parameter, or a rule
         ``rule(name, shape) -> Norm | str | ParamGeometry`` that assigns one per parameter from its dotted name and
         shape. The rule is called once per parameter when the driver first meets a parameter structure (the
-        plan); it must be deterministic.
+        plan); it must be deterministic. A rule that needs the whole parameter list (the output layer is the last
+        matrix: :class:`~lmo.optimizers.ScionRecipe`) is bound to it first (:meth:`for_parameters`).
     lr
         The learning rate: a number ``>= 0`` or a schedule ``lr(t)`` of the 0-based step index.
     beta1, beta2
@@ -496,6 +501,15 @@ class Driver:
             )
         return geometry
 
+    def for_parameters(self, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> Driver:
+        """This driver for the parameter list ``names`` / ``shapes`` (all parameters, in registration order): a
+        geometry rule with a ``for_parameters`` method (a rule that looks at the whole list, see
+        :data:`GeometryRule`) is replaced by its rule for this list; any other driver is returned as it is."""
+        bind = getattr(self.geometry, "for_parameters", None)
+        if bind is None:
+            return self
+        return self.replace(geometry=bind(tuple(names), tuple(tuple(s) for s in shapes)))
+
     def plan(self, names: Sequence[str], params: Sequence[Array]) -> Any:
         """The :class:`lmo.optimizers.step.Plan` of this driver for these parameters: made on the first call for a
         parameter structure (names, shapes, dtypes, devices) and kept."""
@@ -506,7 +520,7 @@ class Driver:
         plans = self._plans  # type: ignore[attr-defined]
         plan = plans.get(key)
         if plan is None:
-            plan = build_plan(self, names, params)
+            plan = build_plan(self.for_parameters(names, [tuple(x.shape) for x in params]), names, params)
             if len(plans) >= _PLAN_CACHE:
                 plans.pop(next(iter(plans)))
             plans[key] = plan
@@ -533,7 +547,8 @@ class Driver:
         """The initial state for the parameter tree ``params``: ``{"step": 0, "slots": {name: {key: array}}}``."""
         names, leaves, _ = flatten_tree(params)
         _check_names(names)
-        return {"step": 0, "slots": {n: self.init_slots(n, x) for n, x in zip(names, leaves)}}
+        driver = self.for_parameters(names, [tuple(x.shape) for x in leaves])
+        return {"step": 0, "slots": {n: driver.init_slots(n, x) for n, x in zip(names, leaves)}}
 
     # -- the gradient point --------------------------------------------------------------------------------------
     def gradient_point(self, params: Any, state: Mapping[str, Any]) -> Any:

@@ -174,6 +174,8 @@ class RowNormalize(DirectionTransform):
     Rows are those of the matrix the oracle sees: the last axis is the row's entries for matrices and batches of
     matrices; a parameter with 4 or more axes (``view="auto"``), or 3 or more (``view="flatten"``), is the matrix
     ``(O, I * k1 * ...)`` (as :class:`lmo.optimizers.MuonGeometry`). Slot ``"second_moment"``: one entry per row.
+    A vector or scalar (a bias, a gain: fewer than 2 axes) is one row, on which the norm-preserving normalisation
+    is the identity: its direction passes unchanged, with no slot.
     """
 
     beta2: float = 0.95
@@ -190,11 +192,11 @@ class RowNormalize(DirectionTransform):
         if flattens(ndim, self.view):
             axes = tuple(range(1, ndim))
             return axes, tuple(range(ndim))
-        if ndim < 2:
-            return (ndim - 1,), (ndim - 1,)
         return (ndim - 1,), (ndim - 2, ndim - 1)
 
     def init(self, name: str, param: Array) -> dict[str, Array]:
+        if param.ndim < 2:
+            return {}
         xp = namespace(param)
         rows, _ = self._axes(param.ndim)
         shape = tuple(1 if i in rows else n for i, n in enumerate(param.shape))
@@ -206,6 +208,10 @@ class RowNormalize(DirectionTransform):
         out, new = [], []
         b2, eps = self.beta2, self.eps
         for d, s in zip(directions, slots):
+            if d.ndim < 2:
+                out.append(d)
+                new.append({})
+                continue
             xp = namespace(d)
             rows, matrix = self._axes(d.ndim)
             v = b2 * s["second_moment"] + (1 - b2) * xp.mean(d * d, axis=rows, keepdims=True)

@@ -561,7 +561,7 @@ def dp_sign_sgd(
     needs=("spectral",),
 )
 def dp_scion(
-    lr: float | Callable[[int], float] = 2.0**-12,
+    lr: float | Callable[[int], float] = 2.0**-8,
     *,
     noise_multiplier: float,
     max_grad_norm: Any,

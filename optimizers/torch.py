@@ -96,6 +96,7 @@ class _GroupPlan:
     hyperparameters: dict[str, Any]
     params: tuple[int, ...]
     plan: Plan
+    bound: bool = False  # its geometry rule was bound to all the optimizer's parameters (Driver.for_parameters)
 
 
 @dataclasses.dataclass(eq=False)
@@ -183,6 +184,11 @@ class DriverOptimizer(torch.optim.Optimizer):
             self.param_groups.pop()
             self._plans.pop(gi, None)
             raise
+        for j, kept in list(self._plans.items()):  # a rule that sees all parameters now sees the new ones too
+            if j != gi and kept.bound:
+                del self._plans[j]
+                self._plan(j, self.param_groups[j], self._names(j, self.param_groups[j]),
+                           list(self.param_groups[j]["params"]))
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -258,7 +264,12 @@ class DriverOptimizer(torch.optim.Optimizer):
         ids = tuple(map(id, params))
         kept = self._plans.get(gi)
         if kept is None or kept.params != ids or kept.hyperparameters != hyperparameters:
-            kept = _GroupPlan(hyperparameters, ids, build_plan(self.configure(group), names, params))
+            # a rule that sees the whole parameter list (to find the last layer) sees all of this optimizer's
+            # parameters in order, not only this group's, nor only the ones with a gradient now
+            driver = self.configure(group)
+            bound = driver.for_parameters([n for j, g in enumerate(self.param_groups) for n in self._names(j, g)],
+                                          [p.shape for g in self.param_groups for p in g["params"]])
+            kept = _GroupPlan(hyperparameters, ids, build_plan(bound, names, params), bound is not driver)
             self._plans[gi] = kept
         return kept.plan
 
@@ -649,7 +660,7 @@ class SignSGD(DriverOptimizer):
     configuration = staticmethod(sign_sgd)
     arguments = {"lr": "lr", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
 
-    def __init__(self, params: Any, lr: float = 1e-3, weight_decay: float = 0.0, *, nonfinite: str = "raise",
+    def __init__(self, params: Any, lr: float = 3e-3, weight_decay: float = 0.0, *, nonfinite: str = "raise",
                  process_group: Any = None) -> None:
         super().__init__(params, _arguments(self.arguments, locals()), process_group)
 
@@ -668,7 +679,7 @@ class Signum(DriverOptimizer):
     configuration = staticmethod(signum)
     arguments = {"lr": "lr", "momentum": "beta", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
 
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, *,
+    def __init__(self, params: Any, lr: float = 3e-3, momentum: float = 0.9, weight_decay: float = 0.0, *,
                  nonfinite: str = "raise", process_group: Any = None) -> None:
         super().__init__(params, _arguments(self.arguments, locals()), process_group)
 

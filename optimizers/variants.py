@@ -21,7 +21,8 @@ from lmo.geometries.tangent import Tangent
 from lmo.norm import Norm, get_norm
 
 from . import validation
-from .configs import MATRIX_SHAPES, NS_COEFFICIENTS, MuonGeometry, configuration, configured, muon, sign_sgd, signum
+from .configs import (MATRIX_SHAPES, NS_COEFFICIENTS, MuonGeometry, configuration, configured, muon, sign_sgd, signum,
+                      vectors_rule)
 from .driver import Driver, ParamGeometry
 from .hooks import Retract, RowNormalize, ScaledLMOCompressor, ScheduleFree, Transport
 
@@ -59,7 +60,8 @@ def _with_lr(driver: Driver, lr: Schedule | None, wrapper: str) -> Driver:
     shapes=MATRIX_SHAPES,
     needs=("spectral",),
 )
-def exact_muon(lr: Schedule = 0.02, *, beta: float = 0.9, weight_decay: float = 0.0, **driver: Any) -> Driver:
+def exact_muon(lr: Schedule = 0.02, *, beta: float = 0.9, weight_decay: float = 0.0, vectors: Any = "rms",
+               **driver: Any) -> Driver:
     """Muon with the exact polar factor (Li & Hong 2025, arXiv 2502.02900, the Muon of their analysis, "version
     A"): with ``B_t = beta B_{t-1} + (1 - beta) G_t``, ``X <- X - lr U V^T`` where ``B_t = U S V^T`` (SVD).
 
@@ -67,8 +69,10 @@ def exact_muon(lr: Schedule = 0.02, *, beta: float = 0.9, weight_decay: float = 
     and no shape factor. Version B, the sharp step ``X <- X - lr ||B_t||_* U V^T``, is
     :func:`lmo.optimizers.spectral_descent`. The paper's heavy-ball buffer ``B_t = mu B_{t-1} + G_t`` is
     ``1 / (1 - mu)`` times this EMA: the same direction here; for version B multiply ``lr`` by ``1 - mu``.
+    ``vectors``: the geometry of biases and gains, as in :func:`~lmo.optimizers.muon` (default ``"rms"``).
     """
-    geometry = MuonGeometry(get_norm("spectral", method="svd"), adjust_lr="none", view="batch")
+    geometry = MuonGeometry(get_norm("spectral", method="svd"), adjust_lr="none", view="batch", vectors=vectors,
+                            label="exact_muon")
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
     return configured(names, geometry=geometry, lr=lr, beta1=beta, beta2=beta, decay=weight_decay, **driver)
 
@@ -188,7 +192,7 @@ def normuon(
                 **muon_arguments)
     if base.direction_transform is not None:
         raise ValueError("normuon: the driver already has a direction transform")
-    return base.replace(direction_transform=RowNormalize(beta2=beta2, eps=eps, view=view))
+    return _labelled(base, "normuon").replace(direction_transform=RowNormalize(beta2=beta2, eps=eps, view=view))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,18 +206,24 @@ class LowRankGeometry:
     """The geometry rule of the low-rank methods: a (stateful) matrix oracle on each matrix (batches of matrices
     and conv kernels as in :class:`lmo.optimizers.MuonGeometry`), with the radius ``adjust_lr``: ``"fan_ratio"``
     ``sqrt(A / B)`` (Dion's ``lr * sqrt(fan_out / fan_in)``), or Muon's ``"original"``, ``"match_rms_adamw"``,
-    ``"none"``."""
+    ``"none"``. ``vectors``: the geometry of what is not a matrix, as in :class:`~lmo.optimizers.MuonGeometry`."""
 
     norm: Norm
     adjust_lr: str = "fan_ratio"
     view: str = "auto"
+    vectors: Any = "rms"
+    label: str = dataclasses.field(default="dion", compare=False)
 
     def __post_init__(self) -> None:
         validation.choice("adjust_lr", self.adjust_lr, _LOW_RANK_ADJUST)
+        object.__setattr__(self, "vectors", vectors_rule(self.vectors))
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> ParamGeometry:
         fan = self.adjust_lr == "fan_ratio"
-        geo = MuonGeometry(self.norm, adjust_lr="none" if fan else self.adjust_lr, view=self.view)(name, shape)
+        geo = MuonGeometry(self.norm, adjust_lr="none" if fan else self.adjust_lr, view=self.view,
+                           vectors=self.vectors, label=self.label)(name, shape)
+        if len(shape) < 2:
+            return geo
         if fan:
             rows, cols = (geo.view or tuple(shape))[-2:]
             geo = dataclasses.replace(geo, radius=math.sqrt(rows / cols))
@@ -221,12 +231,13 @@ class LowRankGeometry:
 
 
 def _dion(lr: Schedule, right: str, rank: int | None, rank_fraction: float | None, mu: float, weight_decay: float,
-          adjust_lr: str, seed: int, driver: dict[str, Any]) -> Driver:
+          adjust_lr: str, seed: int, vectors: Any, label: str, driver: dict[str, Any]) -> Driver:
     if rank is None and rank_fraction is None:
         rank_fraction = 0.25
     norm = LowRankPolar(rank=rank, rank_fraction=rank_fraction, mu=mu, right=right, seed=seed)
-    return configured({"decay": ("weight_decay", weight_decay)}, geometry=LowRankGeometry(norm, adjust_lr), lr=lr,
-                   decay=weight_decay, **driver)
+    geometry = LowRankGeometry(norm, adjust_lr, vectors=vectors, label=label)
+    return configured({"decay": ("weight_decay", weight_decay)}, geometry=geometry, lr=lr, decay=weight_decay,
+                      **driver)
 
 
 @configuration(
@@ -245,6 +256,7 @@ def dion(
     weight_decay: float = 0.0,
     adjust_lr: str = "fan_ratio",
     seed: int = 0,
+    vectors: Any = "rms",
     **driver: Any,
 ) -> Driver:
     r"""Dion (Ahn et al. 2025, arXiv 2504.05295, Algorithm 1, single device)::
@@ -256,8 +268,9 @@ def dion(
     and lives with ``Q`` in the stateful geometry :class:`lmo.geometries.low_rank.LowRankPolar`), the radius
     ``sqrt(m / n)`` (``adjust_lr``, see :class:`LowRankGeometry`) and decay ``wd``. ``rank`` (an int) or
     ``rank_fraction`` of ``min(m, n)`` (default 1/4). ``seed`` seeds the initial ``Q`` (with the parameter name).
+    ``vectors``: the geometry of biases and gains, as in :func:`~lmo.optimizers.muon` (default ``"rms"``).
     """
-    return _dion(lr, "column", rank, rank_fraction, mu, weight_decay, adjust_lr, seed, driver)
+    return _dion(lr, "column", rank, rank_fraction, mu, weight_decay, adjust_lr, seed, vectors, "dion", driver)
 
 
 @configuration(
@@ -275,6 +288,7 @@ def orth_dion(
     weight_decay: float = 0.0,
     adjust_lr: str = "fan_ratio",
     seed: int = 0,
+    vectors: Any = "rms",
     **driver: Any,
 ) -> Driver:
     r"""Orth-Dion (arXiv 2605.16341; paper not available to us, implemented from the issue text): Dion with QR on
@@ -284,13 +298,20 @@ def orth_dion(
         B = M + G;  P = qr(B Q);  R = B^T P;  M <- B - (1 - mu) P R^T;  Q <- qr(R)
         X <- (1 - lr wd) X - lr sqrt(m / n) P Q^T
     """
-    return _dion(lr, "qr", rank, rank_fraction, mu, weight_decay, adjust_lr, seed, driver)
+    return _dion(lr, "qr", rank, rank_fraction, mu, weight_decay, adjust_lr, seed, vectors, "orth_dion", driver)
+
+
+def _labelled(driver: Driver, label: str) -> Driver:
+    """A driver built by :func:`muon` with its geometry's messages naming the configuration ``label``."""
+    if isinstance(driver.geometry, MuonGeometry):
+        return driver.replace(geometry=dataclasses.replace(driver.geometry, label=label))
+    return driver
 
 
 def _randomized(lr: Schedule, norm: RandomizedPolar, beta: float, nesterov: bool, weight_decay: float,
-                adjust_lr: str | None, view: str, driver: dict[str, Any]) -> Driver:
-    return muon(lr, beta=beta, nesterov=nesterov, weight_decay=weight_decay, adjust_lr=adjust_lr, view=view,
-                norm=norm, **driver)
+                adjust_lr: str | None, view: str, label: str, driver: dict[str, Any]) -> Driver:
+    return _labelled(muon(lr, beta=beta, nesterov=nesterov, weight_decay=weight_decay, adjust_lr=adjust_lr, view=view,
+                          norm=norm, **driver), label)
 
 
 @configuration(
@@ -331,7 +352,7 @@ def low_rank_muon(
     validation.integer("ns_steps", ns_steps, 1, 100)
     norm = RandomizedPolar(rank=rank, rank_fraction=rank_fraction, sketch=sketch, oversample=0, power_steps=0,
                            method="newton_schulz", steps=ns_steps, coefficients=NS_COEFFICIENTS, seed=seed)
-    return _randomized(lr, norm, beta, nesterov, weight_decay, adjust_lr, view, driver)
+    return _randomized(lr, norm, beta, nesterov, weight_decay, adjust_lr, view, "low_rank_muon", driver)
 
 
 @configuration(
@@ -370,7 +391,7 @@ def randomized_muon(
         rank_fraction = 0.25
     norm = RandomizedPolar(rank=rank, rank_fraction=rank_fraction, sketch=sketch, oversample=oversample,
                            power_steps=power_steps, seed=seed)
-    return _randomized(lr, norm, beta, nesterov, weight_decay, adjust_lr, view, driver)
+    return _randomized(lr, norm, beta, nesterov, weight_decay, adjust_lr, view, "randomized_muon", driver)
 
 
 @configuration(
@@ -404,7 +425,7 @@ def heavy_tailed_muon(
         rank_fraction = 0.25
     norm = RandomizedPolar(rank=rank, rank_fraction=rank_fraction, sketch="gaussian", oversample=oversample,
                            power_steps=power_steps, seed=seed)
-    return _randomized(lr, norm, beta, True, weight_decay, "none", "auto", driver)
+    return _randomized(lr, norm, beta, True, weight_decay, "none", "auto", "heavy_tailed_muon", driver)
 
 
 # ---------------------------------------------------------------------------------------------------------------

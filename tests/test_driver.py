@@ -268,12 +268,14 @@ def test_constrained_scion_configuration_stays_in_its_ball():
     rng = RNG(5)
     x = {"h.weight": np.zeros((6, 4)), "h.bias": np.zeros(6), "lm_head.weight": np.zeros((3, 6))}
     state = driver.init(x)
+    bound = driver.for_parameters(list(x), [v.shape for v in x.values()])  # the recipe as the plan sees it
+    assert bound.geometry_for("lm_head.weight", (3, 6)).norm.name == "scion_sign"  # the last matrix: the output
     for _ in range(30):
         g = {k: rng.standard_normal(v.shape) for k, v in x.items()}
         x, state = driver.step(x, g, state)
         for k, v in x.items():
-            geo = driver.geometry_for(k, v.shape)
-            value, rho = _ball_norm(driver, k, v)
+            geo = bound.geometry_for(k, v.shape)
+            value, rho = _ball_norm(bound, k, v)
             assert value <= rho * (1 + geo.norm.slack + 1e-6), (k, value, rho)
 
 

@@ -609,7 +609,7 @@ def _page_blocks():
 
 def test_privacy_page_code_runs():
     blocks = _page_blocks()
-    assert len(blocks) == 3
+    assert len(blocks) >= 3  # the quick start (its own test below) and the recipes after it
     for block in blocks[1:]:
         exec(compile(block, "docs/privacy.md", "exec"), {})
 
