@@ -16,7 +16,8 @@ mutant. Survivors are printed with their place and change; ``--equivalent PATH``
 ``benchmarks/kit_mutation_equivalent.json``) names the survivors judged equivalent (no input can tell them from the
 original, or they change only an undocumented choice), and the score is killed / (all - equivalent).
 
-Usage: ``python benchmarks/kit_mutation.py [--quick] [--json PATH] [--jobs N] [--module vector ...]``
+Usage: ``python benchmarks/kit_mutation.py [--quick] [--json PATH] [--jobs N] [--module vector ...] [--sample N]``
+(``--sample N``: a uniform random sample of N mutants, seeded by ``--seed``; the score gets a 95% Wilson interval)
 (``--quick``: the mutants of two small methods, numpy only: a smoke test).
 """
 
@@ -29,8 +30,10 @@ import dataclasses
 import importlib
 import inspect
 import json
+import math
 import multiprocessing
 import os
+import random
 import signal
 import sys
 import time
@@ -350,6 +353,15 @@ def _init_worker() -> None:
         pass
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a share ``k / n`` (a sample of the mutants; the whole set gives the share)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the mutants of Sign.lmo and L1.dual_norm, numpy only")
@@ -359,6 +371,9 @@ def main() -> None:
     p.add_argument("--timeout", type=int, default=300, help="seconds per mutant before it counts as a timeout")
     p.add_argument("--equivalent", default=DEFAULT_EQUIVALENT,
                    help="JSON file: {mutant key: why it is equivalent} (default: %(default)s)")
+    p.add_argument("--sample", type=int, default=0,
+                   help="run a uniform random sample of this many mutants (the score then has a 95%% interval)")
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed")
     p.add_argument("--with-nonfinite", action="store_true",
                    help="keep the NaN/inf policy check (once the geometries keep the policy)")
     args = p.parse_args()
@@ -370,6 +385,10 @@ def main() -> None:
         _skip_nonfinite()
     cov = coverage({"sign", "l1"} if args.quick else None)
     found = mutants(modules, only)
+    population = len(found)
+    if args.sample and args.sample < population:
+        picked = set(random.Random(args.seed).sample(range(population), args.sample))
+        found = [m for i, m in enumerate(found) if i in picked]
     involved = sorted({n for m in found for n in cov.get((f"{m.module}.py", m.first_line), set())})
     baseline = {}
     for name in involved:  # the original's outcome: rows that fail already (known bugs) do not count as kills
@@ -382,8 +401,8 @@ def main() -> None:
     for m in found:
         names = sorted(cov.get((f"{m.module}.py", m.first_line), set()))
         jobs.append((m, names, backends, args.timeout, not args.with_nonfinite, baseline))
-    print(f"{len(found)} mutants of {', '.join(modules)}; {sum(1 for j in jobs if not j[1])} in code no geometry "
-          f"runs; {args.jobs} worker(s)", flush=True)
+    print(f"{len(found)} mutants (of {population}) of {', '.join(modules)}; "
+          f"{sum(1 for j in jobs if not j[1])} in code no geometry runs; {args.jobs} worker(s)", flush=True)
     results = []
     runnable = [j for j in jobs if j[1]]
     for m, *_ in (j for j in jobs if not j[1]):
@@ -408,10 +427,13 @@ def main() -> None:
     judged = sum(1 for r in results if "equivalent" in r)
     killed = counts["killed"] + counts["timeout"]
     score = killed / max(1, len(results) - judged)
+    low, high = wilson(killed, len(results) - judged)
     rows = [[s, n] for s, n in counts.items()] + [["equivalent (judged)", judged],
-                                                   ["kill share of the non-equivalent", f"{score:.1%}"]]
+                                                   ["kill share of the non-equivalent", f"{score:.1%}"],
+                                                   ["its 95% interval (Wilson)", f"{low:.1%} - {high:.1%}"]]
     print()
-    print(f"# kit_mutation  ({', '.join(modules)}{', quick' if args.quick else ''}; "
+    sampled = f"; a sample of {len(found)} of {population} mutants, seed {args.seed}" if len(found) < population else ""
+    print(f"# kit_mutation  ({', '.join(modules)}{', quick' if args.quick else ''}{sampled}; "
           f"{time.perf_counter() - start:.0f}s)")
     print(table(["mutants", "count"], rows))
     unexplained = [r for r in results if r["status"] in ("survived", "not run") and "equivalent" not in r]
@@ -422,6 +444,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"benchmark": "kit_mutation", "quick": bool(args.quick), "modules": list(modules),
+                       "population": population, "sample": len(found), "seed": args.seed,
                        "headers": ["mutants", "count"], "rows": rows, "score": score, "results": results},
                       f, indent=1)
 

@@ -448,8 +448,10 @@ class SpectralSphere(Spectral, name="spectral_sphere"):
     ``{A : <Theta, A> = 0}``, ``Theta = u1 v1^T``. ``lmo_at(W, G) = argmin <G, A>`` over tangent ``A`` with
     ``||A||_2 <= 1`` is ``A = -msign(G - lam Theta)`` where ``lam`` solves ``<Theta, msign(G - lam Theta)> = 0``:
     the derivative of the convex dual ``||G - lam Theta||_*``, monotone in ``lam``, so ``lam`` is found by bisection
-    (``bisection_steps``) after bracketing by doubling. The result is projected onto the tangent space
-    (``A - <Theta, A> Theta``) and rescaled into the unit ball. ``retract(W, step) = radius (W + step) /
+    (``bisection_steps``) after bracketing by doubling. Where ``G - lam Theta`` is singular at the optimum (generic
+    for square matrices), ``msign`` is zero on its null pair ``u_k v_k^T`` and not the argmin: the subgradient
+    ``-(U_r V_r^T + t u_k v_k^T)`` with ``t`` in ``[-1, 1]`` chosen by ``<Theta, A> = 0`` is (an SVD). The result is
+    projected onto the tangent space (``A - <Theta, A> Theta``) and rescaled into the unit ball. ``retract(W, step) = radius (W + step) /
     ||W + step||_2``. Plain ``norm``/``dual_norm``/``lmo``: the ambient spectral geometry.
     """
 
@@ -518,11 +520,22 @@ class SpectralSphere(Spectral, name="spectral_sphere"):
             mid = 0.5 * (lo + hi)
             pos = slope(mid) > 0
             lo, hi = xp.where(pos, mid, lo), xp.where(pos, hi, mid)
-        lam = 0.5 * (lo + hi)
-        a = -self.solver(gs - xp.reshape(lam, (*batch, 1, 1)) * theta)
+        lam = xp.reshape(0.5 * (lo + hi), (*batch, 1, 1))
+        # A = -(U_r V_r^T + t u_k v_k^T), a subgradient of ||G - lam Theta||_*: where the smallest singular value is
+        # (numerically) zero -- generic for square matrices at the optimal lam -- its weight t in [-1, 1] is free and
+        # is chosen to make A tangent; elsewhere t = 1 (the polar factor). msign alone would leave t = 0.
+        u, s, vh = xp.linalg.svd(gs - lam * theta, full_matrices=False)
+        k = s.shape[-1]
+        head = xp.matmul(u[..., :, : k - 1], vh[..., : k - 1, :])
+        last = u[..., :, k - 1 :] * vh[..., k - 1 : k, :]
+        on_head, on_last = vdot(xp, theta, head, 2), vdot(xp, theta, last, 2)
+        null = (s[..., k - 1] <= s[..., 0] * xp.finfo(s.dtype).eps ** 0.5) & (xp.abs(on_last) > 0)
+        t = xp.where(null, xp.clip(-on_head / xp.where(null, on_last, xp.ones_like(on_last)), -1.0, 1.0),
+                     xp.ones_like(on_last))
+        a = -(head + xp.reshape(t, (*batch, 1, 1)) * last)
         a = a - xp.reshape(vdot(xp, theta, a, 2), (*batch, 1, 1)) * theta
-        mm, s = _svdvals(xp, a)
-        a = a / xp.reshape(xp.maximum(mm * s[..., 0], xp.ones_like(mm)), (*batch, 1, 1))
+        mm, sv = _svdvals(xp, a)
+        a = a / xp.reshape(xp.maximum(mm * sv[..., 0], xp.ones_like(mm)), (*batch, 1, 1))
         return narrow(a * self._factor(tuple(a.shape[-2:])))
 
 

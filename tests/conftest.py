@@ -43,11 +43,9 @@ def backend(request):
 # Geometries whose NaN/inf policy (issue 15 item 5) is known broken: the kit's "non-finite input" check is
 # expected to fail for them (strict xfail). None since every built-in keeps the policy.
 NONFINITE_PENDING: frozenset[str] = frozenset()
-# Known lmo_at bugs the kit finds (issue 16): the spectral sphere's bisection is up to 10% short on square matrices,
-# where the optimal G - lam Theta is singular and msign of it is not the argmin.
-LMO_AT_PENDING = {
-    "spectral_sphere": "SpectralSphere.lmo_at: up to 10% short on square matrices (msign of a singular G - lam Theta)",
-}
+# Known lmo_at bugs the kit finds (method -> why), strict-xfailed in the suite: none left (issue 16 fixed Stiefel's
+# dual ascent and the spectral sphere's singular optimum).
+LMO_AT_PENDING: dict[str, str] = {}
 
 
 def registry_name(label: str) -> str:
