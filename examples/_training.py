@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,30 +270,13 @@ def _train_lm(build: Callable[[Any], Sequence[Any]], data: CharData, cfg: Any, *
 
     from lmo.optimizers import demo
 
-    F = torch.nn.functional
     torch.manual_seed(seed)
     model = demo.TinyGPT(data.vocab, cfg)
     optimizers = list(build(model))
-    batches = data.batches(seed)
-    losses: list[float] = []
     val_steps, val_loss = [0], [_evaluate(model, data.val, optimizers)]
     test = {}
-    elapsed, diverged = 0.0, False
-    for step in range(1, steps + 1):
-        x, y = next(batches)
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        value = loss.item()
-        if not math.isfinite(value):
-            diverged = True
-            break
-        for opt in optimizers:
-            opt.step()
-        elapsed += time.perf_counter() - start
-        losses.append(value)
+
+    def after(step: int) -> None:
         if step % eval_every == 0 or step == steps:
             val_steps.append(step)
             val_loss.append(_evaluate(model, data.val, optimizers))
@@ -302,6 +284,10 @@ def _train_lm(build: Callable[[Any], Sequence[Any]], data: CharData, cfg: Any, *
             test[step] = _evaluate(model, data.test, optimizers)
         if progress is not None:
             progress(1)
+
+    losses, seconds, diverged = demo.fit(model, optimizers, data.batches(seed), steps, after_step=after,
+                                         stop_on_nonfinite=True)
+    elapsed = seconds[-1] if seconds else 0.0
     if diverged:
         val_steps.append(steps)
         val_loss.append(math.inf)

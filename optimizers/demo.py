@@ -146,6 +146,38 @@ def _batches(data: Any, cfg: Config, generator: Any):
         yield x, y
 
 
+def fit(model: Any, optimizers: list[Any], batches: Any, steps: int, *,
+        after_step: Callable[[int], None] | None = None,
+        stop_on_nonfinite: bool = False) -> tuple[list[float], list[float], bool]:
+    """The training loop of the demo and of the reproductions: per step, the next ``(x, y)`` of ``batches``, the
+    cross-entropy of ``model(x)``, ``zero_grad``, ``backward`` and ``step`` of each optimizer, then
+    ``after_step(step)`` (untimed: evaluation, progress). Returns the training loss per step (``nan`` where it was
+    not finite), the seconds of training up to each step, and whether the loss turned non-finite; with
+    ``stop_on_nonfinite`` the loop stops there, before stepping (a diverged learning rate)."""
+    F = _torch().nn.functional
+    losses: list[float] = []
+    seconds: list[float] = []
+    elapsed = 0.0
+    for step in range(1, steps + 1):
+        x, y = next(batches)
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        value = loss.item()
+        if not math.isfinite(value) and stop_on_nonfinite:
+            return losses, seconds, True
+        for opt in optimizers:
+            opt.step()
+        elapsed += time.perf_counter() - start
+        losses.append(value if math.isfinite(value) else float("nan"))
+        seconds.append(elapsed)
+        if after_step is not None:
+            after_step(step)
+    return losses, seconds, any(math.isnan(v) for v in losses)
+
+
 def train(name: str, cfg: Config, text: str | None = None, *, progress: Callable[[int], None] | None = None,
           make: Callable[[Any], list[Any]] | None = None) -> dict:
     """Train one model with optimizer ``name``; returns per-step training losses, wall-clock seconds, and the
@@ -177,26 +209,16 @@ def train(name: str, cfg: Config, text: str | None = None, *, progress: Callable
         model.train()
         return total / len(val)
 
-    losses, seconds, val_steps, val_losses = [], [], [0], [evaluate()]
-    elapsed = 0.0
-    for step in range(1, cfg.steps + 1):
-        x, y = next(batches)
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-        elapsed += time.perf_counter() - start
-        value = loss.item()
-        losses.append(value if math.isfinite(value) else float("nan"))
-        seconds.append(elapsed)
+    val_steps, val_losses = [0], [evaluate()]
+
+    def after(step: int) -> None:
         if step % cfg.eval_every == 0 or step == cfg.steps:
             val_steps.append(step)
             val_losses.append(evaluate())
         if progress is not None:
             progress(1)
+
+    losses, seconds, _ = fit(model, optimizers, batches, cfg.steps, after_step=after)
     return {"optimizer": name, "lr": lr, "train_loss": losses, "seconds": seconds, "val_steps": val_steps,
             "val_loss": val_losses, "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(chars)}
 
