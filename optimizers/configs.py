@@ -137,7 +137,10 @@ def configured(names: Mapping[str, tuple[str, Any]], **fields: Any) -> Driver:
     bad=[({"lr": -1.0}, "lr"), ({"weight_decay": -0.1}, "decay")],
 )
 def sign_sgd(lr: float | Callable[[int], float] = 3e-3, *, weight_decay: float = 0.0, **driver: Any) -> Driver:
-    """SignSGD (Bernstein et al., 2018): ``x <- (1 - lr wd) x - lr sign(g)``; the LMO of the l-inf ball."""
+    """SignSGD (Bernstein et al., 2018): ``x <- (1 - lr wd) x - lr sign(g)``; the LMO of the l-inf ball.
+
+    Default ``lr=3e-3``, measured to work from ``7.5e-4`` to ``1.2e-2`` (digits CNN test accuracy 0.945 / 0.970 /
+    0.956; char transformer validation loss 2.11 at the default; docs/optimizers.md, "Defaults and recipes")."""
     return configured({"decay": ("weight_decay", weight_decay)}, geometry=get_norm("sign"), lr=lr, decay=weight_decay,
                    **driver)
 
@@ -149,7 +152,10 @@ def sign_sgd(lr: float | Callable[[int], float] = 3e-3, *, weight_decay: float =
 def signum(
     lr: float | Callable[[int], float] = 3e-3, *, beta: float = 0.9, weight_decay: float = 0.0, **driver: Any
 ) -> Driver:
-    """Signum (Bernstein et al., 2018): ``m <- b m + (1 - b) g``, ``x <- (1 - lr wd) x - lr sign(m)``."""
+    """Signum (Bernstein et al., 2018): ``m <- b m + (1 - b) g``, ``x <- (1 - lr wd) x - lr sign(m)``.
+
+    Default ``lr=3e-3``, measured to work from ``7.5e-4`` to ``1.2e-2`` (digits CNN 0.969 / 0.970 / 0.952; char
+    transformer 1.80 at the default; docs/optimizers.md, "Defaults and recipes")."""
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
     return configured(names, geometry=get_norm("sign"), lr=lr, beta1=beta, beta2=beta, decay=weight_decay, **driver)
 
@@ -168,6 +174,10 @@ def lion(
     """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms")::
 
         c = b1 m + (1 - b1) g;   x <- (1 - lr wd) x - lr sign(c);   m <- b2 m + (1 - b2) g
+
+    Default ``lr=3e-3`` (the paper's and lion-pytorch's ``1e-4`` is for large models with long schedules: 0.870 on
+    the digits CNN), measured to work from ``7.5e-4`` to ``1.2e-2`` (digits CNN 0.956 / 0.961 / 0.931; char
+    transformer 1.91 at the default; docs/optimizers.md, "Defaults and recipes").
     """
     try:
         beta1, beta2 = betas
@@ -346,6 +356,10 @@ def muon(
     name or ``ParamGeometry``, or a rule ``(name, shape) -> geometry`` for them; default ``"rms"``
     (:func:`vector_geometry`: each vector's step has RMS ``lr``, Scion's ``BiasRMS``), so that
     ``muon(lr).init({"w": W, "b": b})`` works in numpy and CuPy; ``None`` refuses them, as torch.optim.Muon does.
+
+    Default ``lr=0.02`` (KellerJordan/Muon's and :func:`~lmo.optimizers.torch.muon_with_adamw`'s; torch.optim.Muon's
+    ``1e-3`` reaches 0.868 on the digits CNN), measured to work from ``5e-3`` to ``0.08`` (digits CNN 0.960 / 0.969 /
+    0.948; char transformer 1.72 at the default; docs/optimizers.md, "Defaults and recipes").
     """
     validation.boolean("nesterov", nesterov)
     if norm is not None:
@@ -519,7 +533,8 @@ def _patterns(field: str, value: Any) -> tuple[str, ...]:
     try:
         out = tuple(value)
     except TypeError:
-        raise HyperparameterError(field, value, "a name, a module name or a glob pattern (or a sequence of them)")
+        raise HyperparameterError(
+            field, value, "a name, a module name or a glob pattern (or a sequence of them)") from None
     if not all(isinstance(p, str) and p for p in out):
         raise HyperparameterError(field, value, "non-empty strings: parameter names, module names or glob patterns")
     return out
@@ -792,6 +807,10 @@ def scion(
     per parameter geometry and radius ``rho`` from ``geometry`` (default :class:`ScionRecipe`: hidden Spectral,
     lm_head Sign, embeddings ColNorm, biases BiasRMS). Iterates that start in the radius ball stay in it.
     ``beta`` is the usual momentum (Scion's own ``momentum`` is ``1 - beta``; README default 0.1, i.e. beta 0.9).
+
+    Default ``lr=2^-8`` with :class:`ScionRecipe`'s radii (8 hidden, 128 output), measured to work from ``2^-10``
+    to ``2^-6`` (digits CNN 0.896 / 0.976 / 0.955; char transformer 1.66 at the default; AdamW's best: 0.972 and
+    2.00; docs/optimizers.md, "Defaults and recipes").
     """
     return _scion_driver(lr, beta, geometry, True, driver)
 
@@ -809,5 +828,8 @@ def uscion(
     geometry: Any = None,
     **driver: Any,
 ) -> Driver:
-    """Unconstrained Scion: as :func:`scion` with ``x <- x + lr * rho * lmo(m)`` (no shrinking of ``x``)."""
+    """Unconstrained Scion: as :func:`scion` with ``x <- x + lr * rho * lmo(m)`` (no shrinking of ``x``).
+
+    Default ``lr=2^-8``, ``beta=0.8``, measured to work from ``2^-10`` to ``2^-6`` (digits CNN 0.902 / 0.977 /
+    0.969; char transformer 1.63 at the default; docs/optimizers.md, "Defaults and recipes")."""
     return _scion_driver(lr, beta, geometry, False, driver)

@@ -578,7 +578,8 @@ class Muon(DriverOptimizer):
     :func:`lmo.optimizers.muon` (the driver with Nesterov's ``(beta1, beta2) = (mu^2, mu)``).
 
     Defaults are torch.optim.Muon's (``lr=1e-3`` among them; the library's own :func:`muon_with_adamw` and the
-    README use ``lr=0.02``, which is what trains: see docs/optimizers.md). Rounding: torch.optim.Muon always
+    README use ``lr=0.02``, which is what trains: 0.969 vs 0.868 test accuracy on the digits CNN of
+    docs/optimizers.md, "Defaults and recipes"). Rounding: torch.optim.Muon always
     iterates in bf16; ours iterates in bf16 where bf16 matrix products are fast (CUDA, CPUs with AVX512-BF16/AMX)
     and in fp32 elsewhere; ``ns_dtype="float32"`` (or ``"bfloat16"``) pins it. With ``ns_dtype="float32"`` the
     trajectory is torch's algorithm in fp32, so it differs from torch.optim.Muon's by exactly torch's own
@@ -655,7 +656,8 @@ Muon.inputs = OptimizerInputs(
 
 
 class SignSGD(DriverOptimizer):
-    """SignSGD: ``p <- (1 - lr wd) p - lr sign(g)`` (:func:`lmo.optimizers.sign_sgd`)."""
+    """SignSGD: ``p <- (1 - lr wd) p - lr sign(g)`` (:func:`lmo.optimizers.sign_sgd`; its default ``lr=3e-3`` and
+    the measured range that works are documented there)."""
 
     configuration = staticmethod(sign_sgd)
     arguments = {"lr": "lr", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
@@ -674,7 +676,8 @@ SignSGD.inputs = OptimizerInputs(
 class Signum(DriverOptimizer):
     """Signum: ``m <- mu m + (1 - mu) g``, ``p <- (1 - lr wd) p - lr sign(m)`` (:func:`lmo.optimizers.signum`).
 
-    ``momentum`` is the usual factor ``mu`` (default 0.9)."""
+    ``momentum`` is the usual factor ``mu`` (default 0.9); default ``lr=3e-3`` as :func:`lmo.optimizers.signum`
+    (the measured range is documented there)."""
 
     configuration = staticmethod(signum)
     arguments = {"lr": "lr", "momentum": "beta", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
@@ -693,7 +696,8 @@ Signum.inputs = OptimizerInputs(
 class Lion(DriverOptimizer):
     """Lion (Chen et al., 2023): ``c = b1 m + (1 - b1) g``, ``p <- (1 - lr wd) p - lr sign(c)``,
     ``m <- b2 m + (1 - b2) g`` (:func:`lmo.optimizers.lion`). Weight decay is decoupled and multiplied by ``lr``,
-    as in the paper and lion-pytorch, whose defaults these are."""
+    as in the paper and lion-pytorch, whose defaults these are: a drop-in keeps them (``lr=1e-4`` reaches 0.870 on
+    the digits CNN of docs/optimizers.md, where :func:`lmo.optimizers.lion`'s ``3e-3`` reaches 0.961)."""
 
     configuration = staticmethod(lion)
     arguments = {"lr": "lr", "betas": "betas", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}

@@ -21,8 +21,17 @@ from lmo.geometries.tangent import Tangent
 from lmo.norm import Norm, get_norm
 
 from . import validation
-from .configs import (MATRIX_SHAPES, NS_COEFFICIENTS, MuonGeometry, configuration, configured, muon, sign_sgd, signum,
-                      vectors_rule)
+from .configs import (
+    MATRIX_SHAPES,
+    NS_COEFFICIENTS,
+    MuonGeometry,
+    configuration,
+    configured,
+    muon,
+    sign_sgd,
+    signum,
+    vectors_rule,
+)
 from .driver import Driver, ParamGeometry
 from .hooks import Retract, RowNormalize, ScaledLMOCompressor, ScheduleFree, Transport
 

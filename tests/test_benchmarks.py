@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["muon_step", "polar_roofline", "gram_vs_ns", "dp_per_sample", "optimizer_memory", "nonfinite_guard"]
+# Every script of benchmarks/ keeps the contract (--quick, --json, a table), except these, tested elsewhere:
+ELSEWHERE = {
+    "kit_mutation": "its own test below (the quick run's mutants must all be killed)",
+    "muon_compile": "tests/test_compile.py compiles the same step (its quick run costs a minute of inductor)",
+    "polar_accuracy": "writes docs/polar_solvers.md rather than a JSON table; tests/test_polar.py holds the bounds",
+    "distributed_scaling": "launches its own ranks; tests/test_distributed.py runs the distributed step on 2 processes",
+}
+SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.stem.startswith("_")
+                 and p.stem not in ELSEWHERE)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -50,6 +50,16 @@ def test_plugin_page_matches_the_example_file():
         _unregister("row_sum")
 
 
+@pytest.mark.skipif("spectral" not in lmo.norms(), reason="the recipes need the spectral geometry")
+def test_optimizers_page_code_runs():
+    """docs/optimizers.md: the CNN and GPT recipes and the numpy example run as printed."""
+    pytest.importorskip("torch")
+    blocks = _python_blocks(ROOT / "docs" / "optimizers.md")
+    assert len(blocks) >= 3
+    for block in blocks:
+        exec(compile(block, "docs/optimizers.md", "exec"), {})
+
+
 def test_documentation_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs", reason="the docs extra is not installed")
     pytest.importorskip("mkdocstrings", reason="the docs extra is not installed")

@@ -113,10 +113,11 @@ def test_spectral_conv_matches_the_reshaped_formula():
     np.testing.assert_allclose(n.lmo(g), (-f * u @ vh).reshape(g.shape), atol=1e-12)
     np.testing.assert_allclose(n.dual_norm(g), f * s.sum(-1), rtol=1e-12)
     g1 = rand(5, 4, 3)
-    np.testing.assert_allclose(SpectralConv(ndim=3).norm(g1), np.linalg.norm(g1.reshape(5, 12), 2) * 3 / math.sqrt(5 / 4))
+    np.testing.assert_allclose(SpectralConv(ndim=3).norm(g1),
+                               np.linalg.norm(g1.reshape(5, 12), 2) * 3 / math.sqrt(5 / 4))
 
 
-# -- Scion: the formulas of LIONS-EPFL/scion's scion.py (which returns -lmo), with eps = 0 -------------------------------
+# -- Scion: the formulas of LIONS-EPFL/scion's scion.py (which returns -lmo), with eps = 0 ---------------------------
 def scion_colnorm(g, normalized, transpose):
     if transpose:
         g = g.T

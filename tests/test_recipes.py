@@ -1,6 +1,6 @@
 """Scion's recipe for any model: roles found from the parameter list (no names needed), names as overrides, the
 binding to a whole parameter list (functional and torch, param groups included), Scion's initialisation, and a short
-training run of the digits CNN (benchmarks/digits_cnn.py measures the accuracies)."""
+training run of the digits CNN (benchmarks/defaults.py measures the accuracies)."""
 
 from __future__ import annotations
 

@@ -148,7 +148,8 @@ def test_schedule_free_is_defazio_with_an_lmo_base_step():
         c = lrs[k] ** 2 / total
         xr = (1 - c) * xr + c * zr
         _assert_close(z, zr, 1e-12)
-        _assert_close(driver.point.evaluation_point([z], [{"average": state["slots"][""]["point.average"]}], None)[0], xr)
+        point = driver.point.evaluation_point([z], [{"average": state["slots"][""]["point.average"]}], None)
+        _assert_close(point[0], xr)
 
 
 def _normuon_reference(x, grads, lr, beta, beta2, wd, eps=1e-10):
