@@ -2,8 +2,8 @@
 
 Every oracle call finds the batch entries that hold a NaN or an infinity (``max x`` and ``min x`` over each matrix),
 replaces them by 0 and overwrites their results (``Norm._prepare``, see :class:`lmo.Norm`). This times the oracle
-with the guard against the same oracle with the guard bypassed, interleaved, on Muon-sized matrices in float32 (the iterate dtype is
-pinned to float32 so that both time the same iteration on every CPU).
+with the guard against the same oracle with the guard bypassed, interleaved, on Muon-sized matrices in float32
+(the iterate dtype is pinned to float32 so that both time the same iteration on every CPU).
 
 Usage: ``python benchmarks/nonfinite_guard.py [--quick] [--json PATH] [--threads N] [--repeats R]``.
 """
