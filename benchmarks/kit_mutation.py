@@ -374,9 +374,17 @@ def main() -> None:
     p.add_argument("--sample", type=int, default=0,
                    help="run a uniform random sample of this many mutants (the score then has a 95%% interval)")
     p.add_argument("--seed", type=int, default=0, help="the sample's seed")
+    p.add_argument("--rescore", metavar="JSON",
+                   help="score the verdicts of an earlier --json run again with the current --equivalent file")
     p.add_argument("--with-nonfinite", action="store_true",
                    help="keep the NaN/inf policy check (once the geometries keep the policy)")
     args = p.parse_args()
+    if args.rescore:
+        with open(args.rescore, encoding="utf-8") as f:
+            earlier = json.load(f)
+        summarise(args, earlier["results"], earlier["modules"], earlier["population"], earlier.get("seed", 0),
+                  bool(earlier["quick"]), earlier.get("seconds", 0.0))
+        return
     only = {"Sign.lmo", "L1.dual_norm"} if args.quick else None
     modules = ("vector",) if args.quick else tuple(args.module or MODULES)
     backends = ["numpy"] if args.quick else None
@@ -416,6 +424,12 @@ def main() -> None:
                 print(f"[{i}/{len(runnable)}] {verdict['status']:<8} {verdict['key']} (line {verdict['line']})"
                       + (f" by {verdict['by']}" if "by" in verdict and verdict["status"] != "killed" else ""),
                       flush=True)
+    summarise(args, results, list(modules), population, args.seed, bool(args.quick), time.perf_counter() - start)
+
+
+def summarise(args: argparse.Namespace, results: list[dict[str, Any]], modules: list[str], population: int,
+              seed: int, quick: bool, seconds: float) -> None:
+    """Score the verdicts (killed / non-equivalent), print the table and the unexplained survivors, write JSON."""
     equivalent = {}
     if os.path.exists(args.equivalent):
         with open(args.equivalent, encoding="utf-8") as f:
@@ -432,9 +446,9 @@ def main() -> None:
                                                    ["kill share of the non-equivalent", f"{score:.1%}"],
                                                    ["its 95% interval (Wilson)", f"{low:.1%} - {high:.1%}"]]
     print()
-    sampled = f"; a sample of {len(found)} of {population} mutants, seed {args.seed}" if len(found) < population else ""
-    print(f"# kit_mutation  ({', '.join(modules)}{', quick' if args.quick else ''}{sampled}; "
-          f"{time.perf_counter() - start:.0f}s)")
+    sampled = f"; a sample of {len(results)} of {population} mutants, seed {seed}" if len(results) < population else ""
+    print(f"# kit_mutation  ({', '.join(modules)}{', quick' if quick else ''}{sampled}; "
+          f"{seconds:.0f}s)")
     print(table(["mutants", "count"], rows))
     unexplained = [r for r in results if r["status"] in ("survived", "not run") and "equivalent" not in r]
     if unexplained:
@@ -443,8 +457,8 @@ def main() -> None:
             print(f"  {r['key']}  (line {r['line']}; geometries: {', '.join(r['geometries']) or 'none'})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"benchmark": "kit_mutation", "quick": bool(args.quick), "modules": list(modules),
-                       "population": population, "sample": len(found), "seed": args.seed,
+            json.dump({"benchmark": "kit_mutation", "quick": bool(quick), "modules": list(modules),
+                       "population": population, "sample": len(results), "seed": seed, "seconds": seconds,
                        "headers": ["mutants", "count"], "rows": rows, "score": score, "results": results},
                       f, indent=1)
 

@@ -208,8 +208,10 @@ class ScionSign(Norm, name="scion_sign"):
         xp, g, narrow = self._prepare(g)
         if not self.normalized:
             return narrow(_SIGN2.dual_norm(g))
-        # sum |G| overflows where sum |G| / d_in does not: summed at unit scale, max |G| applied last
+        # sum |G| overflows where sum |G| / d_in does not: summed at unit scale, max |G| applied last (an infinite
+        # or NaN entry, whose value the policy sets, is summed as it is: no inf / inf)
         peak = xp.max(xp.abs(g), axis=(-2, -1))
+        peak = xp.where(peak < math.inf, peak, xp.ones_like(peak))
         unit = safe_divide(xp, xp.abs(g), peak[..., None, None])
         return narrow(xp.sum(unit, axis=(-2, -1)) / self._c(g) * peak)
 

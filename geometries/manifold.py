@@ -80,10 +80,8 @@ class Sphere(L2, name="sphere"):
     def lmo_at(self, x: Array, g: Array) -> Array:
         """``-P g / ||P g||``; 0 when ``P g`` is rounding noise (``||P g|| <= 16 n eps ||g||``): ``g`` normal to the
         sphere has no descent direction, and normalising the noise would return an arbitrary one."""
-        _check_pair(self, x, g)
         xp, g, narrow = self._prepare(g)
-        _, u = self._length(xp, widen(xp, x)[0])
-        pg = g - self._expand(xp, vdot(xp, u, g, self.ndim)) * u
+        pg = self.tangent_component(x, g)
         n = self._size(g)
         noise = 16 * n * xp.finfo(g.dtype).eps * self._length(xp, g)[0]
         live = xp.astype(self._length(xp, pg)[0] > noise, g.dtype)
@@ -421,7 +419,8 @@ class _TangentSolver:
             # an entry whose most damped step cannot improve beyond rounding has solved its round
             stuck = active & ~ok & rounding & (self.mu >= 1)
             self.inner_tol = xp.where(stuck, 2 * st["gnorm"], self.inner_tol)
-            self.mu = xp.where(good, xp.clip(self.mu / 10, 1e-12, 1.0), xp.where(poor, xp.clip(self.mu * 10, 1e-12, 1.0), self.mu))
+            self.mu = xp.where(good, xp.clip(self.mu / 10, 1e-12, 1.0),
+                               xp.where(poor, xp.clip(self.mu * 10, 1e-12, 1.0), self.mu))
             self.lam = xp.where(ok, self.lam + d, self.lam)
             st = {k: xp.where(_expand(ok, v), trial[k], v) for k, v in st.items()}
         a, gap, _ = self._certify(st)
@@ -451,8 +450,9 @@ class SpectralSphere(Spectral, name="spectral_sphere"):
     (``bisection_steps``) after bracketing by doubling. Where ``G - lam Theta`` is singular at the optimum (generic
     for square matrices), ``msign`` is zero on its null pair ``u_k v_k^T`` and not the argmin: the subgradient
     ``-(U_r V_r^T + t u_k v_k^T)`` with ``t`` in ``[-1, 1]`` chosen by ``<Theta, A> = 0`` is (an SVD). The result is
-    projected onto the tangent space (``A - <Theta, A> Theta``) and rescaled into the unit ball. ``retract(W, step) = radius (W + step) /
-    ||W + step||_2``. Plain ``norm``/``dual_norm``/``lmo``: the ambient spectral geometry.
+    projected onto the tangent space (``A - <Theta, A> Theta``) and rescaled into the unit ball.
+    ``retract(W, step) = radius (W + step) / ||W + step||_2``. Plain ``norm``/``dual_norm``/``lmo``: the ambient
+    spectral geometry.
     """
 
     radius: float = 1.0
@@ -465,7 +465,8 @@ class SpectralSphere(Spectral, name="spectral_sphere"):
         if isinstance(self.bisection_steps, bool) or not isinstance(self.bisection_steps, int) or not (
             1 <= self.bisection_steps <= 200
         ):
-            raise ValueError(f"SpectralSphere: bisection_steps must be an int in [1, 200]; got {self.bisection_steps!r}")
+            raise ValueError(
+                f"SpectralSphere: bisection_steps must be an int in [1, 200]; got {self.bisection_steps!r}")
 
     @classmethod
     def examples(cls) -> Iterable[Norm]:

@@ -347,29 +347,35 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
     The start ``X_0`` has Frobenius norm 1; the tighter bound ``t`` of its spectral norm comes from the Gram matrix
     the step forms anyway: ``t^2 = ||A||_F`` (``gram``: ``t = (sum s^4)^(1/4)``) or ``t^2 = ||A^2||_F^(1/2)``
     (``s8``: ``t = (sum s^8)^(1/8)``, with the ``A^2`` the quintic needs). The step on ``X = X_0 / t`` is
-    ``X_1 = (c0 + c1 A/t^2 + c2 A^2/t^4 + ...) X_0 / t``: the per-matrix factors act on the small ``m x m`` side."""
+    ``X_1 = (c0 + c1 A/t^2 + c2 A^2/t^4 + ...) X_0 / t``: the per-matrix factors act on the small ``m x m`` side.
+
+    ``A`` is formed in the iterate's dtype (the ``m x n`` product), the factor from it in at least float32: the first
+    step's coefficients cancel (Polar Express from ``[1e-3, 1]``: ``8.2 - 22.5 + 15.9`` at ``s = 1``), and in
+    bfloat16 the cancelled rounding made ``Q`` blow up (``||X_1||_2`` of ``4e6`` on a 7 x 2 matrix under the gram
+    scaling, ``2e3`` under ``"auto"``); the ``m x m`` work is small beside the ``m x n`` products."""
     a = xp.matmul(x, xp.matrix_transpose(x))
+    wide = a if xp.finfo(a.dtype).bits >= 32 else xp.astype(a, xp.float32)
     if scaling == "s8":
-        a2 = xp.matmul(a, a)
-        inv = 1 / xp.maximum(xp.sqrt(_frobenius(xp, a2)), _tiny(xp, a))  # 1 / t^2
+        a2 = xp.matmul(wide, wide)
+        bound = xp.sqrt(_frobenius(xp, a2))  # t^2
     else:
         a2 = None
-        inv = 1 / xp.maximum(_frobenius(xp, a), _tiny(xp, a))
+        bound = _frobenius(xp, wide)
+    # 1 / t^2, and 0 for a zero input (X_0 = 0: the step must give 0, where 1 / tiny would give 0 * inf = NaN);
+    # a nonzero X_0 of unit Frobenius norm has t^2 >= 1 / min(m, n)
+    inv = safe_divide(xp, xp.ones_like(bound), bound)
     root = xp.sqrt(inv)  # 1 / t
     if a2 is not None and len(coeffs) == 3:  # the quintic: element-wise only
-        tail = combine(xp, a, coeffs[1] * inv * root, a2, coeffs[2] * inv * inv * root)
+        tail = combine(xp, wide, coeffs[1] * inv * root, a2, coeffs[2] * inv * inv * root)
     else:
-        scaled = a * inv
+        scaled = wide * inv
         tail = (coeffs[1] * scaled if len(coeffs) == 2 else _poly_tail(xp, scaled, coeffs)) * root
-    return add_diagonal(xp, tail, coeffs[0] * root), a
+    return xp.astype(add_diagonal(xp, tail, coeffs[0] * root), a.dtype), a
 
 
 def _frobenius(xp: Namespace, a: Array) -> Array:
     return xp.astype(xp.linalg.vector_norm(a, axis=(-2, -1), keepdims=True), a.dtype)
 
-
-def _tiny(xp: Namespace, a: Array) -> Array:
-    return xp.asarray(xp.finfo(a.dtype).smallest_normal, dtype=a.dtype, device=device(a))
 
 
 def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...], scaling: str = "frobenius",
@@ -493,10 +499,10 @@ def _odd_poly(c: np.ndarray, x: np.ndarray) -> np.ndarray:
     return acc * x
 
 
-def _remez_odd(l: float, u: float, degree: int) -> np.ndarray:
-    """Coefficients of the odd polynomial of ``degree`` best approximating 1 on ``[l, u]`` in the sup norm."""
+def _remez_odd(low: float, u: float, degree: int) -> np.ndarray:
+    """Coefficients of the odd polynomial of ``degree`` best approximating 1 on ``[low, u]`` in the sup norm."""
     k = (degree + 1) // 2  # number of coefficients
-    if l / u > 1 - 1e-6:  # degenerate interval: the Taylor (Newton-Schulz) polynomial of (1-t)^(-1/2) at u
+    if low / u > 1 - 1e-6:  # degenerate interval: the Taylor (Newton-Schulz) polynomial of (1-t)^(-1/2) at u
         taylor = [1.0]
         for j in range(1, k):
             taylor.append(taylor[-1] * (2 * j - 1) / (2 * j))
@@ -506,9 +512,9 @@ def _remez_odd(l: float, u: float, degree: int) -> np.ndarray:
             poly = np.polynomial.polynomial.polypow([1.0, -1.0 / u**2], j)
             coeffs[: len(poly)] += t * poly
         return coeffs / u
-    # k coefficients + the level E: k + 1 alternation points l = x_0 < ... < x_k = u
-    pts = l + (u - l) * (1 - np.cos(np.pi * np.arange(k + 1) / k)) / 2
-    signs = -((-1.0) ** np.arange(k + 1))  # p(l) = 1 - E, then alternate
+    # k coefficients + the level E: k + 1 alternation points low = x_0 < ... < x_k = u
+    pts = low + (u - low) * (1 - np.cos(np.pi * np.arange(k + 1) / k)) / 2
+    signs = -((-1.0) ** np.arange(k + 1))  # p(low) = 1 - E, then alternate
     coeffs = np.zeros(k)
     err_prev = math.inf
     for _ in range(100):
@@ -518,15 +524,15 @@ def _remez_odd(l: float, u: float, degree: int) -> np.ndarray:
         lhs[:, k] = -signs
         sol = np.linalg.solve(lhs, np.ones(k + 1))
         coeffs, err = sol[:k], sol[k]
-        # new interior points: the critical points of p in (l, u), i.e. roots of p'(x) in x^2
+        # new interior points: the critical points of p in (low, u), i.e. roots of p'(x) in x^2
         dcoef = np.array([(2 * j + 1) * coeffs[j] for j in range(k)])  # p'(x) = sum dcoef_j x^(2j)
         roots = np.roots(dcoef[::-1])
         roots = np.sort(roots[(np.abs(roots.imag) < 1e-12) & (roots.real > 0)].real)
         crit = np.sqrt(roots)
-        crit = crit[(crit > l) & (crit < u)]
+        crit = crit[(crit > low) & (crit < u)]
         if len(crit) != k - 1:
             break
-        pts = np.concatenate(([l], crit, [u]))
+        pts = np.concatenate(([low], crit, [u]))
         if abs(err - err_prev) <= 1e-15 * max(1.0, abs(err)):
             break
         err_prev = err
@@ -566,8 +572,8 @@ def _polynomial_bounds(schedule: tuple[tuple[float, ...], ...], q: int, rank: in
     ratio = _two_level(schedule, q, rank, grid[:, None, None], counts[None, :, None], others[None, None, :])
     delta = float(np.min(ratio))
     flat = np.argsort(ratio, axis=None)[:8]
-    for i, j, l in zip(*np.unravel_index(flat, ratio.shape)):
-        t0, k0, m0 = grid[i], counts[j], others[l]
+    for i, j, k in zip(*np.unravel_index(flat, ratio.shape)):
+        t0, k0, m0 = grid[i], counts[j], others[k]
         ts = np.geomspace(t0 / 1.2, min(t0 * 1.2, 1.0), 400)[:, None, None]
         ks = np.unique(np.round(np.geomspace(max(k0 / 1.6, 1), k0 * 1.6, 60)))[None, :, None]
         ms = np.unique(np.round(np.concatenate(([0.0], np.geomspace(max(m0 / 1.6, 1), max(m0, 1) * 1.6, 60)))))

@@ -114,6 +114,11 @@ class Spectral(Norm, name="spectral"):
             cls(method="newton_schulz", steps=5, coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, scale="rms_max"),
             cls(method="polar_express", dtype="float32"),
             cls(method="gram_newton_schulz", scale="l2_rms"),
+            # the other paths of the solvers: the default auto (s8 scaling, Gram side on wide matrices), a cubic
+            # schedule on the Gram side with the gram scaling, a degree-7 schedule (Newton-Schulz's Taylor step)
+            cls(method="auto"),
+            cls(method="gram_newton_schulz", coefficients=((1.5, -0.5),) * 10, scaling="gram", dtype="float32"),
+            cls(method="newton_schulz", coefficients=((2.1875, -2.1875, 1.3125, -0.3125),) * 6, dtype="float32"),
         )
 
     @property
@@ -240,10 +245,11 @@ class Nuclear(Norm, name="nuclear"):
         lmo(G) = -u_1 v_1^T        (the top singular pair).
 
     ``method="svd"`` (default) is exact. ``method="power"`` runs power iteration accelerated by repeated squaring on
-    the small Gram matrix ``A`` (``n x n``, ``n = min(d_out, d_in)``): ``steps`` squarings give ``A^p``, ``p = 2^steps``;
-    ``v`` is its column of largest norm, ``u = G v / ||G v||``. This costs ``O(steps n^3)`` and guarantees
-    ``||G v|| >= n^(-1 / (4p)) s_max(G)`` (log-convexity of the moments ``w^T A^j w``), so it declares
-    ``delta = BOUND_RANK^(-1/2^(steps+2))`` minus a float32 rounding allowance (0.99 for the default 8 steps).
+    the small Gram matrix ``A`` (``n x n``, ``n = min(d_out, d_in)``): ``steps`` squarings give
+    ``A^p``, ``p = 2^steps``; ``v`` is its column of largest norm, ``u = G v / ||G v||``. This costs
+    ``O(steps n^3)`` and guarantees ``||G v|| >= n^(-1 / (4p)) s_max(G)`` (log-convexity of the moments
+    ``w^T A^j w``), so it declares ``delta = BOUND_RANK^(-1/2^(steps+2))`` minus a float32 rounding allowance
+    (0.99 for the default 8 steps).
 
     Ties and zero: if ``s_1`` is repeated, every unit vector pair of the top singular subspaces is optimal; the
     oracle returns the pair that the SVD (or the iteration) finds. ``lmo(0) = 0``.

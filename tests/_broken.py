@@ -502,6 +502,20 @@ class BadPolicyName(Box):
     infinite_input = "clip"
 
 
+# -- declarations the optimizers act on -----------------------------------------------------------------------------
+class FalselyTransposable(Spectral):
+    """Declares ``transposable`` (the optimizers would stack its tall matrices with the wide transposes of others)
+    although its factor ``sqrt(d_out / d_in)`` depends on the orientation."""
+
+    @property
+    def transposable(self):
+        return True
+
+    @classmethod
+    def examples(cls):
+        return (cls(scale="rms"),)
+
+
 # -- manifold methods ---------------------------------------------------------------------------------------------
 class SphereAmbientLmoAt(Sphere):
     """lmo_at forgets the tangent space and returns the ambient lmo."""
@@ -651,6 +665,7 @@ BROKEN = [
     (NonzeroAtZero, NUMPY, {"zero"}, "lmo", "lmo(0) != 0"),
     (FalseSeparable, NUMPY, {"separable"}, "lmo", "a false separable_axes declaration"),
     (TorchDisagrees, ["numpy", "torch"], {"backend parity"}, "norm", "backends that disagree consistently"),
+    (FalselyTransposable, NUMPY, {"transposable"}, "transposable", "a false transposable declaration"),
     (NaNGivesZero, NUMPY, {"non-finite input"}, "lmo", "a silent zero step on NaN"),
     (NaNInOneEntry, NUMPY, {"non-finite input"}, "lmo", "a NaN that stays in its entry (a finite direction)"),
     (NaNRaises, NUMPY, {"non-finite input"}, "lmo", "an exception on NaN"),

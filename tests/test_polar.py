@@ -196,6 +196,17 @@ def test_half_precision_zero_and_scaling_options(backend):
     assert gram.bounds(4)[0] >= PolarSolver("polar_express", dtype="float32").bounds(4)[0]
 
 
+@pytest.mark.parametrize("scaling", P.SCALINGS)
+@pytest.mark.parametrize("method", [m for m in P.METHODS if m != "svd"])
+def test_zero_maps_to_zero_for_every_method_and_scaling(method, scaling, backend):
+    """A zero gradient (a frozen or unused parameter) gives a zero direction, never NaN: the tighter scalings once
+    divided by a floored bound (1 / tiny), and 0 * inf made "auto" return NaN on zeros."""
+    solver = PolarSolver(method, scaling=scaling, dtype="float32")
+    for shape in ((3, 2), (2, 4, 9)):
+        out = to_numpy(solver(backend.asarray(np.zeros(shape), "float32")))
+        assert np.all(out == 0), (method, scaling, shape)
+
+
 def test_errors_name_the_parameter():
     with pytest.raises(ValueError, match="method"):
         PolarSolver("newton")

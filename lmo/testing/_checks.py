@@ -325,6 +325,7 @@ def check_norm(
         _check_scales(case)
     _check_symmetry(case, dual, norm_g, rng)
     _check_separable(case, d64)
+    _check_transposable(case, dual, norm_g)
     return Measured(value=value, dual=dual, norm=norm_g)
 
 
@@ -746,6 +747,35 @@ def _check_symmetry(case: _Case, dual: np.ndarray, norm_g: np.ndarray, rng: np.r
             case.fail("symmetry", "symmetry", f"{method} is declared invariant under {symmetry!r} maps T, but "
                       f"{method}(T g) differs from {method}(g): the declaration (or {method}) is wrong",
                       **{f"{method}(T g)": float(got[i]), f"{method}(g)": float(base[i]), "batch index": i})
+
+
+def _check_transposable(case: _Case, dual: np.ndarray, norm_g: np.ndarray) -> None:
+    """The declared ``transposable`` (the optimizers then stack a tall matrix with the wide transposes of others):
+    ``norm``, ``dual_norm`` and ``lmo`` commute with the transpose of the trailing two axes."""
+    if not getattr(case.norm, "transposable", False):
+        return
+    if case.norm.ndim != 2:
+        case.fail("declaration", "transposable", f"transposable is declared by a norm of ndim={case.norm.ndim}; it "
+                  "means ||G^T|| = ||G|| for matrices (ndim 2)")
+    moved = case.on_backend(np.swapaxes(case.g64, -1, -2))
+    for method, base in (("norm", norm_g), ("dual_norm", dual)):
+        got = to_numpy(case.call(method, moved, what="G^T"))
+        gap = np.abs(got - base) - (2 * case.tol + 6 * case.unit) * np.maximum(base, np.abs(got)) - case.atol
+        if np.any(gap > 0):
+            i = case.worst(gap)
+            case.fail("transposable", "transposable", f"the norm is declared transposable, but {method}(G^T) differs "
+                      f"from {method}(G): the declaration (or {method}) is wrong",
+                      **{f"{method}(G^T)": float(got[i]), f"{method}(G)": float(base[i]), "batch index": i})
+    # the argmin may be ill-conditioned (nearly equal singular values): lmo(G^T)^T is held to the optimum's value
+    got = np.swapaxes(to_numpy(case.call("lmo", moved, what="G^T")).astype(np.float64), -1, -2)
+    value = case.inner(case.g64, got)
+    excess = value + float(case.norm.delta) * dual - (4 * case.tol + 6 * case.unit) * np.maximum(dual, 1.0) - case.atol
+    if np.any(excess > 0):
+        i = case.worst(excess)
+        case.fail("transposable", "transposable", "the norm is declared transposable, but lmo(G^T)^T is not an "
+                  "argmin for G: the declaration (or lmo) is wrong",
+                  **{"<G, lmo(G^T)^T>": float(value[i]), "-delta dual_norm(G)": float(-case.norm.delta * dual[i]),
+                     "batch index": i})
 
 
 def _check_separable(case: _Case, d64: np.ndarray) -> None:
