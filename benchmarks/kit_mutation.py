@@ -280,7 +280,7 @@ def coverage(only: set[str] | None = None) -> dict[tuple[str, int], set[str]]:
 
 
 # -- running the kit on a mutant ---------------------------------------------------------------------------------
-class _Timeout(Exception):
+class _Timeout(BaseException):  # not an Exception: the kit reports a crashing method as a failure and goes on
     pass
 
 
@@ -345,6 +345,15 @@ def _skip_nonfinite() -> None:
 
 
 def _init_worker() -> None:
+    # a mutant can grow memory without bound (a loop that never ends, appending): a cap turns that into a
+    # MemoryError, which the kit reports as a failure of the mutated method
+    try:
+        import resource
+
+        cap = 6 * 2**30
+        resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    except (ImportError, ValueError, OSError):
+        pass
     try:
         import torch
 
