@@ -142,7 +142,7 @@ def ddp_sharp_and_scion(rank: int, world: int, out: str) -> None:
                                 .replace(geometry=_sharp_geometry), **kw)]
 
     def scion(model, **kw):
-        recipe = lo.ScionRecipe(radius=3.0, output_radius=20.0, bias_radius=1.0)
+        recipe = lo.ScionRecipe(radius=3.0, output_radius=20.0, bias_radius=1.0, embedding="embed")
         return [lo.LMOOptimizer(model.named_parameters(), lo.scion(lr=0.05, beta=0.9, geometry=recipe), **kw)]
 
     for make in (sharp, scion):
@@ -190,7 +190,7 @@ def fsdp_scion_and_sharp(rank: int, world: int, out: str) -> None:
     mesh = _mesh(world)
 
     def scion(model, **kw):
-        recipe = lo.ScionRecipe(radius=3.0, output_radius=20.0, bias_radius=1.0)
+        recipe = lo.ScionRecipe(radius=3.0, output_radius=20.0, bias_radius=1.0, embedding="embed")
         return [lo.LMOOptimizer(model.named_parameters(), lo.scion(lr=0.05, beta=0.9, geometry=recipe), **kw)]
 
     def sharp(model, **kw):
