@@ -164,7 +164,11 @@ class Product(Norm, name="product"):
         parts = self.split(g)
         dirs = [n.lmo(b) * r for (n, _), b, r in zip(self.blocks, parts, self.radii)]
         if self.combine != "max":
-            a = self._block_duals(xp, g)  # (*batch, k)
+            # the block duals choose the winning block ("sum") or weigh the blocks ("l2"): only their ratios count,
+            # so they are taken of g at unit scale, where subnormal rounding cannot blur them (the directions come
+            # from g itself: at unit scale an entry 2^-149 below the largest would round to 0)
+            unit = safe_divide(xp, g, xp.max(xp.abs(g), axis=-1, keepdims=True))
+            a = self._block_duals(xp, unit)  # (*batch, k)
             if self.combine == "sum":
                 peak = xp.max(a, axis=-1, keepdims=True)
                 win = xp.astype((a == peak) & (peak > 0), a.dtype)

@@ -142,14 +142,18 @@ class RMS(L2, name="rms"):
     """The root-mean-square norm ``||x||_2 / sqrt(n)`` (``n`` entries); dual ``sqrt(n) ||g||_2``;
     ``lmo(g) = -sqrt(n) g / ||g||_2`` (every entry of unit RMS), and ``lmo(0) = 0``."""
 
+    # the factor is applied in the wide dtype, before narrowing: one rounding into a half-precision result
     def norm(self, x: Array) -> Array:
-        return super().norm(x) / math.sqrt(self._size(x))
+        xp, x, narrow = self._prepare(x, "x")
+        return narrow(self._squeeze(xp, self._length(xp, x)[0]) / math.sqrt(self._size(x)))
 
     def dual_norm(self, g: Array) -> Array:
-        return super().norm(g) * math.sqrt(self._size(g))
+        xp, g, narrow = self._prepare(g)
+        return narrow(self._squeeze(xp, self._length(xp, g)[0]) * math.sqrt(self._size(g)))
 
     def lmo(self, g: Array) -> Array:
-        return super().lmo(g) * math.sqrt(self._size(g))
+        xp, g, narrow = self._prepare(g)
+        return narrow(-self._length(xp, g)[1] * math.sqrt(self._size(g)))
 
     def reference(self, g: Any) -> Reference:
         return _references.euclidean(g, self.ndim, factor=math.sqrt(math.prod(g.shape[g.ndim - self.ndim:])))
