@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, settings
 
 from lmo.testing import available_backends
 
+# 100 examples per property: the suite's hard inputs (real sizes, layouts, subnormals) carry the targeted cases, and
+# at 200 the whole CI run took 10.1 minutes on a quiet 2-core machine (its budget is 10)
 settings.register_profile(
-    "ci", max_examples=200, deadline=None, derandomize=True, database=None, print_blob=True,
+    "ci", max_examples=100, deadline=None, derandomize=True, database=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
