@@ -6,6 +6,7 @@ Each geometry is one class in one module; :func:`lmo.norms` lists them by regist
 
 from .columns import BiasRMS, ColNorm, RowNorm, ScionSign
 from .manifold import SpectralSphere, Sphere, Stiefel, StiefelInfo
+from ._torch import Workspace
 from .polar_solvers import PolarSolver, polar, polar_express_coefficients
 from .product import Product
 from .spectral import Frobenius, Nuclear, Schatten, Spectral, SpectralConv
@@ -16,5 +17,5 @@ __all__ = [
     "Spectral", "SpectralConv", "Nuclear", "Schatten", "Frobenius",
     "ColNorm", "RowNorm", "ScionSign", "BiasRMS",
     "Product", "Sphere", "Stiefel", "StiefelInfo", "SpectralSphere",
-    "polar", "PolarSolver", "polar_express_coefficients",
+    "polar", "PolarSolver", "polar_express_coefficients", "Workspace",
 ]

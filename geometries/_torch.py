@@ -8,6 +8,13 @@
 - ``frobenius_normalized(xp, x, work)``: the iteration's start ``x / ||x||_F`` in the iterate dtype, for float32
   torch inputs, in one scaling pass (see its docstring); other inputs take the generic path.
 
+A :class:`Workspace` is memory a caller keeps between calls of an iteration: given one, the primitives write their
+results into its buffers (``out=``) instead of fresh tensors. On a CPU a fresh tensor of a stacked iteration
+(megabytes) is a fresh memory mapping that the C allocator returns to the system when it is freed, so that every
+step pays thousands of page faults (benchmarks/muon_step.py counts them); the optimizers give the oracle of each
+stacked batch a workspace (:class:`lmo.optimizers.step.Plan`). Every other namespace, and code being traced by
+``torch.compile`` (which plans its own memory), ignores it.
+
 ``PolarSolver(..., compile=True)`` (and ``get_norm("spectral", ..., compile=True)``) runs the generic iteration of
 :mod:`lmo.geometries.polar_solvers` -- the same function, written against the array API -- through
 ``torch.compile`` when the input is a torch tensor; for every other namespace (numpy, CuPy, array-api-strict) the
@@ -26,28 +33,91 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["compiled", "scaled_add_matmul", "add_diagonal", "combine", "frobenius_normalized"]
+__all__ = ["compiled", "scaled_add_matmul", "matmul", "cast", "add_diagonal", "combine", "frobenius_normalized",
+           "Workspace", "buffer"]
 
 
 def _is_torch(xp: Any) -> bool:
     return "torch" in getattr(xp, "__name__", "")
 
 
-def scaled_add_matmul(xp: Any, c: float, x: Any, b: Any, alpha: float = 1.0) -> Any:
-    """``c * x + alpha * (b @ x)`` (``b`` square, same batch shape as ``x``)."""
+class Workspace:
+    """Buffers kept between calls of an iteration, one per ``(role, shape, dtype, device)``.
+
+    A result written into a buffer is valid until the next call that uses the same workspace: the caller consumes
+    it first (the optimizer's update reads the oracle's direction before the next batch is evaluated). Buffers of
+    different shapes coexist, so the batches of a plan that alternate between shapes do not reallocate.
+    """
+
+    __slots__ = ("_buffers",)
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, Any] = {}
+
+    def take(self, role: str, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+        key = (role, shape, dtype, device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            import torch
+
+            buf = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+
+def buffer(xp: Any, ws: Workspace | None, role: str, shape: Any, dtype: Any, like: Any) -> Any:
+    """The buffer ``role`` of ``shape`` and ``dtype`` on ``like``'s device from ``ws``, or ``None`` (no workspace, not
+    torch, or traced by ``torch.compile``): then the primitive allocates its result."""
+    if ws is None or not _is_torch(xp):
+        return None
+    import torch
+
+    if torch.compiler.is_compiling():
+        return None
+    return ws.take(role, tuple(shape), dtype, like.device)
+
+
+def scaled_add_matmul(xp: Any, c: float, x: Any, b: Any, alpha: float = 1.0, out: Any = None, *,
+                      right: bool = False) -> Any:
+    """``c * x + alpha * (b @ x)`` (``b`` square, same batch shape as ``x``), or with ``right`` ``c * x + alpha *
+    (x @ b)``; ``out``: a torch buffer of the result's shape (not ``x`` or ``b``) that receives it."""
     if _is_torch(xp) and x.ndim >= 2:
         import torch
 
+        first, second = (x, b) if right else (b, x)
         if x.ndim == 2:
-            return torch.addmm(x, b, x, beta=c, alpha=alpha)
+            return torch.addmm(x, first, second, beta=c, alpha=alpha, out=out)
         if x.ndim == 3:
-            return torch.baddbmm(x, b, x, beta=c, alpha=alpha)
+            return torch.baddbmm(x, first, second, beta=c, alpha=alpha, out=out)
         batch = x.shape[:-2]
-        x3 = x.reshape(-1, *x.shape[-2:])
-        out = torch.baddbmm(x3, b.reshape(-1, *b.shape[-2:]), x3, beta=c, alpha=alpha)
-        return out.reshape(*batch, *out.shape[-2:])
-    product = xp.matmul(b, x)
+        x3, b3 = x.reshape(-1, *x.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+        res = torch.baddbmm(x3, *((x3, b3) if right else (b3, x3)), beta=c, alpha=alpha)
+        return res.reshape(*batch, *res.shape[-2:])
+    product = xp.matmul(x, b) if right else xp.matmul(b, x)
     return c * x + (product if alpha == 1.0 else alpha * product)
+
+
+def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
+    """``a @ b``; ``out``: a torch buffer of the result's shape that receives it."""
+    if out is not None and _is_torch(xp) and a.ndim <= 3:
+        import torch
+
+        return torch.matmul(a, b, out=out)
+    return xp.matmul(a, b)
+
+
+def cast(xp: Any, a: Any, dtype: Any, out: Any = None) -> Any:
+    """``a`` in ``dtype`` (``out``: a torch buffer of ``a``'s shape in ``dtype`` that receives it)."""
+    if out is not None and _is_torch(xp):
+        return out.copy_(a)
+    return xp.astype(a, dtype)
 
 
 def add_diagonal(xp: Any, a: Any, c: Any) -> Any:
@@ -76,7 +146,7 @@ def _device(a: Any) -> Any:
 _TINY = 2.0**-126  # float32's smallest normal number
 
 
-def frobenius_normalized(xp: Any, x: Any, work: Any) -> Any | None:
+def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None) -> Any | None:
     """``x / ||x||_F`` (0 for a zero matrix, per matrix of a batch) in the dtype ``work``, for a float32 torch
     ``x``; ``None`` for anything else (the caller takes the generic path).
 
@@ -87,6 +157,7 @@ def frobenius_normalized(xp: Any, x: Any, work: Any) -> Any | None:
     subnormal (``p < 2^-126`` is multiplied by ``2^126``) to float32's largest number gives the start of a
     unit-scale input, and a zero matrix stays zero. A float32 sum of squares of ``x`` itself would overflow beyond
     ~1e19 and underflow below ~1e-19; a float64 one is exact but costs 3x the whole prelude on a CPU.
+    ``ws``: the result is written into its buffer ``"x0"``.
     """
     if not _is_torch(xp) or x.dtype != xp.float32:
         return None
@@ -98,7 +169,9 @@ def frobenius_normalized(xp: Any, x: Any, work: Any) -> Any | None:
     high = torch.amax(x, dim=(-2, -1), keepdim=True)
     low = torch.amin(x, dim=(-2, -1), keepdim=True)
     scale = torch.maximum(high, low.neg_()).clamp_(min=_TINY).reciprocal_()
-    out = torch.empty(x.shape, dtype=work, device=x.device)
+    out = buffer(xp, ws, "x0", x.shape, work, x)
+    if out is None:
+        out = torch.empty(x.shape, dtype=work, device=x.device)
     torch.mul(x, scale, out=out)
     # the norm in the work dtype (accumulated in float32, rounded once): a float32 divisor would send the in-place
     # division down torch's mixed-dtype path, 5x slower on a CPU

@@ -47,7 +47,8 @@ import numpy as np
 
 from lmo.backend import Array, Namespace, device, namespace, safe_divide, widen
 
-from ._torch import add_diagonal, combine, compiled, frobenius_normalized, scaled_add_matmul
+from ._torch import (Workspace, add_diagonal, buffer, cast, combine, compiled, frobenius_normalized, matmul,
+                     scaled_add_matmul)
 from .precision import DTYPES, iterate_dtype
 
 __all__ = [
@@ -227,13 +228,16 @@ class PolarSolver:
         p = self._polar(xp, x)
         return narrow(p if p.dtype == x.dtype else xp.astype(p, x.dtype))
 
-    def iterate(self, g: Array) -> Array:
+    def iterate(self, g: Array, workspace: Workspace | None = None) -> Array:
         """The polar factor as the solver produced it: ``g``'s shape, in the iterate dtype (e.g. bfloat16; the
         input's dtype, at least float32, for ``"svd"``), possibly a transposed view. ``solver(g)`` is this cast to
-        ``g``'s dtype; an optimizer adds it to its parameters directly (:meth:`lmo.Norm.lmo_factored`)."""
+        ``g``'s dtype; an optimizer adds it to its parameters directly (:meth:`lmo.Norm.lmo_factored`).
+
+        ``workspace`` (torch): the iteration's temporaries and its result live in its buffers (see
+        :class:`lmo.geometries._torch.Workspace`), so the result is valid until the next call with it."""
         xp = namespace(g)
         x, _ = self._check(xp, g)
-        return self._polar(xp, x)
+        return self._polar(xp, x, workspace)
 
     def _check(self, xp: Namespace, g: Array) -> tuple[Array, Any]:
         if g.ndim < 2:
@@ -242,16 +246,18 @@ class PolarSolver:
             raise ValueError(f"polar: g has an empty matrix core {tuple(g.shape[-2:])} (shape {tuple(g.shape)})")
         return widen(xp, g, name="g", where="polar: ")
 
-    def _polar(self, xp: Namespace, x: Array) -> Array:
+    def _polar(self, xp: Namespace, x: Array, ws: Workspace | None = None) -> Array:
         if self.method == "svd":
             return _svd_polar(xp, x)
         m, n = x.shape[-2], x.shape[-1]
         wide = max(m, n) / min(m, n)
         if self.method == "auto":
-            return self._iterate(xp, x, gram=wide >= AUTO_GRAM_ASPECT, runs=AUTO_RUNS, gram_dtype=None)
-        return self._iterate(xp, x, gram=self.method == "gram_newton_schulz", runs=_GRAM_RUNS, gram_dtype="float32")
+            return self._iterate(xp, x, gram=wide >= AUTO_GRAM_ASPECT, runs=AUTO_RUNS, gram_dtype=None, ws=ws)
+        return self._iterate(xp, x, gram=self.method == "gram_newton_schulz", runs=_GRAM_RUNS, gram_dtype="float32",
+                             ws=ws)
 
-    def _iterate(self, xp: Namespace, x: Array, *, gram: bool, runs: tuple[int, ...], gram_dtype: str | None) -> Array:
+    def _iterate(self, xp: Namespace, x: Array, *, gram: bool, runs: tuple[int, ...], gram_dtype: str | None,
+                 ws: Workspace | None = None) -> Array:
         """The polynomial iteration on the wide orientation of ``x``. ``gram``: on the Gram side
         (:func:`_gram_newton_schulz`, in runs of ``runs`` steps, in at least ``gram_dtype`` if given)."""
         tall = x.shape[-2] > x.shape[-1]
@@ -261,14 +267,16 @@ class PolarSolver:
             work = xp.float64 if self.dtype == "float64" else getattr(xp, gram_dtype)
         else:
             work = iterate_dtype(xp, x, self.dtype)
-        x = self._start(xp, x, work)
+        x = self._start(xp, x, work, ws)
         run = _gram_newton_schulz if gram else _newton_schulz
-        if self.compile:
-            run = compiled(xp, run)
-        x = run(xp, x, self.schedule, self.scaling, runs)
+        if self.compile:  # torch.compile plans the memory of what it compiles
+            run, ws = compiled(xp, run), None
+        # a tall input's last step writes the transposed layout: the result is a contiguous tall matrix, which the
+        # update reads in one pass (a transposed bfloat16 view read into a float32 parameter is 10x slower)
+        x = run(xp, x, self.schedule, self.scaling, runs, ws, tall)
         return xp.matrix_transpose(x) if tall else x
 
-    def _start(self, xp: Namespace, x: Array, work: Any) -> Array:
+    def _start(self, xp: Namespace, x: Array, work: Any, ws: Workspace | None = None) -> Array:
         """The iteration's start ``x / ||x||_F`` in the dtype ``work`` (the tighter scalings ``gram`` and ``s8``
         are applied in the first step, from the Gram matrix it forms anyway).
 
@@ -276,7 +284,7 @@ class PolarSolver:
         matrix stays zero. float32 torch inputs (the common case) take one fused pass
         (:func:`lmo.geometries._torch.frobenius_normalized`); others are divided by their largest entry in their
         own dtype first."""
-        fast = frobenius_normalized(xp, x, work)
+        fast = frobenius_normalized(xp, x, work, ws)
         if fast is not None:
             return fast
         peak = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)
@@ -325,23 +333,49 @@ def _svd_polar(xp: Namespace, x: Array) -> Array:
     return xp.matmul(u, vh)
 
 
-def _poly_tail(xp: Namespace, a: Array, coeffs: tuple[float, ...]) -> Array:
+def _poly_tail(xp: Namespace, a: Array, coeffs: tuple[float, ...], ws: Workspace | None = None,
+               role: str | None = None) -> Array:
     """``c1 A + c2 A^2 + ... + ck A^k`` (``k >= 2``) by Horner's rule, each step one fused product
-    (``c_j A + T A``; the first ``c_{k-1} A + c_k A A``): ``k - 1`` products and no element-wise pass."""
-    t = scaled_add_matmul(xp, coeffs[-2], a, a, coeffs[-1])
-    for c in coeffs[-3:0:-1]:
-        t = scaled_add_matmul(xp, c, a, t)
+    (``c_j A + T A``; the first ``c_{k-1} A + c_k A A``): ``k - 1`` products and no element-wise pass (into the
+    buffers ``t0``, ``t1`` of ``ws`` by turns; the last into ``role`` if given)."""
+    products = len(coeffs) - 2
+    t = a
+    for j in range(products):
+        c, alpha = (coeffs[-2], coeffs[-1]) if j == 0 else (coeffs[-2 - j], 1.0)
+        name = role if role is not None and j == products - 1 else f"t{j % 2}"
+        t = scaled_add_matmul(xp, c, a, t, alpha, out=buffer(xp, ws, name, a.shape, a.dtype, a))
     return t
 
 
-def _poly_step(xp: Namespace, x: Array, a: Array, coeffs: tuple[float, ...]) -> Array:
-    """``c0 X + (c1 A + ... + ck A^k) X`` for ``A = X X^T``: fused products only (torch.optim.Muon's form)."""
-    if len(coeffs) == 2:
-        return scaled_add_matmul(xp, coeffs[0], x, a, coeffs[1])
-    return scaled_add_matmul(xp, coeffs[0], x, _poly_tail(xp, a, coeffs))
+def _poly_step(xp: Namespace, x: Array, a: Array, coeffs: tuple[float, ...], ws: Workspace | None = None,
+               role: str = "x1", transposed: bool = False) -> Array:
+    """``c0 X + T X`` with ``T = c1 A + ... + ck A^k`` for ``A = X X^T``: fused products only (torch.optim.Muon's
+    form); the result into the buffer ``role`` of ``ws``. ``transposed``: computed as ``(c0 X^T + X^T T^T)^T``, the
+    transposed view of a result stored in the transposed layout (the same products)."""
+    t, alpha = (a, coeffs[1]) if len(coeffs) == 2 else (_poly_tail(xp, a, coeffs, ws), 1.0)
+    if transposed:
+        xt = xp.matrix_transpose(x)
+        out = buffer(xp, ws, role, xt.shape, x.dtype, x)
+        return xp.matrix_transpose(scaled_add_matmul(xp, coeffs[0], xt, xp.matrix_transpose(t), alpha, out=out,
+                                                     right=True))
+    return scaled_add_matmul(xp, coeffs[0], x, t, alpha, out=buffer(xp, ws, role, x.shape, x.dtype, x))
 
 
-def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: str) -> tuple[Array, Array]:
+def _left(xp: Namespace, q: Array, x: Array, ws: Workspace | None, role: str, transposed: bool) -> Array:
+    """``Q X`` into the buffer ``role``; ``transposed``: as ``(X^T Q^T)^T`` (see :func:`_poly_step`)."""
+    if transposed:
+        xt = xp.matrix_transpose(x)
+        out = buffer(xp, ws, role, xt.shape, x.dtype, x)
+        return xp.matrix_transpose(matmul(xp, xt, xp.matrix_transpose(q), out=out))
+    return matmul(xp, q, x, out=buffer(xp, ws, role, x.shape, x.dtype, x))
+
+
+def _gram_shape(x: Array) -> tuple[int, ...]:
+    return (*x.shape[:-1], x.shape[-2])
+
+
+def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: str,
+                  ws: Workspace | None = None) -> tuple[Array, Array]:
     """The first step for the scalings ``gram`` and ``s8`` as ``(Q, A)``: ``X_1 = Q X_0`` and ``A = X_0 X_0^T``.
 
     The start ``X_0`` has Frobenius norm 1; the tighter bound ``t`` of its spectral norm comes from the Gram matrix
@@ -349,14 +383,22 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
     (``s8``: ``t = (sum s^8)^(1/8)``, with the ``A^2`` the quintic needs). The step on ``X = X_0 / t`` is
     ``X_1 = (c0 + c1 A/t^2 + c2 A^2/t^4 + ...) X_0 / t``: the per-matrix factors act on the small ``m x m`` side.
 
-    ``A`` is formed in the iterate's dtype (the ``m x n`` product), the factor from it in at least float32: the first
-    step's coefficients cancel (Polar Express from ``[1e-3, 1]``: ``8.2 - 22.5 + 15.9`` at ``s = 1``), and in
-    bfloat16 the cancelled rounding made ``Q`` blow up (``||X_1||_2`` of ``4e6`` on a 7 x 2 matrix under the gram
-    scaling, ``2e3`` under ``"auto"``); the ``m x m`` work is small beside the ``m x n`` products."""
-    a = xp.matmul(x, xp.matrix_transpose(x))
-    wide = a if xp.finfo(a.dtype).bits >= 32 else xp.astype(a, xp.float32)
+    ``A`` and ``A^2`` are formed in the iterate's dtype (products at its speed: in float32 the ``m x m`` product
+    costs 5x the bfloat16 one on a CPU with AVX512-BF16, a third of a square matrix's step), the factor from them
+    in at least float32: the first step's coefficients cancel (Polar Express from ``[1e-3, 1]``:
+    ``8.2 - 22.5 + 15.9`` at ``s = 1``), and a factor summed in bfloat16 blew up (``||X_1||_2`` of ``4e6`` on a 7 x 2
+    matrix under the gram scaling, ``2e3`` under ``"auto"``). ``A^2`` rounded to bfloat16 adds an error of the size
+    that ``A``'s own rounding has already (benchmarks/polar_accuracy.py: the same worst case on every input).
+    ``ws``: ``A`` in its buffer ``a``, ``A^2`` in ``a2``, ``Q`` in ``q`` (or ``a2``), the float32 work in ``a32`` and
+    ``t32``."""
+    shape = _gram_shape(x)
+    a = matmul(xp, x, xp.matrix_transpose(x), out=buffer(xp, ws, "a", shape, x.dtype, x))
+    low = xp.finfo(a.dtype).bits < 32
+    wide = cast(xp, a, xp.float32, out=buffer(xp, ws, "a32", shape, xp.float32, a)) if low else a
     if scaling == "s8":
-        a2 = xp.matmul(wide, wide)
+        a2 = matmul(xp, a, a, out=buffer(xp, ws, "a2", shape, a.dtype, a))
+        if low:
+            a2 = cast(xp, a2, xp.float32, out=buffer(xp, ws, "t32", shape, xp.float32, a))
         bound = xp.sqrt(_frobenius(xp, a2))  # t^2
     else:
         a2 = None
@@ -365,12 +407,15 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
     # a nonzero X_0 of unit Frobenius norm has t^2 >= 1 / min(m, n)
     inv = safe_divide(xp, xp.ones_like(bound), bound)
     root = xp.sqrt(inv)  # 1 / t
-    if a2 is not None and len(coeffs) == 3:  # the quintic: element-wise only
+    if a2 is not None and len(coeffs) == 3:  # the quintic: element-wise only, in place on A^2
         tail = combine(xp, wide, coeffs[1] * inv * root, a2, coeffs[2] * inv * inv * root)
     else:
         scaled = wide * inv
         tail = (coeffs[1] * scaled if len(coeffs) == 2 else _poly_tail(xp, scaled, coeffs)) * root
-    return xp.astype(add_diagonal(xp, tail, coeffs[0] * root), a.dtype), a
+    q = add_diagonal(xp, tail, coeffs[0] * root)
+    if q.dtype != a.dtype:
+        q = cast(xp, q, a.dtype, out=buffer(xp, ws, "q", shape, a.dtype, a))
+    return q, a
 
 
 def _frobenius(xp: Namespace, a: Array) -> Array:
@@ -379,20 +424,24 @@ def _frobenius(xp: Namespace, a: Array) -> Array:
 
 
 def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...], scaling: str = "frobenius",
-                   runs: tuple[int, ...] = ()) -> Array:
+                   runs: tuple[int, ...] = (), ws: Workspace | None = None, transposed: bool = False) -> Array:
     """``X <- c0 X + (c1 A + c2 A^2 + ...) X`` with ``A = X X^T``; ``X`` is wide (``m <= n``), ``||X||_F = 1``.
-    ``scaling`` ``gram``/``s8`` rescales in the first step (:func:`_first_factor`); ``runs`` is unused."""
-    start = 0
+    ``scaling`` ``gram``/``s8`` rescales in the first step (:func:`_first_factor`); ``runs`` is unused. ``ws``: the
+    iterates alternate between its buffers ``x0`` (the start's) and ``x1``, ``A`` in ``a``, the tail in ``t0``/``t1``.
+    ``transposed``: the last step stores its result in the transposed layout (:func:`_poly_step`)."""
+    start, last = 0, len(schedule) - 1
     if scaling != "frobenius":
-        q, _ = _first_factor(xp, x, schedule[0], scaling)
-        x, start = xp.matmul(q, x), 1
-    for coeffs in schedule[start:]:
-        x = _poly_step(xp, x, xp.matmul(x, xp.matrix_transpose(x)), coeffs)
+        q, _ = _first_factor(xp, x, schedule[0], scaling, ws)
+        x, start = _left(xp, q, x, ws, "x1", transposed and last == 0), 1
+    shape = _gram_shape(x)
+    for k, coeffs in enumerate(schedule[start:], start):  # step k reads the buffer x{k % 2}, writes the other
+        a = matmul(xp, x, xp.matrix_transpose(x), out=buffer(xp, ws, "a", shape, x.dtype, x))
+        x = _poly_step(xp, x, a, coeffs, ws, "x0" if k % 2 else "x1", transposed and k == last)
     return x
 
 
 def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...], scaling: str = "frobenius",
-                        runs: tuple[int, ...] = (4,)) -> Array:
+                        runs: tuple[int, ...] = (4,), ws: Workspace | None = None, transposed: bool = False) -> Array:
     """The Newton-Schulz iteration on the Gram side: ``X_k = Q_k X_0`` with ``Q_k`` a polynomial in ``A = X_0 X_0^T``.
 
     ``R_k = X_k X_k^T = Q_k A Q_k``; ``h_k = c0 + c1 R_k + ...``; ``Q_{k+1} = h_k Q_k``, ``R_{k+1} = R_k h_k^2``
@@ -405,34 +454,52 @@ def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ..
 
     Products: a run of ``L`` quintic steps costs two ``m x n`` products (``X X^T`` and ``Q X``) and about ``3 L``
     ``m x m`` ones, against ``2 L`` and ``L`` for the plain iteration: it pays on matrices of aspect ratio >= 2.
+    ``ws``: the iterates in its buffers ``x0``/``x1``, ``R`` in ``r``, ``Q`` in ``qa``/``qb`` by turns, the
+    temporaries in ``hh``, ``rh`` and the tail's; ``transposed`` as for :func:`_newton_schulz`.
     """
     steps = len(schedule)
     lengths, left = [], steps
     while left > 0:
         lengths.append(min(runs[min(len(lengths), len(runs) - 1)], left))
         left -= lengths[-1]
-    q, r, i = None, None, 0
-    for length in lengths:
+    shape = _gram_shape(x)
+
+    def out(role: str) -> Any:
+        return buffer(xp, ws, role, shape, x.dtype, x)
+
+    q, q_role, r, i = None, "", None, 0
+    for run, length in enumerate(lengths):
         for k in range(length):
             coeffs = schedule[i]
             if i == 0 and scaling != "frobenius":  # the first step, its scaling folded in: Q_1 and R_1 = Q A Q
-                q, a = _first_factor(xp, x, coeffs, scaling)
+                q, a = _first_factor(xp, x, coeffs, scaling, ws)
+                q_role = "first"  # in _first_factor's buffers, none of this loop's
                 if k + 1 < length:
-                    r = _symmetric(xp, xp.matmul(xp.matmul(q, q), a))
+                    r = _symmetric(xp, matmul(xp, matmul(xp, q, q, out=out("hh")), a, out=out("rh")), out("r"))
             else:
                 if k == 0:  # a run starts
                     if q is not None:
-                        x = xp.matmul(q, x)
-                    r, q = xp.matmul(x, xp.matrix_transpose(x)), None
-                h = add_diagonal(xp, _poly_tail(xp, r, coeffs) if len(coeffs) > 2 else coeffs[1] * r, coeffs[0])
-                q = h if q is None else xp.matmul(h, q)
+                        x = _left(xp, q, x, ws, f"x{run % 2}", False)
+                    r, q = matmul(xp, x, xp.matrix_transpose(x), out=out("r")), None
+                fresh = "qa" if q_role != "qa" else "qb"  # the buffer Q does not occupy
+                if len(coeffs) > 2:
+                    h = _poly_tail(xp, r, coeffs, ws, fresh if q is None else "h")
+                else:
+                    h = cast(xp, coeffs[1] * r, r.dtype, out=out(fresh if q is None else "h"))
+                h = add_diagonal(xp, h, coeffs[0])
+                q, q_role = (h, fresh) if q is None else (matmul(xp, h, q, out=out(fresh)), fresh)
                 if k + 1 < length:  # R is needed by the run's next step
-                    r = _symmetric(xp, xp.matmul(r, xp.matmul(h, h)))
+                    r = _symmetric(xp, matmul(xp, r, matmul(xp, h, h, out=out("hh")), out=out("rh")), out("r"))
             i += 1
-    return xp.matmul(q, x)
+    return _left(xp, q, x, ws, f"x{len(lengths) % 2}", transposed)
 
 
-def _symmetric(xp: Namespace, r: Array) -> Array:
+def _symmetric(xp: Namespace, r: Array, out: Any = None) -> Array:
+    """``(R + R^T) / 2`` (into ``out``, a torch buffer that is not ``R``: one pass, as ``lerp(R, R^T, 1/2)``)."""
+    if out is not None:
+        import torch
+
+        return torch.lerp(r, xp.matrix_transpose(r), 0.5, out=out)
     return 0.5 * (r + xp.matrix_transpose(r))
 
 

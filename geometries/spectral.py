@@ -180,13 +180,13 @@ class Spectral(Norm, name="spectral"):
         p = self.solver(self._matrix(g))
         return narrow(xp.reshape(p, g.shape) * (-self._factor(self._core(g))))
 
-    def lmo_factored(self, g: Array, *, finite: bool = False) -> tuple[Array, float]:
+    def lmo_factored(self, g: Array, *, finite: bool = False, workspace: Any = None) -> tuple[Array, float]:
         """``(P, -f)``: the solver's polar factor ``P`` in its iterate dtype (:meth:`PolarSolver.iterate`, e.g. the
-        bfloat16 Newton-Schulz iterate) and the shape factor, ``lmo(g) = -f P``."""
+        bfloat16 Newton-Schulz iterate, in ``workspace`` if given) and the shape factor, ``lmo(g) = -f P``."""
         if type(self).lmo is not Spectral.lmo:  # a subclass with an oracle of its own (low rank): its lmo
             return super().lmo_factored(g, finite=finite)
         xp, g, narrow = self._prepare(g, finite=finite)
-        p = self.solver.iterate(self._matrix(g))
+        p = self.solver.iterate(self._matrix(g), workspace)
         return narrow(xp.reshape(p, g.shape)), -self._factor(self._core(g))
 
     def reference(self, g: Any) -> Reference:

@@ -116,7 +116,7 @@ class Norm(abc.ABC):
     def lmo(self, g: Array) -> Array:
         """``argmin_{||d|| <= 1} <g, d>``; same namespace, device, dtype and shape as ``g``; ``lmo(0) = 0``."""
 
-    def lmo_factored(self, g: Array, *, finite: bool = False) -> tuple[Array, float]:
+    def lmo_factored(self, g: Array, *, finite: bool = False, workspace: Any = None) -> tuple[Array, float]:
         """``(d, f)`` with ``lmo(g) = f * d``: the oracle as a direction and the number it is multiplied by.
 
         ``d`` has ``g``'s shape and namespace but may be in the oracle's working dtype (a bfloat16 polar iteration
@@ -124,9 +124,15 @@ class Norm(abc.ABC):
         ``x + lr * rho * lmo(g)`` then reads ``d`` once, with the coefficient ``lr * rho * f``, instead of casting and
         scaling it first. The non-finite policy is ``lmo``'s; ``finite=True`` is the caller's promise that every
         entry of ``g`` is finite (the optimizers test gradients and momenta once per step, on the device), which lets
-        an implementation skip the per-call guard (on a broken promise the result is unspecified). Default:
-        ``(lmo(g), 1.0)``; ``lmo.testing`` checks that ``f * d`` is ``lmo(g)`` up to the rounding of ``d``'s dtype,
-        and that the policy holds with ``finite=False``.
+        an implementation skip the per-call guard (on a broken promise the result is unspecified).
+
+        ``workspace``: memory the caller keeps between calls (for torch, a :class:`lmo.geometries._torch.Workspace`),
+        which an implementation may write its temporaries and ``d`` into instead of fresh memory; ``d`` is then valid
+        until the caller's next call with the same workspace (the optimizers consume it first). An implementation
+        may ignore it; the optimizers pass it only to an override whose signature has it.
+
+        Default: ``(lmo(g), 1.0)``; ``lmo.testing`` checks that ``f * d`` is ``lmo(g)`` up to the rounding of ``d``'s
+        dtype, and that the policy holds with ``finite=False``.
         """
         return self.lmo(g), 1.0
 

@@ -163,16 +163,26 @@ def shrink_add(xs: Sequence[Array], shrink: Any, updates: Sequence[Array], *, in
 
 
 def shrink_add_scaled(
-    xs: Sequence[Array], shrink: Any, ds: Sequence[Array], coefficients: Sequence[Any], *, inplace: bool = False
+    xs: Sequence[Array], shrink: Any, ds: Sequence[Array], coefficients: Sequence[Any], *, inplace: bool = False,
+    staging: Sequence[Array] | None = None,
 ) -> list[Array]:
     """``[shrink * x + a * d]`` with ``a`` a number or a 0-d tensor per array. torch: ``a * d`` is added in one
     pass into the new array, or into ``xs`` itself with ``inplace`` (``xs`` one device and dtype; ``ds`` may be of
-    another floating dtype). Other namespaces: ``d`` is cast to ``x``'s dtype, then the expression."""
+    another floating dtype). Other namespaces: ``d`` is cast to ``x``'s dtype, then the expression.
+
+    ``staging`` (torch): tensors of ``xs``' shapes and dtype that may be overwritten (the estimates, once the oracle
+    has read them): a ``d`` of another dtype is cast into them first. torch's mixed-dtype add converts ``d`` into
+    fresh memory and scales it in another fresh tensor; on a CPU each is a fresh memory mapping (page faults) for a
+    large parameter."""
     if inplace:
         _check_inplace("shrink_add_scaled", xs)
     if xs and _torch_list(xs) and all(_is_torch(d) for d in ds):
         import torch
 
+        if staging is not None and any(d.dtype != x.dtype for d, x in zip(ds, xs)):
+            staging = list(staging)
+            torch._foreach_copy_(staging, list(ds))
+            ds = staging
         out = _shrunk(xs, shrink, inplace)
         first = coefficients[0]
         if isinstance(first, float) and all(a == first for a in coefficients) and _torch_list(ds):

@@ -24,11 +24,13 @@ coefficient, instead of casting and scaling it in separate passes.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lmo.backend import Array, device, namespace
+from lmo.geometries import Workspace
 from lmo.geometries.precision import fast_bf16
 from lmo.norm import Norm
 
@@ -40,13 +42,16 @@ if TYPE_CHECKING:
 
 __all__ = ["Plan", "Entry", "Batch", "Direction", "build_plan", "evaluate", "oracle_directions", "oracle_call",
            "run_step",
-           "group_for_oracle", "Executor", "CPU_BATCH_LIMIT", "STACK_ENTRIES"]
+           "group_for_oracle", "Executor", "CPU_BATCH_LIMIT", "CPU_TRANSPOSE_LIMIT", "STACK_ENTRIES"]
 
 #: entries per matrix above which ``batch="auto"`` runs same-shape matrices one by one on a CPU without fast
 #: bfloat16 products (there one stacked float32 chain is no faster than one chain per matrix; with bfloat16 iterates,
 #: and on accelerators, the batched product is measured faster: benchmarks/muon_step.py)
 CPU_BATCH_LIMIT = 256 * 256
 CPU_STACK_SIDE = 256
+#: entries of a tall matrix up to which a CPU stacks it, transposed, with the wide matrices of its transposed shape
+#: (see ``_wide``)
+CPU_TRANSPOSE_LIMIT = 256 * 256
 #: entries of one stacked oracle call at most: larger stacks, and the iteration's temporaries of their size, are
 #: fresh memory-mapped allocations that the allocator returns to the system each step (24,000 page faults per
 #: step for sixteen 512 x 512 matrices on a CPU, 1.3x the time of one chain per matrix; benchmarks/muon_step.py)
@@ -73,13 +78,16 @@ class Entry:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Batch:
     """Parameters (``members``, indices into :attr:`Plan.entries`) whose oracle is one call of ``norm``: same-shape
-    matrices stacked along a new leading axis (``stacked``), or one parameter. A stateful oracle is always alone."""
+    matrices stacked along a new leading axis (``stacked``), or one parameter. A stateful oracle is always alone.
+    ``workspace``: the oracle writes into the plan's :attr:`Plan.scratch` (the batch is alone in its part, so its
+    direction is consumed before another oracle runs, and the norm's ``lmo_factored`` takes a workspace)."""
 
     norm: Norm
     members: tuple[int, ...]
     core: tuple[int, ...]
     stacked: bool
     stateful: bool
+    workspace: bool = False
 
 
 class Direction(NamedTuple):
@@ -124,6 +132,9 @@ class Plan:
     # per stacked batch: the buffer its estimates are written into, made on the first step and kept (a fresh one
     # per step is a fresh memory mapping: thousands of page faults a step)
     workspace: dict[int, tuple[Array, list[Array]]] = dataclasses.field(default_factory=dict)
+    # the oracle iterations' temporaries and directions, for batches with ``workspace`` (one set of buffers per
+    # shape, shared by the parts in turn)
+    scratch: Workspace = dataclasses.field(default_factory=Workspace)
 
 
 def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) -> Plan:
@@ -135,7 +146,7 @@ def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) ->
         shape = tuple(x.shape)
         geo = driver.geometry_for(name, shape)
         stateful = stateful_oracle(geo.norm)
-        oracle = geo if stateful else _wide(geo, shape)
+        oracle = geo if stateful else _wide(geo, shape, x)
         entries.append(Entry(name, shape, geo, driver.radius * geo.radius, oracle.oracle_shape(shape), stateful,
                              oracle))
     groups = group_for_oracle([e.oracle for e in entries], [e.view for e in entries], params, driver.batch,
@@ -154,18 +165,36 @@ def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) ->
         matrices = tuple((j,) for j, b in enumerate(batches) if b.norm.ndim >= 2)
         vectors = tuple(j for j, b in enumerate(batches) if b.norm.ndim < 2)
         parts = matrices + ((vectors,) if vectors else ())
+        for (j,) in matrices:
+            if not batches[j].stateful and _takes_workspace(batches[j].norm):
+                batches[j] = dataclasses.replace(batches[j], workspace=True)
     writable = tuple(_foreach.can_write([params[i] for j in part for i in batches[j].members]) for part in parts)
     finite = driver.nonfinite != "ignore" and not hooked and driver.grad_transform is None
     return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked, writable, finite=finite)
 
 
-def _wide(geo: ParamGeometry, shape: tuple[int, ...]) -> ParamGeometry:
+def _takes_workspace(norm: Norm) -> bool:
+    return "workspace" in inspect.signature(type(norm).lmo_factored).parameters
+
+
+def _wide(geo: ParamGeometry, shape: tuple[int, ...], x: Array) -> ParamGeometry:
     """``geo``, or ``geo`` with the oracle's trailing axes swapped where its view is a tall matrix of a transposable
-    norm (``lmo(X^T) = lmo(X)^T``)."""
+    norm (``lmo(X^T) = lmo(X)^T``), so that it is stacked with the wide matrices of its transposed shape: one
+    stacked call fewer. That pays on accelerators and for small matrices (at most :data:`CPU_TRANSPOSE_LIMIT`
+    entries) on a CPU, where the calls' fixed cost dominates. A larger tall matrix on a CPU is stacked with tall ones in its
+    own layout (the iteration reads it transposed): writing its estimate as the transposed row of a wide stack is a
+    strided pass 5x the time of a contiguous one (benchmarks/muon_step.py: 1.09x against 1.18x torch.optim.Muon's
+    step at d = 256)."""
     view = geo.oracle_shape(shape)
     if geo.norm.ndim == 2 and view[-2] > view[-1] and geo.norm.transposable:
-        return dataclasses.replace(geo, transpose=not geo.transpose)
+        if not _on_cpu(x) or view[-2] * view[-1] <= CPU_TRANSPOSE_LIMIT:
+            return dataclasses.replace(geo, transpose=not geo.transpose)
     return geo
+
+
+def _on_cpu(x: Array) -> bool:
+    name = str(getattr(device(x), "type", device(x)))
+    return name == "cpu" or "CPU_DEVICE" in name  # numpy and torch; array-api-strict's Device('CPU_DEVICE')
 
 
 def group_for_oracle(
@@ -208,8 +237,7 @@ def group_for_oracle(
 def _stacking_pays(x: Array, core: tuple[int, ...]) -> bool:
     if math.prod(core) <= CPU_BATCH_LIMIT:
         return True
-    dev = device(x)
-    if str(getattr(dev, "type", dev)) != "cpu":
+    if not _on_cpu(x):
         return True
     # a CPU with fast bfloat16 products: a batched product pays while its small side is at most 256
     return min(core) <= CPU_STACK_SIDE and fast_bf16(namespace(x), x)
@@ -247,7 +275,7 @@ def evaluate(
         geometries = [plan.entries[i].oracle for i in batch.members]
         arrays = [estimates[i] for i in batch.members]
         found = oracle_call(batch.norm, geometries, arrays, batch.core, sharp, None if stacked is None else
-                            stacked.get(j), finite=plan.finite)
+                            stacked.get(j), finite=plan.finite, workspace=plan.scratch if batch.workspace else None)
         for i, direction in zip(batch.members, found):
             out[i] = direction
     return out
@@ -272,15 +300,17 @@ def oracle_directions(geometries: Sequence[ParamGeometry], estimates: Sequence[A
 
 def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequence[Array],
                 core: tuple[int, ...], sharp: bool, stacked: Array | None = None, *,
-                finite: bool = False) -> list[Direction]:
+                finite: bool = False, workspace: Workspace | None = None) -> list[Direction]:
     """One call of ``norm``'s oracle on the estimates (in their geometries' views), stacked along a new leading
     axis when there are several (``stacked``: that stack, if the estimates are its rows already); the directions
-    back in the estimates' shapes. ``finite``: the estimates are known finite (:attr:`Plan.finite`), passed on to
-    :meth:`Norm.lmo_factored`."""
+    back in the estimates' shapes. ``finite``: the estimates are known finite (:attr:`Plan.finite`), and
+    ``workspace`` the buffers the directions may live in until the next call (:attr:`Batch.workspace`), passed on
+    to :meth:`Norm.lmo_factored`."""
     k = norm.ndim
+    extra = {} if workspace is None else {"workspace": workspace}
     if len(estimates) == 1:
         view = geometries[0].to_oracle(estimates[0])
-        d, factor = norm.lmo_factored(view, finite=finite)
+        d, factor = norm.lmo_factored(view, finite=finite, **extra)
         ds = [d]
         duals = [norm.dual_norm(view)] if sharp else [None]
         shapes = [tuple(view.shape)]
@@ -290,7 +320,7 @@ def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequ
         if stacked is None:
             stacked = xp.concat([xp.reshape(geo.to_oracle(c), (-1, *core)) for geo, c in zip(geometries, estimates)],
                                 axis=0)
-        d_all, factor = norm.lmo_factored(stacked, finite=finite)
+        d_all, factor = norm.lmo_factored(stacked, finite=finite, **extra)
         dual_all = norm.dual_norm(stacked) if sharp else None
         if all(len(shape) == k for shape in shapes):  # one matrix each (the common case): one split, no reshapes
             ds = list(xp.unstack(d_all))
@@ -385,10 +415,11 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
                ss: list[dict[str, Array]], info: StepInfo, write: bool, executor: Executor) -> list[Array]:
     driver, lr = plan.driver, info.lr
     stacked: dict[int, Array] = {}
+    rows: list[Array] | None = None  # the estimates' own memory, if the plan keeps it (free once the oracle ran)
     if driver.has_momentum:  # the two-beta estimator
-        rows = None
-        # c straight into the oracle's stack (this process's executor only: the distributed one stacks what it
-        # gathers, and DTensor estimates cannot be written into a plain tensor)
+        # c straight into the oracle's stack, or for a matrix alone into the plan's scratch (this process's
+        # executor only: the distributed one stacks what it gathers, and DTensor estimates cannot be written into a
+        # plain tensor); kept memory, not a fresh mapping per step
         if write and executor is evaluate and driver.beta1 != driver.beta2 and _rows_stack(plan, part):
             batch = plan.batches[part[0]]
             kept = plan.workspace.get(part[0])
@@ -397,6 +428,9 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
                 kept = plan.workspace[part[0]] = _foreach.stack_rows(
                     xs[0], [plan.entries[i].view for i in idx], [g.transpose for g in oracles], batch.core)
             stacked[part[0]], rows = kept
+        elif (write and executor is evaluate and driver.beta1 != driver.beta2 and len(part) == 1
+              and plan.batches[part[0]].workspace):
+            rows = [plan.scratch.take("c", tuple(xs[0].shape), xs[0].dtype, xs[0].device)]
         estimates, moments = _foreach.estimator([s[MOMENTUM] for s in ss], gs, driver.beta1, driver.beta2,
                                                 inplace=write, out=rows)
         for s, m in zip(ss, moments):
@@ -430,7 +464,7 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
     else:  # x' = shrink x + (lr rho factor) d: the oracle's output is read once, in its own dtype
         ds = [_sharp(dr.direction, dr.dual) for dr in directions]
         coefficients = [lr * (r * dr.factor) for dr, r in zip(directions, radii)]
-        new_xs = _foreach.shrink_add_scaled(xs, shrink, ds, coefficients, inplace=write)
+        new_xs = _foreach.shrink_add_scaled(xs, shrink, ds, coefficients, inplace=write, staging=rows)
 
     if driver.retraction is not None:
         new_xs = list(driver.retraction(new_xs, [plan.entries[i].geometry for i in idx], info))

@@ -373,15 +373,25 @@ class CountingSpectral(lmo.geometries.Spectral):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tall_matrices_share_the_stack_of_their_transposes(backend):
-    """A transposable norm's tall matrices go to the oracle transposed, in one call with the wide ones (an MLP's
-    W_in and W_out); the step is the one each matrix gets alone. A shape-dependent scale is not transposable."""
+@pytest.mark.parametrize("accelerator", [False, True])
+def test_tall_matrices_share_the_stack_of_their_transposes_on_accelerators(backend, accelerator, monkeypatch):
+    """On an accelerator, and for small matrices on a CPU, a transposable norm's tall matrices go to the oracle
+    transposed, in one call with the wide ones (an MLP's W_in and W_out); larger ones on a CPU are stacked with each
+    other in their own layout (a transposed write is a strided pass). Either way the step is the one each matrix
+    gets alone. A shape-dependent scale is not transposable. (``CountingSpectral.lmo_factored`` takes no
+    workspace: the plan passes none.)"""
+    from lmo.optimizers import step as step_module
+
+    monkeypatch.setattr(step_module, "CPU_TRANSPOSE_LIMIT", 16)  # the 6 x 3 matrices are "large"
+    if accelerator:
+        monkeypatch.setattr(step_module, "_on_cpu", lambda x: False)
     rng = RNG(12)
     shapes = {"w_in": (6, 3), "w_out": (3, 6), "w_in2": (6, 3), "square": (3, 3)}
     x = {k: to_backend(backend, rng.standard_normal(s)) for k, s in shapes.items()}
     g = {k: to_backend(backend, rng.standard_normal(s)) for k, s in shapes.items()}
     assert CountingSpectral().transposable and not CountingSpectral(scale="rms").transposable
-    for scale, calls in (("none", [(3, 3), (3, 3, 6)]), ("rms", [(2, 6, 3), (3, 3), (3, 6)])):
+    separate = [(2, 6, 3), (3, 3), (3, 6)]
+    for scale, calls in (("none", [(3, 3), (3, 3, 6)] if accelerator else separate), ("rms", separate)):
         driver = lo.Driver(CountingSpectral(scale=scale), lr=0.1, decay=0.1)
         _CALLS.clear()
         batched, _ = driver.step(x, g, driver.init(x))
