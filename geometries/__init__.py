@@ -4,9 +4,9 @@ Each geometry is one class in one module; :func:`lmo.norms` lists them by regist
 :func:`lmo.get_norm` builds one from its name and keyword parameters. See ``docs/geometries.md`` for the table.
 """
 
+from ._torch import Workspace
 from .columns import BiasRMS, ColNorm, RowNorm, ScionSign
 from .manifold import SpectralSphere, Sphere, Stiefel, StiefelInfo
-from ._torch import Workspace
 from .polar_solvers import PolarSolver, polar, polar_express_coefficients
 from .product import Product
 from .spectral import Frobenius, Nuclear, Schatten, Spectral, SpectralConv

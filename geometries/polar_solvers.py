@@ -47,8 +47,17 @@ import numpy as np
 
 from lmo.backend import Array, Namespace, device, namespace, safe_divide, widen
 
-from ._torch import (Workspace, add_diagonal, buffer, cast, combine, compiled, frobenius_normalized, matmul,
-                     scaled_add_matmul)
+from ._torch import (
+    Workspace,
+    add_diagonal,
+    buffer,
+    cast,
+    combine,
+    compiled,
+    frobenius_normalized,
+    matmul,
+    scaled_add_matmul,
+)
 from .precision import DTYPES, iterate_dtype
 
 __all__ = [

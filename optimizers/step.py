@@ -181,10 +181,10 @@ def _wide(geo: ParamGeometry, shape: tuple[int, ...], x: Array) -> ParamGeometry
     """``geo``, or ``geo`` with the oracle's trailing axes swapped where its view is a tall matrix of a transposable
     norm (``lmo(X^T) = lmo(X)^T``), so that it is stacked with the wide matrices of its transposed shape: one
     stacked call fewer. That pays on accelerators and for small matrices (at most :data:`CPU_TRANSPOSE_LIMIT`
-    entries) on a CPU, where the calls' fixed cost dominates. A larger tall matrix on a CPU is stacked with tall ones in its
-    own layout (the iteration reads it transposed): writing its estimate as the transposed row of a wide stack is a
-    strided pass 5x the time of a contiguous one (benchmarks/muon_step.py: 1.09x against 1.18x torch.optim.Muon's
-    step at d = 256)."""
+    entries) on a CPU, where the calls' fixed cost dominates. A larger tall matrix on a CPU is stacked with tall
+    ones in its own layout (the iteration reads it transposed): writing its estimate as the transposed row of a wide
+    stack is a strided pass 5x the time of a contiguous one (an A/B of benchmarks/muon_step.py's step at d = 256:
+    1.09x against 1.18x torch.optim.Muon's)."""
     view = geo.oracle_shape(shape)
     if geo.norm.ndim == 2 and view[-2] > view[-1] and geo.norm.transposable:
         if not _on_cpu(x) or view[-2] * view[-1] <= CPU_TRANSPOSE_LIMIT:
