@@ -4,6 +4,9 @@ On the GPT-shaped parameter set of ``muon_step.py`` (the hidden matrices of a 4-
 
 - state: the bytes of every tensor in ``optimizer.state`` after a step (Muon: one momentum buffer per matrix,
   AdamW: two moments);
+- kept: the memory the optimizer keeps between steps besides its state (lmo: ``kept_nbytes()``, the stacked
+  estimates and the oracle iteration's workspace, allocated on the first step so that no later step maps fresh
+  memory; torch.optim keeps none);
 - step peak: the growth of the process's peak resident memory during one step (Linux: ``VmHWM`` after resetting it
   through ``/proc/self/clear_refs``), i.e. the temporaries of the step; ``-`` where that is unavailable. With glibc
   the mmap threshold is pinned to 128 KiB first (``mallopt(M_MMAP_THRESHOLD)``, as ``MALLOC_MMAP_THRESHOLD_``
@@ -91,13 +94,14 @@ def main() -> None:
                 opt.step()
                 after = _status("VmHWM")
                 peak = (after - before) if before is not None and after is not None else None
+            kept = opt.kept_nbytes() if hasattr(opt, "kept_nbytes") else 0
             rows.append([d, name, round(param_bytes / 2**20, 2), round(state_bytes(opt) / 2**20, 2),
-                         round(state_bytes(opt) / param_bytes, 2),
+                         round(state_bytes(opt) / param_bytes, 2), round(kept / 2**20, 1),
                          round(peak / 2**20, 1) if peak is not None else "-"])
             del opt, params
             gc.collect()
     report(args, "optimizer_memory", ["d", "optimizer", "params MiB", "state MiB", "state / params",
-                                      "step peak extra MiB"], rows,
+                                      "kept MiB", "step peak extra MiB"], rows,
            {"mmap threshold": "pinned to 128 KiB (glibc mallopt)" if pinned else "allocator default"})
 
 

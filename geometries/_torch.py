@@ -30,6 +30,7 @@ minute). A machine without a working compiler toolchain raises torch's own error
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -42,11 +43,13 @@ def _is_torch(xp: Any) -> bool:
 
 
 class Workspace:
-    """Buffers kept between calls of an iteration, one per ``(role, shape, dtype, device)``.
+    """Buffers kept between calls of an iteration: one flat buffer per ``(role, dtype, device)``, as large as the
+    largest request, of which each request gets a view of its shape.
 
-    A result written into a buffer is valid until the next call that uses the same workspace: the caller consumes
-    it first (the optimizer's update reads the oracle's direction before the next batch is evaluated). Buffers of
-    different shapes coexist, so the batches of a plan that alternate between shapes do not reallocate.
+    A result written into a buffer is valid until the next request of its role: the caller consumes it first (the
+    optimizer's update reads the oracle's direction before the next batch is evaluated). Requests of different
+    shapes share a role's memory, so the batches of a plan that alternate between shapes neither reallocate nor hold
+    a buffer per shape: the memory kept is the largest batch's, per role.
     """
 
     __slots__ = ("_buffers",)
@@ -54,14 +57,17 @@ class Workspace:
     def __init__(self) -> None:
         self._buffers: dict[tuple, Any] = {}
 
-    def take(self, role: str, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
-        key = (role, shape, dtype, device)
-        buf = self._buffers.get(key)
-        if buf is None:
+    def take(self, role: str, shape: tuple[int, ...], dtype: Any, device: Any, *, reserve: int = 0) -> Any:
+        """A tensor of ``shape`` and ``dtype`` on ``device``: a view of the role's buffer, which grows to
+        ``max(prod(shape), reserve)`` entries if it is smaller (the size known to be needed later)."""
+        n = math.prod(shape)
+        key = (role, dtype, device)
+        flat = self._buffers.get(key)
+        if flat is None or flat.numel() < n:
             import torch
 
-            buf = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
-        return buf
+            flat = self._buffers[key] = torch.empty(max(n, reserve), dtype=dtype, device=device)
+        return flat[:n].view(shape)
 
     def __len__(self) -> int:
         return len(self._buffers)

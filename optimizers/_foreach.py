@@ -21,7 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["can_write", "estimator", "stack_rows", "shrink_factor", "shrink_add", "shrink_add_scaled", "all_finite"]
+__all__ = ["can_write", "estimator", "stack_shape", "stack_rows", "shrink_factor", "shrink_add", "shrink_add_scaled",
+           "all_finite"]
 
 Array = Any
 
@@ -104,16 +105,18 @@ def estimator(
     return est, new
 
 
-def stack_rows(like: Array, views: Sequence[tuple[int, ...]], transposed: Sequence[bool],
-               core: tuple[int, ...]) -> tuple[Array, list[Array]]:
-    """An empty torch buffer ``(sum of the batch sizes, *core)`` of ``like``'s dtype and device, and its rows as
-    views of each shape in ``views`` (``(*batch, *core)``), with the trailing two axes swapped back where
-    ``transposed``: the estimator writes the parameters' estimates into them (``out=``), so that a stacked oracle
-    call reads the buffer without a stacking copy."""
-    import torch
+def stack_shape(views: Sequence[tuple[int, ...]], core: tuple[int, ...]) -> tuple[int, ...]:
+    """``(sum of the batch sizes, *core)``: the shape of the stack of arrays of shapes ``views``."""
+    return (sum(math.prod(view[: len(view) - len(core)]) for view in views), *core)
 
+
+def stack_rows(buffer: Array, views: Sequence[tuple[int, ...]], transposed: Sequence[bool],
+               core: tuple[int, ...]) -> tuple[Array, list[Array]]:
+    """``buffer`` (a torch tensor of :func:`stack_shape`) and its rows as views of each shape in ``views``
+    (``(*batch, *core)``), with the trailing two axes swapped back where ``transposed``: the estimator writes the
+    parameters' estimates into them (``out=``), so that a stacked oracle call reads the buffer without a stacking
+    copy."""
     counts = [math.prod(view[: len(view) - len(core)]) for view in views]
-    buffer = torch.empty((sum(counts), *core), dtype=like.dtype, device=like.device)
     rows, start = [], 0
     for view, flip, count in zip(views, transposed, counts):
         row = buffer[start : start + count].view(view)
@@ -163,26 +166,16 @@ def shrink_add(xs: Sequence[Array], shrink: Any, updates: Sequence[Array], *, in
 
 
 def shrink_add_scaled(
-    xs: Sequence[Array], shrink: Any, ds: Sequence[Array], coefficients: Sequence[Any], *, inplace: bool = False,
-    staging: Sequence[Array] | None = None,
+    xs: Sequence[Array], shrink: Any, ds: Sequence[Array], coefficients: Sequence[Any], *, inplace: bool = False
 ) -> list[Array]:
     """``[shrink * x + a * d]`` with ``a`` a number or a 0-d tensor per array. torch: ``a * d`` is added in one
     pass into the new array, or into ``xs`` itself with ``inplace`` (``xs`` one device and dtype; ``ds`` may be of
-    another floating dtype). Other namespaces: ``d`` is cast to ``x``'s dtype, then the expression.
-
-    ``staging`` (torch): tensors of ``xs``' shapes and dtype that may be overwritten (the estimates, once the oracle
-    has read them): a ``d`` of another dtype is cast into them first. torch's mixed-dtype add converts ``d`` into
-    fresh memory and scales it in another fresh tensor; on a CPU each is a fresh memory mapping (page faults) for a
-    large parameter."""
+    another floating dtype). Other namespaces: ``d`` is cast to ``x``'s dtype, then the expression."""
     if inplace:
         _check_inplace("shrink_add_scaled", xs)
     if xs and _torch_list(xs) and all(_is_torch(d) for d in ds):
         import torch
 
-        if staging is not None and any(d.dtype != x.dtype for d, x in zip(ds, xs)):
-            staging = list(staging)
-            torch._foreach_copy_(staging, list(ds))
-            ds = staging
         out = _shrunk(xs, shrink, inplace)
         first = coefficients[0]
         if isinstance(first, float) and all(a == first for a in coefficients) and _torch_list(ds):

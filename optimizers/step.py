@@ -129,12 +129,21 @@ class Plan:
     # the oracle's inputs are known finite: the step tests gradients and momenta first (nonfinite != "ignore") and
     # the estimate is a convex combination of them (no hook in between), so the oracle skips its own guard
     finite: bool = False
-    # per stacked batch: the buffer its estimates are written into, made on the first step and kept (a fresh one
-    # per step is a fresh memory mapping: thousands of page faults a step)
+    # entries of the largest matrix batch: the size of the one buffer (the scratch's "c") that the parts' estimates
+    # are written into in turn
+    estimate_entries: int = 0
+    # per stacked batch: the stack its estimates are written into and its rows (views of the scratch's "c", made
+    # on the first step and kept: a fresh stack per step is a fresh memory mapping, thousands of page faults a step)
     workspace: dict[int, tuple[Array, list[Array]]] = dataclasses.field(default_factory=dict)
-    # the oracle iterations' temporaries and directions, for batches with ``workspace`` (one set of buffers per
-    # shape, shared by the parts in turn)
+    # the estimates' stack, the oracle iterations' temporaries and directions (for batches with ``workspace``): one
+    # buffer per role, shared by the parts in turn
     scratch: Workspace = dataclasses.field(default_factory=Workspace)
+
+    @property
+    def kept_nbytes(self) -> int:
+        """Bytes this plan keeps between steps (:attr:`scratch`: allocated on the first step, per role the size of
+        the largest batch)."""
+        return self.scratch.nbytes
 
 
 def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) -> Plan:
@@ -170,7 +179,10 @@ def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) ->
                 batches[j] = dataclasses.replace(batches[j], workspace=True)
     writable = tuple(_foreach.can_write([params[i] for j in part for i in batches[j].members]) for part in parts)
     finite = driver.nonfinite != "ignore" and not hooked and driver.grad_transform is None
-    return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked, writable, finite=finite)
+    estimate_entries = max((sum(math.prod(entries[i].shape) for i in b.members) for b in batches
+                            if b.norm.ndim >= 2), default=0)
+    return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked, writable, finite=finite,
+                estimate_entries=estimate_entries)
 
 
 def _takes_workspace(norm: Norm) -> bool:
@@ -415,22 +427,25 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
                ss: list[dict[str, Array]], info: StepInfo, write: bool, executor: Executor) -> list[Array]:
     driver, lr = plan.driver, info.lr
     stacked: dict[int, Array] = {}
-    rows: list[Array] | None = None  # the estimates' own memory, if the plan keeps it (free once the oracle ran)
     if driver.has_momentum:  # the two-beta estimator
+        rows = None
         # c straight into the oracle's stack, or for a matrix alone into the plan's scratch (this process's
         # executor only: the distributed one stacks what it gathers, and DTensor estimates cannot be written into a
         # plain tensor); kept memory, not a fresh mapping per step
         if write and executor is evaluate and driver.beta1 != driver.beta2 and _rows_stack(plan, part):
             batch = plan.batches[part[0]]
             kept = plan.workspace.get(part[0])
-            if kept is None:
-                oracles = [plan.entries[i].oracle for i in idx]
+            if kept is None:  # the rows of the plan's one stack buffer, sized for its largest stack
+                views = [plan.entries[i].view for i in idx]
+                buffer = plan.scratch.take("c", _foreach.stack_shape(views, batch.core), xs[0].dtype,
+                                           xs[0].device, reserve=plan.estimate_entries)
                 kept = plan.workspace[part[0]] = _foreach.stack_rows(
-                    xs[0], [plan.entries[i].view for i in idx], [g.transpose for g in oracles], batch.core)
+                    buffer, views, [plan.entries[i].oracle.transpose for i in idx], batch.core)
             stacked[part[0]], rows = kept
         elif (write and executor is evaluate and driver.beta1 != driver.beta2 and len(part) == 1
               and plan.batches[part[0]].workspace):
-            rows = [plan.scratch.take("c", tuple(xs[0].shape), xs[0].dtype, xs[0].device)]
+            rows = [plan.scratch.take("c", tuple(xs[0].shape), xs[0].dtype, xs[0].device,
+                                      reserve=plan.estimate_entries)]
         estimates, moments = _foreach.estimator([s[MOMENTUM] for s in ss], gs, driver.beta1, driver.beta2,
                                                 inplace=write, out=rows)
         for s, m in zip(ss, moments):
@@ -464,7 +479,7 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
     else:  # x' = shrink x + (lr rho factor) d: the oracle's output is read once, in its own dtype
         ds = [_sharp(dr.direction, dr.dual) for dr in directions]
         coefficients = [lr * (r * dr.factor) for dr, r in zip(directions, radii)]
-        new_xs = _foreach.shrink_add_scaled(xs, shrink, ds, coefficients, inplace=write, staging=rows)
+        new_xs = _foreach.shrink_add_scaled(xs, shrink, ds, coefficients, inplace=write)
 
     if driver.retraction is not None:
         new_xs = list(driver.retraction(new_xs, [plan.entries[i].geometry for i in idx], info))

@@ -315,6 +315,12 @@ class DriverOptimizer(torch.optim.Optimizer):
                 for (_, p), y in zip(sub, ys):
                     p.copy_(y)
 
+    def kept_nbytes(self) -> int:
+        """Bytes the optimizer keeps between steps besides its state: per param group, the stacked estimates and the
+        oracle's workspace (:attr:`lmo.optimizers.step.Plan.kept_nbytes`), allocated on the first step so that no
+        step maps fresh memory (benchmarks/optimizer_memory.py)."""
+        return sum(kept.plan.kept_nbytes for kept in self._plans.values())
+
     def eval(self) -> None:
         """Evaluation mode (as schedule-free optimizers have): with a gradient-point hook (IGT, schedule-free) the
         parameters hold the points at which gradients are taken; ``eval()`` puts the evaluation points there instead

@@ -207,6 +207,49 @@ def test_zero_maps_to_zero_for_every_method_and_scaling(method, scaling, backend
         assert np.all(out == 0), (method, scaling, shape)
 
 
+@pytest.mark.parametrize("method", ["newton_schulz", "cubic", "polar_express", "gram_newton_schulz", "auto"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_workspace_changes_the_memory_only(method, dtype):
+    """``iterate(g, workspace)``: bit for bit the result without one, for wide, tall (written in the tall layout)
+    and stacked inputs, on every route (plain, the s8 first factor, the Gram runs); a second call reuses the
+    memory (the same buffers, nothing new) and gives its own input's result."""
+    torch = pytest.importorskip("torch")
+    from lmo.geometries import Workspace
+
+    if method == "gram_newton_schulz" and dtype == "bfloat16":
+        pytest.skip("the Gram recursion iterates in at least float32")
+    solver = PolarSolver(method, dtype=dtype)
+    gen = torch.Generator().manual_seed(3)
+    for shape in ((12, 5), (5, 12), (3, 12, 5), (4, 6, 6), (2, 5, 13)):
+        ws = Workspace()
+        g1, g2 = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+        first = solver.iterate(g1, ws)
+        held, kept, pointer = first.clone(), ws.nbytes, first.data_ptr()
+        assert torch.equal(held, solver.iterate(g1)), (method, shape)
+        if shape[-2] > shape[-1]:
+            assert first.is_contiguous(), (method, shape)  # the last step wrote the tall layout
+        second = solver.iterate(g2, ws)
+        assert torch.equal(second, solver.iterate(g2)), (method, shape)
+        assert ws.nbytes == kept and second.data_ptr() == pointer, (method, shape)
+
+
+def test_a_workspace_is_shared_by_shapes_in_turn():
+    """One buffer per role, as large as the largest request: a smaller or differently shaped request is a view of
+    it (the parts of a plan alternate between shapes without reallocating)."""
+    torch = pytest.importorskip("torch")
+    from lmo.geometries import Workspace
+
+    ws = Workspace()
+    big = ws.take("x", (4, 6), torch.float32, torch.device("cpu"), reserve=30)
+    assert big.shape == (4, 6) and ws.nbytes == 30 * 4
+    small = ws.take("x", (3, 2), torch.float32, torch.device("cpu"))
+    assert small.shape == (3, 2) and small.data_ptr() == big.data_ptr() and ws.nbytes == 30 * 4
+    other = ws.take("x", (2, 3), torch.bfloat16, torch.device("cpu"))
+    assert other.dtype == torch.bfloat16 and len(ws) == 2
+    ws.take("x", (8, 8), torch.float32, torch.device("cpu"))  # grows
+    assert ws.nbytes == 64 * 4 + 6 * 2
+
+
 def test_errors_name_the_parameter():
     with pytest.raises(ValueError, match="method"):
         PolarSolver("newton")

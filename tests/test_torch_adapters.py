@@ -231,6 +231,53 @@ def test_muon_step_is_in_place_with_the_registry_geometry():
     assert all(opt.state[p]["momentum_buffer"] is m for p, m in zip(model.parameters(), buffers))
 
 
+@skip_without("spectral")
+@pytest.mark.parametrize("method", ["newton_schulz", "auto"])
+def test_the_step_keeps_its_memory_and_steps_as_without_it(method, monkeypatch):
+    """After the first step a Muon step allocates no oracle memory: the estimates and the polar iteration live in
+    buffers the plan keeps (``kept_nbytes()``, unchanged step after step), shared by a stack of squares, a matrix
+    alone and two tall ones in turn; the trajectory is bit for bit that of the same plan without a workspace."""
+    from lmo.optimizers import step as step_module
+
+    monkeypatch.setattr(step_module, "STACK_ENTRIES", 200)  # (8, 8) x 3 stacked; (30, 40) and (20, 6) alone
+    monkeypatch.setattr(step_module, "CPU_TRANSPOSE_LIMIT", 16)
+    gen = torch.Generator().manual_seed(8)
+    shapes = [(8, 8), (8, 8), (8, 8), (30, 40), (20, 6), (20, 6)]
+    inits = [torch.randn(s, generator=gen) for s in shapes]
+    kept, plain = [torch.nn.Parameter(x.clone()) for x in inits], [torch.nn.Parameter(x.clone()) for x in inits]
+    with_ws = lo.Muon(kept, lr=0.05, weight_decay=0.1, method=method)
+    without = lo.Muon(plain, lr=0.05, weight_decay=0.1, method=method)
+    sizes = []
+    for t in range(3):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        for a, b, g in zip(kept, plain, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        with_ws.step()
+        with monkeypatch.context() as patched:  # its plan, made on the first step, takes no workspace
+            patched.setattr(step_module, "_takes_workspace", lambda norm: False)
+            without.step()
+        sizes.append(with_ws.kept_nbytes())
+        for a, b in zip(kept, plain):
+            assert torch.equal(_bits(a), _bits(b)), t
+    plan = with_ws._plans[0].plan
+    assert [len(b.members) for b in plan.batches] == [3, 1, 1, 1]
+    assert all(b.workspace for b in plan.batches)
+    assert not any(b.workspace for b in without._plans[0].plan.batches)
+    assert sizes[0] > 0 and sizes == [sizes[0]] * 3
+
+
+def test_a_hooked_plan_keeps_no_workspace():
+    """With a hook after the estimator every batch's direction is alive at once: none of them may live in a
+    buffer another batch reuses."""
+    from lmo.optimizers.step import build_plan
+
+    params = [torch.randn(8, 8) for _ in range(3)] + [torch.randn(6, 5)]
+    names = [str(i) for i in range(len(params))]
+    hooked = lo.error_feedback(lo.muon(lr=0.1))
+    assert not any(b.workspace for b in build_plan(hooked, names, params).batches)
+    assert all(b.workspace for b in build_plan(lo.muon(lr=0.1), names, params).batches)
+
+
 def test_nonfinite_skip_leaves_parameters_and_state_unchanged():
     w, v = torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(5))
     opt = lo.Lion([w, v], lr=0.05, weight_decay=0.1, nonfinite="skip")
