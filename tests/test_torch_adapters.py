@@ -246,16 +246,16 @@ def test_the_step_keeps_its_memory_and_steps_as_without_it(method, monkeypatch):
     inits = [torch.randn(s, generator=gen) for s in shapes]
     kept, plain = [torch.nn.Parameter(x.clone()) for x in inits], [torch.nn.Parameter(x.clone()) for x in inits]
     with_ws = lo.Muon(kept, lr=0.05, weight_decay=0.1, method=method)
-    without = lo.Muon(plain, lr=0.05, weight_decay=0.1, method=method)
+    with monkeypatch.context() as patched:  # its plan (made by the constructor) takes no workspace
+        patched.setattr(step_module, "_takes_workspace", lambda norm: False)
+        without = lo.Muon(plain, lr=0.05, weight_decay=0.1, method=method)
     sizes = []
     for t in range(3):
         grads = [torch.randn(s, generator=gen) for s in shapes]
         for a, b, g in zip(kept, plain, grads):
             a.grad, b.grad = g.clone(), g.clone()
         with_ws.step()
-        with monkeypatch.context() as patched:  # its plan, made on the first step, takes no workspace
-            patched.setattr(step_module, "_takes_workspace", lambda norm: False)
-            without.step()
+        without.step()
         sizes.append(with_ws.kept_nbytes())
         for a, b in zip(kept, plain):
             assert torch.equal(_bits(a), _bits(b)), t
