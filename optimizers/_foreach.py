@@ -166,16 +166,24 @@ def shrink_add(xs: Sequence[Array], shrink: Any, updates: Sequence[Array], *, in
 
 
 def shrink_add_scaled(
-    xs: Sequence[Array], shrink: Any, ds: Sequence[Array], coefficients: Sequence[Any], *, inplace: bool = False
+    xs: Sequence[Array], shrink: Any, ds: Sequence[Array], coefficients: Sequence[Any], *, inplace: bool = False,
+    staging: Sequence[Array] | None = None,
 ) -> list[Array]:
     """``[shrink * x + a * d]`` with ``a`` a number or a 0-d tensor per array. torch: ``a * d`` is added in one
     pass into the new array, or into ``xs`` itself with ``inplace`` (``xs`` one device and dtype; ``ds`` may be of
-    another floating dtype). Other namespaces: ``d`` is cast to ``x``'s dtype, then the expression."""
+    another floating dtype). Other namespaces: ``d`` is cast to ``x``'s dtype, then the expression.
+
+    ``staging`` (torch): tensors of ``xs``' shapes and dtype that may be overwritten (a large matrix's estimate,
+    once the oracle has read it), into which a ``d`` of another dtype is cast first: torch's mixed-dtype add
+    converts ``d`` into fresh memory, a fresh memory mapping on a CPU for a large matrix (page faults at every
+    step)."""
     if inplace:
         _check_inplace("shrink_add_scaled", xs)
     if xs and _torch_list(xs) and all(_is_torch(d) for d in ds):
         import torch
 
+        if staging is not None and any(d.dtype != x.dtype for d, x in zip(ds, xs)):
+            ds = [s.copy_(d) for s, d in zip(staging, ds)]
         out = _shrunk(xs, shrink, inplace)
         first = coefficients[0]
         if isinstance(first, float) and all(a == first for a in coefficients) and _torch_list(ds):

@@ -427,8 +427,8 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
                ss: list[dict[str, Array]], info: StepInfo, write: bool, executor: Executor) -> list[Array]:
     driver, lr = plan.driver, info.lr
     stacked: dict[int, Array] = {}
+    rows: list[Array] | None = None  # the estimates' kept memory (free once the oracle has read it)
     if driver.has_momentum:  # the two-beta estimator
-        rows = None
         # c straight into the oracle's stack, or for a matrix alone into the plan's scratch (this process's
         # executor only: the distributed one stacks what it gathers, and DTensor estimates cannot be written into a
         # plain tensor); kept memory, not a fresh mapping per step
@@ -479,7 +479,10 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
     else:  # x' = shrink x + (lr rho factor) d: the oracle's output is read once, in its own dtype
         ds = [_sharp(dr.direction, dr.dual) for dr in directions]
         coefficients = [lr * (r * dr.factor) for dr, r in zip(directions, radii)]
-        new_xs = _foreach.shrink_add_scaled(xs, shrink, ds, coefficients, inplace=write)
+        # a matrix alone (a large one: small ones are stacked) has its direction cast into its estimate's kept
+        # memory; a stack's matrices are small, and the mixed-dtype add is one pass fewer for them
+        staging = None if stacked else rows
+        new_xs = _foreach.shrink_add_scaled(xs, shrink, ds, coefficients, inplace=write, staging=staging)
 
     if driver.retraction is not None:
         new_xs = list(driver.retraction(new_xs, [plan.entries[i].geometry for i in idx], info))
