@@ -21,8 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["can_write", "estimator", "stack_shape", "stack_rows", "shrink_factor", "shrink_add", "shrink_add_scaled",
-           "all_finite"]
+__all__ = ["compiling", "can_write", "estimator", "stack_shape", "stack_rows", "shrink_factor", "shrink_add",
+           "shrink_add_scaled", "all_finite"]
 
 Array = Any
 
@@ -40,6 +40,13 @@ def _torch_list(*lists: Sequence[Array]) -> bool:
         return False
     tensor = torch.Tensor
     return all(type(t) is tensor or (isinstance(t, tensor) and not t.is_sparse) for lst in lists for t in lst)
+
+
+def compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the caller (it plans the memory of what it compiles: kept buffers that
+    alias each other would only be its inputs)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
 
 
 def can_write(*lists: Sequence[Array]) -> bool:

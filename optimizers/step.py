@@ -431,8 +431,9 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
     if driver.has_momentum:  # the two-beta estimator
         # c straight into the oracle's stack, or for a matrix alone into the plan's scratch (this process's
         # executor only: the distributed one stacks what it gathers, and DTensor estimates cannot be written into a
-        # plain tensor); kept memory, not a fresh mapping per step
-        if write and executor is evaluate and driver.beta1 != driver.beta2 and _rows_stack(plan, part):
+        # plain tensor); kept memory, not a fresh mapping per step (not under torch.compile, which plans memory)
+        keep = write and executor is evaluate and driver.beta1 != driver.beta2 and not _foreach.compiling()
+        if keep and _rows_stack(plan, part):
             batch = plan.batches[part[0]]
             kept = plan.workspace.get(part[0])
             if kept is None:  # the rows of the plan's one stack buffer, sized for its largest stack
@@ -442,8 +443,7 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
                 kept = plan.workspace[part[0]] = _foreach.stack_rows(
                     buffer, views, [plan.entries[i].oracle.transpose for i in idx], batch.core)
             stacked[part[0]], rows = kept
-        elif (write and executor is evaluate and driver.beta1 != driver.beta2 and len(part) == 1
-              and plan.batches[part[0]].workspace):
+        elif keep and len(part) == 1 and plan.batches[part[0]].workspace:
             rows = [plan.scratch.take("c", tuple(xs[0].shape), xs[0].dtype, xs[0].device,
                                       reserve=plan.estimate_entries)]
         estimates, moments = _foreach.estimator([s[MOMENTUM] for s in ss], gs, driver.beta1, driver.beta2,
