@@ -152,7 +152,7 @@ def _device(a: Any) -> Any:
 _TINY = 2.0**-126  # float32's smallest normal number
 
 
-def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None) -> Any | None:
+def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None, *, unit: bool = True) -> Any | None:
     """``x / ||x||_F`` (0 for a zero matrix, per matrix of a batch) in the dtype ``work``, for a float32 torch
     ``x``; ``None`` for anything else (the caller takes the generic path).
 
@@ -163,7 +163,8 @@ def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None
     subnormal (``p < 2^-126`` is multiplied by ``2^126``) to float32's largest number gives the start of a
     unit-scale input, and a zero matrix stays zero. A float32 sum of squares of ``x`` itself would overflow beyond
     ~1e19 and underflow below ~1e-19; a float64 one is exact but costs 3x the whole prelude on a CPU.
-    ``ws``: the result is written into its buffer ``"x0"``.
+    ``ws``: the result is written into its buffer ``"x0"``. ``unit=False``: ``x / p`` only (the last two passes
+    skipped: for the scalings that bound the spectral norm from the Gram matrix).
     """
     if not _is_torch(xp) or x.dtype != xp.float32:
         return None
@@ -179,6 +180,8 @@ def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None
     if out is None:
         out = torch.empty(x.shape, dtype=work, device=x.device)
     torch.mul(x, scale, out=out)
+    if not unit:
+        return out.mT if flip else out
     # the norm in the work dtype (accumulated in float32, rounded once): a float32 divisor would send the in-place
     # division down torch's mixed-dtype path, 5x slower on a CPU
     out.div_(torch.linalg.vector_norm(out, dim=(-2, -1), keepdim=True).clamp_(min=torch.finfo(work).tiny))

@@ -287,18 +287,22 @@ class PolarSolver:
         return xp.matrix_transpose(x) if tall else x
 
     def _start(self, xp: Namespace, x: Array, work: Any, ws: Workspace | None = None) -> Array:
-        """The iteration's start ``x / ||x||_F`` in the dtype ``work`` (the tighter scalings ``gram`` and ``s8``
-        are applied in the first step, from the Gram matrix it forms anyway).
+        """The iteration's start in the dtype ``work``: ``x / ||x||_F``, or for the tighter scalings ``gram`` and
+        ``s8`` (applied in the first step, from the Gram matrix it forms anyway, whatever the start's norm) ``x``
+        divided by its largest magnitude only (two passes fewer).
 
         Scale safety: any scale from subnormal to near-overflow gives the same start as a unit one, and a zero
         matrix stays zero. float32 torch inputs (the common case) take one fused pass
         (:func:`lmo.geometries._torch.frobenius_normalized`); others are divided by their largest entry in their
         own dtype first."""
-        fast = frobenius_normalized(xp, x, work, ws)
+        unit = self.scaling == "frobenius"
+        fast = frobenius_normalized(xp, x, work, ws, unit=unit)
         if fast is not None:
             return fast
         peak = xp.max(xp.abs(x), axis=(-2, -1), keepdims=True)
         x = x / xp.where(peak > 0, peak, xp.ones_like(peak))
+        if not unit:
+            return xp.astype(x, work)
         bound = xp.linalg.vector_norm(x, axis=(-2, -1), keepdims=True)
         floor = xp.asarray(self.eps, dtype=bound.dtype, device=device(bound))
         return xp.astype(x * (1 / xp.maximum(bound, floor)), work)
