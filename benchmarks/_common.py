@@ -82,20 +82,36 @@ def machine() -> dict[str, Any]:
     }
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each callable, the repeats interleaved across callables."""
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                faults: dict[str, float] | None = None) -> dict[str, float]:
+    """Median seconds of each callable, the repeats interleaved across callables. ``faults``: a dict that receives
+    each callable's mean count of minor page faults per call (the process's, ``getrusage``; where available): fresh
+    memory mappings faulted in, which a call that allocates large temporaries pays every time."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     _sync()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    counted: dict[str, int] = {k: 0 for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            before = _minor_faults()
             t0 = _clock()
             fn()
             _sync()
             times[name].append(_clock() - t0)
+            counted[name] += _minor_faults() - before
+    if faults is not None:
+        faults.update({k: v / repeats for k, v in counted.items()})
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -16,6 +16,9 @@ Configurations:
 - ``lmo Muon, method="auto"``: the spectral geometry's fastest solver at least as orthogonal as the default
   (docs/polar_solvers.md).
 
+``page faults / step``: the process's minor page faults per timed step (fresh memory mappings: a step that
+allocates megabyte temporaries faults them in every time, which costs system time on top of the arithmetic).
+
 Columns, on the first step (fresh state, ``weight_decay=0``, ``lr=1``: the update is ``-adjust * O``, ``O`` the
 orthogonalised estimate), over all matrices:
 
@@ -176,7 +179,8 @@ def main() -> None:
             for q, (_, _, g) in zip(params, triples):
                 q.grad = g.clone()
             steps[name] = make(params).step
-        times = interleaved(steps, repeats)
+        faults: dict[str, float] = {}
+        times = interleaved(steps, repeats, faults=faults)
         unit = configurations(1.0, 0.0)
         torch_update = updates(unit["torch.optim.Muon"], triples)
         fp32_update = updates(lambda ps: Fp32Loop(ps, lr=1.0, weight_decay=0.0, dtype=torch.float64), triples)
@@ -185,10 +189,11 @@ def main() -> None:
             m = measures(update, torch_update, bases)
             rounding = measures(update, fp32_update, bases)["vs torch update"]
             rows.append([d, name, times[name] * 1e3, times[name] / times["torch.optim.Muon"],
-                         times[name] / times["fp32 loop"], round(m["vs torch update"], 4), round(rounding, 4),
-                         round(m["s.v. min"], 3), round(m["dist UV^T"], 3), round(m["||O||_2 rescaled"], 3)])
+                         times[name] / times["fp32 loop"], round(faults[name]), round(m["vs torch update"], 4),
+                         round(rounding, 4), round(m["s.v. min"], 3), round(m["dist UV^T"], 3),
+                         round(m["||O||_2 rescaled"], 3)])
     report(args, "muon_step", ["d", "optimizer", "step ms", "vs torch.optim.Muon", "vs fp32 loop",
-                               "vs torch update", "vs fp64 update", "s.v. min", "dist UV^T",
+                               "page faults / step", "vs torch update", "vs fp64 update", "s.v. min", "dist UV^T",
                                "||O||_2 rescaled"], rows,
            {"targets": "lmo Muon <= 1.0x torch.optim.Muon at d=256, 512 with the update within torch's bf16 rounding "
                        "(vs fp64 update not above torch's); "
