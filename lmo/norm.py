@@ -76,9 +76,9 @@ class Norm(abc.ABC):
         A ``"limit"`` geometry says how its limit is computed by :meth:`_at_infinity`.
     ``transposable``
         For a matrix norm (``ndim == 2``): ``||X^T|| = ||X||`` with the same instance on the transposed core, so that
-        ``lmo(X^T) = lmo(X)^T`` up to rounding. An optimizer then hands a tall matrix to the oracle transposed and
-        stacks it with the wide matrices of that shape (an MLP's ``W_in`` and ``W_out`` in one call). Default
-        ``False``; ``lmo.testing`` checks a ``True``.
+        ``lmo(X^T) = lmo(X)^T`` up to rounding. An optimizer may then hand a tall matrix to the oracle transposed and
+        stack it with the wide matrices of that shape (an MLP's ``W_in`` and ``W_out`` in one call: on accelerators,
+        and for small matrices on a CPU). Default ``False``; ``lmo.testing`` checks a ``True``.
     ``separable_axes``
         The core axes (negative indices among the trailing ``ndim`` axes) along which the oracle is separable:
         for every axis ``a`` listed, cutting ``g`` into blocks along ``a`` and applying ``lmo`` to each block

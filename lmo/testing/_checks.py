@@ -750,7 +750,7 @@ def _check_symmetry(case: _Case, dual: np.ndarray, norm_g: np.ndarray, rng: np.r
 
 
 def _check_transposable(case: _Case, dual: np.ndarray, norm_g: np.ndarray) -> None:
-    """The declared ``transposable`` (the optimizers then stack a tall matrix with the wide transposes of others):
+    """The declared ``transposable`` (the optimizers may then stack a tall matrix with the wide transposes of others):
     ``norm``, ``dual_norm`` and ``lmo`` commute with the transpose of the trailing two axes."""
     if not getattr(case.norm, "transposable", False):
         return
