@@ -52,14 +52,19 @@ class Workspace:
     a buffer per shape: the memory kept is the largest batch's, per role.
     """
 
-    __slots__ = ("_buffers",)
+    __slots__ = ("_buffers", "_views")
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, Any] = {}
+        self._views: dict[tuple, Any] = {}  # the view handed out per request, made once (a slice costs microseconds)
 
     def take(self, role: str, shape: tuple[int, ...], dtype: Any, device: Any, *, reserve: int = 0) -> Any:
         """A tensor of ``shape`` and ``dtype`` on ``device``: a view of the role's buffer, which grows to
         ``max(prod(shape), reserve)`` entries if it is smaller (the size known to be needed later)."""
+        request = (role, shape, dtype, device)
+        view = self._views.get(request)
+        if view is not None:
+            return view
         n = math.prod(shape)
         key = (role, dtype, device)
         flat = self._buffers.get(key)
@@ -67,7 +72,9 @@ class Workspace:
             import torch
 
             flat = self._buffers[key] = torch.empty(max(n, reserve), dtype=dtype, device=device)
-        return flat[:n].view(shape)
+            self._views = {r: v for r, v in self._views.items() if (r[0], r[2], r[3]) != key}  # of the old buffer
+        view = self._views[request] = flat[:n].view(shape)
+        return view
 
     def __len__(self) -> int:
         return len(self._buffers)

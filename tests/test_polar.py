@@ -246,8 +246,10 @@ def test_a_workspace_is_shared_by_shapes_in_turn():
     assert small.shape == (3, 2) and small.data_ptr() == big.data_ptr() and ws.nbytes == 30 * 4
     other = ws.take("x", (2, 3), torch.bfloat16, torch.device("cpu"))
     assert other.dtype == torch.bfloat16 and len(ws) == 2
-    ws.take("x", (8, 8), torch.float32, torch.device("cpu"))  # grows
+    grown = ws.take("x", (8, 8), torch.float32, torch.device("cpu"))  # grows
     assert ws.nbytes == 64 * 4 + 6 * 2
+    again = ws.take("x", (3, 2), torch.float32, torch.device("cpu"))  # a view of the new buffer, not the old one
+    assert again.data_ptr() == grown.data_ptr() and again is ws.take("x", (3, 2), torch.float32, torch.device("cpu"))
 
 
 def test_errors_name_the_parameter():
