@@ -443,7 +443,7 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
                 kept = plan.workspace[part[0]] = _foreach.stack_rows(
                     buffer, views, [plan.entries[i].oracle.transpose for i in idx], batch.core)
             stacked[part[0]], rows = kept
-        elif keep and len(part) == 1 and plan.batches[part[0]].workspace:
+        elif keep and len(idx) == 1 and plan.batches[part[0]].workspace:  # a matrix alone
             rows = [plan.scratch.take("c", tuple(xs[0].shape), xs[0].dtype, xs[0].device,
                                       reserve=plan.estimate_entries)]
         estimates, moments = _foreach.estimator([s[MOMENTUM] for s in ss], gs, driver.beta1, driver.beta2,

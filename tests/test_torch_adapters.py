@@ -266,6 +266,30 @@ def test_the_step_keeps_its_memory_and_steps_as_without_it(method, monkeypatch):
     assert sizes[0] > 0 and sizes == [sizes[0]] * 3
 
 
+@skip_without("spectral")
+def test_stacked_views_step_as_without_the_workspace(monkeypatch):
+    """Conv kernels stacked through a view (their estimates are not rows of the stack) next to a kernel alone: the
+    step is bit for bit the one without a workspace."""
+    from lmo.optimizers import step as step_module
+
+    gen = torch.Generator().manual_seed(9)
+    shapes = [(4, 3, 3, 3), (4, 3, 3, 3), (8, 4, 3, 3)]
+    inits = [torch.randn(s, generator=gen) for s in shapes]
+    kept, plain = [torch.nn.Parameter(x.clone()) for x in inits], [torch.nn.Parameter(x.clone()) for x in inits]
+    with_ws = lo.Muon(kept, lr=0.05)
+    with monkeypatch.context() as patched:
+        patched.setattr(step_module, "_takes_workspace", lambda norm: False)
+        without = lo.Muon(plain, lr=0.05)
+    assert [len(b.members) for b in with_ws._plans[0].plan.batches] == [2, 1]
+    for _ in range(3):
+        for a, b in zip(kept, plain):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        with_ws.step()
+        without.step()
+        assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(kept, plain))
+
+
 def test_a_hooked_plan_keeps_no_workspace():
     """With a hook after the estimator every batch's direction is alive at once: none of them may live in a
     buffer another batch reuses."""
