@@ -1,9 +1,12 @@
-"""The torch-specific pieces of the polar-factor solvers (optional): ``torch.compile`` and three fused primitives.
+"""The torch-specific pieces of the polar-factor solvers (optional): ``torch.compile``, a workspace, and the
+primitives the generic iteration calls.
 
-- ``scaled_add_matmul(xp, c, x, b, alpha)`` is ``c X + alpha B X``: for torch tensors one ``addmm``/``baddbmm``
-  call, which adds ``c X`` inside the product's epilogue (one rounding to the iterate dtype, no element-wise pass
-  over ``X``: the form of torch.optim.Muon's own iteration, used for every step of the polynomial, its Horner
-  tail included); for every other namespace the array-API expression.
+- ``scaled_add_matmul(xp, c, x, b, alpha)`` is ``c X + alpha B X`` (``right=True``: ``c X + alpha X B``, for an
+  iterate stored transposed): for torch tensors one ``addmm``/``baddbmm`` call, which adds ``c X`` inside the
+  product's epilogue (one rounding to the iterate dtype, no element-wise pass over ``X``: the form of
+  torch.optim.Muon's own iteration, used for every step of the polynomial, its Horner tail included); for every
+  other namespace the array-API expression.
+- ``matmul(xp, a, b, out)`` and ``cast(xp, a, dtype, out)``: the product and the cast, into a buffer if given.
 - ``add_diagonal(xp, a, c)``: ``a + c I``, in place for torch (no identity matrix is formed).
 - ``frobenius_normalized(xp, x, work)``: the iteration's start ``x / ||x||_F`` in the iterate dtype, for float32
   torch inputs, in one scaling pass (see its docstring); other inputs take the generic path.
