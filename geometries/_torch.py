@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["compiled", "scaled_add_matmul", "matmul", "cast", "add_diagonal", "combine", "frobenius_normalized",
-           "Workspace", "buffer"]
+           "Workspace", "usable", "buffer"]
 
 
 def _is_torch(xp: Any) -> bool:
@@ -88,16 +88,20 @@ class Workspace:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
 
-def buffer(xp: Any, ws: Workspace | None, role: str, shape: Any, dtype: Any, like: Any) -> Any:
-    """The buffer ``role`` of ``shape`` and ``dtype`` on ``like``'s device from ``ws``, or ``None`` (no workspace, not
-    torch, or traced by ``torch.compile``): then the primitive allocates its result."""
+def usable(xp: Any, ws: Workspace | None) -> Workspace | None:
+    """``ws`` where the primitives can write into it (torch tensors, not traced by ``torch.compile``, which plans
+    its own memory), else ``None``: decided once per call of an iteration."""
     if ws is None or not _is_torch(xp):
         return None
     import torch
 
-    if torch.compiler.is_compiling():
-        return None
-    return ws.take(role, tuple(shape), dtype, like.device)
+    return None if torch.compiler.is_compiling() else ws
+
+
+def buffer(xp: Any, ws: Workspace | None, role: str, shape: Any, dtype: Any, like: Any) -> Any:
+    """The buffer ``role`` of ``shape`` and ``dtype`` on ``like``'s device from ``ws`` (one that :func:`usable`
+    let through), or ``None`` without one: then the primitive allocates its result."""
+    return None if ws is None else ws.take(role, tuple(shape), dtype, like.device)
 
 
 def scaled_add_matmul(xp: Any, c: float, x: Any, b: Any, alpha: float = 1.0, out: Any = None, *,

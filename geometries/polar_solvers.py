@@ -57,6 +57,7 @@ from ._torch import (
     frobenius_normalized,
     matmul,
     scaled_add_matmul,
+    usable,
 )
 from .precision import DTYPES, iterate_dtype
 
@@ -246,7 +247,7 @@ class PolarSolver:
         :class:`lmo.geometries._torch.Workspace`), so the result is valid until the next call with it."""
         xp = namespace(g)
         x, _ = self._check(xp, g)
-        return self._polar(xp, x, workspace)
+        return self._polar(xp, x, usable(xp, workspace))
 
     def _check(self, xp: Namespace, g: Array) -> tuple[Array, Any]:
         if g.ndim < 2:
@@ -436,7 +437,6 @@ def _frobenius(xp: Namespace, a: Array) -> Array:
     return xp.astype(xp.linalg.vector_norm(a, axis=(-2, -1), keepdims=True), a.dtype)
 
 
-
 def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], ...], scaling: str = "frobenius",
                    runs: tuple[int, ...] = (), ws: Workspace | None = None, transposed: bool = False) -> Array:
     """``X <- c0 X + (c1 A + c2 A^2 + ...) X`` with ``A = X X^T``; ``X`` is wide (``m <= n``), ``||X||_F = 1``.
@@ -487,8 +487,7 @@ def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ..
         for k in range(length):
             coeffs = schedule[i]
             if i == 0 and scaling != "frobenius":  # the first step, its scaling folded in: Q_1 and R_1 = Q A Q
-                q, a = _first_factor(xp, x, coeffs, scaling, ws)
-                q_role = "first"  # in _first_factor's buffers, none of this loop's
+                q, a = _first_factor(xp, x, coeffs, scaling, ws)  # Q in _first_factor's buffers, none of the loop's
                 if k + 1 < length:
                     r = _symmetric(xp, matmul(xp, matmul(xp, q, q, out=out("hh")), a, out=out("rh")), out("r"))
             else:
@@ -502,7 +501,7 @@ def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ..
                 else:
                     h = cast(xp, coeffs[1] * r, r.dtype, out=out(fresh if q is None else "h"))
                 h = add_diagonal(xp, h, coeffs[0])
-                q, q_role = (h, fresh) if q is None else (matmul(xp, h, q, out=out(fresh)), fresh)
+                q, q_role = h if q is None else matmul(xp, h, q, out=out(fresh)), fresh
                 if k + 1 < length:  # R is needed by the run's next step
                     r = _symmetric(xp, matmul(xp, r, matmul(xp, h, h, out=out("hh")), out=out("rh")), out("r"))
             i += 1

@@ -134,7 +134,7 @@ class Plan:
     estimate_entries: int = 0
     # per stacked batch: the stack its estimates are written into and its rows (views of the scratch's "c", made
     # on the first step and kept: a fresh stack per step is a fresh memory mapping, thousands of page faults a step)
-    workspace: dict[int, tuple[Array, list[Array]]] = dataclasses.field(default_factory=dict)
+    stacks: dict[int, tuple[Array, list[Array]]] = dataclasses.field(default_factory=dict)
     # the estimates' stack, the oracle iterations' temporaries and directions (for batches with ``workspace``): one
     # buffer per role, shared by the parts in turn
     scratch: Workspace = dataclasses.field(default_factory=Workspace)
@@ -435,12 +435,12 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
         keep = write and executor is evaluate and driver.beta1 != driver.beta2 and not _foreach.compiling()
         if keep and _rows_stack(plan, part):
             batch = plan.batches[part[0]]
-            kept = plan.workspace.get(part[0])
+            kept = plan.stacks.get(part[0])
             if kept is None:  # the rows of the plan's one stack buffer, sized for its largest stack
                 views = [plan.entries[i].view for i in idx]
                 buffer = plan.scratch.take("c", _foreach.stack_shape(views, batch.core), xs[0].dtype,
                                            xs[0].device, reserve=plan.estimate_entries)
-                kept = plan.workspace[part[0]] = _foreach.stack_rows(
+                kept = plan.stacks[part[0]] = _foreach.stack_rows(
                     buffer, views, [plan.entries[i].oracle.transpose for i in idx], batch.core)
             stacked[part[0]], rows = kept
         elif keep and len(idx) == 1 and plan.batches[part[0]].workspace:  # a matrix alone
