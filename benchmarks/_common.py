@@ -93,8 +93,10 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
     _sync()
     times: dict[str, list[float]] = {k: [] for k in fns}
     counted: dict[str, int] = {k: 0 for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             before = _minor_faults()
             t0 = _clock()
             fn()

@@ -7,6 +7,8 @@ primitives the generic iteration calls.
   torch.optim.Muon's own iteration, used for every step of the polynomial, its Horner tail included); for every
   other namespace the array-API expression.
 - ``matmul(xp, a, b, out)`` and ``cast(xp, a, dtype, out)``: the product and the cast, into a buffer if given.
+  ``symmetric=True`` (on both product primitives): the result is known symmetric (``X X^T``, ``A A``), and a large
+  one on a CPU is formed by its upper block triangle, about 3/4 of the work (``benchmarks/symmetric_product.py``).
 - ``add_diagonal(xp, a, c)``: ``a + c I``, in place for torch (no identity matrix is formed).
 - ``frobenius_normalized(xp, x, work)``: the iteration's start ``x / ||x||_F`` in the iterate dtype, for float32
   torch inputs, in one scaling pass (see its docstring); other inputs take the generic path.
@@ -105,14 +107,19 @@ def buffer(xp: Any, ws: Workspace | None, role: str, shape: Any, dtype: Any, lik
 
 
 def scaled_add_matmul(xp: Any, c: float, x: Any, b: Any, alpha: float = 1.0, out: Any = None, *,
-                      right: bool = False) -> Any:
+                      right: bool = False, symmetric: bool = False) -> Any:
     """``c * x + alpha * (b @ x)`` (``b`` square, same batch shape as ``x``), or with ``right`` ``c * x + alpha *
-    (x @ b)``; ``out``: a torch buffer of the result's shape (not ``x`` or ``b``) that receives it."""
+    (x @ b)``; ``out``: a torch buffer of the result's shape (not ``x`` or ``b``) that receives it. ``symmetric``:
+    the caller knows the result to be symmetric (``c A + alpha A A`` for a symmetric ``A``), so that a large one may
+    be formed by its upper block triangle (see :func:`matmul`)."""
     if _is_torch(xp) and x.ndim >= 2:
         import torch
 
         first, second = (x, b) if right else (b, x)
         if x.ndim == 2:
+            cuts = _panels(first) if symmetric else None
+            if cuts is not None:
+                return _upper_triangle(first, second, out, cuts, x, c, alpha)
             return torch.addmm(x, first, second, beta=c, alpha=alpha, out=out)
         if x.ndim == 3:
             return torch.baddbmm(x, first, second, beta=c, alpha=alpha, out=out)
@@ -124,13 +131,73 @@ def scaled_add_matmul(xp: Any, c: float, x: Any, b: Any, alpha: float = 1.0, out
     return c * x + (product if alpha == 1.0 else alpha * product)
 
 
-def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
-    """``a @ b``; ``out``: a torch buffer of the result's shape that receives it."""
+def matmul(xp: Any, a: Any, b: Any, out: Any = None, *, symmetric: bool = False) -> Any:
+    """``a @ b``; ``out``: a torch buffer of the result's shape that receives it.
+
+    ``symmetric``: the caller knows the product to be symmetric (``X X^T``, or ``A A`` for a symmetric ``A``). On a
+    CPU a large one (at least two panels of :data:`SYMMETRIC_PANEL`'s size) is then formed by its upper block
+    triangle: each row panel times the columns from its diagonal block on, one product per panel, and the blocks
+    below the diagonal mirrored, so that ``k`` panels cost ``(k + 1) / 2k`` of the product (torch's BLAS calls
+    offer no symmetric rank-k update for these dtypes). Every entry computed is a dot product of the full
+    product's (in bfloat16 bit for bit the same on this project's CPU; in float32 within the BLAS's rounding, whose
+    summation order depends on the shape), and the blocks below the diagonal are the transposes of those above: so
+    only products symmetric as formed (``Y Y^T``; ``A A`` of an exactly symmetric ``A``) should say so."""
+    if symmetric and _is_torch(xp) and a.ndim == 2:
+        cuts = _panels(a)
+        if cuts is not None:
+            return _upper_triangle(a, b, out, cuts)
     if out is not None and _is_torch(xp) and a.ndim <= 3:
         import torch
 
         return torch.matmul(a, b, out=out)
     return xp.matmul(a, b)
+
+
+#: A symmetric product on a CPU is formed by its upper block triangle in panels of at least this many rows and this
+#: many entries of its left operand (rows x inner dimension), by bytes per entry: thinner panels lose more BLAS speed
+#: than the skipped blocks save (``benchmarks/symmetric_product.py``: in bfloat16 a 256 x 256 ``A A`` in two panels
+#: takes 1.35x the plain product, a 512 x 512 one 0.89x, a 512 x 2048 ``X X^T`` in four 0.75x)
+SYMMETRIC_PANEL = {2: (128, 2**17), 4: (64, 2**14), 8: (64, 2**14)}
+#: At most this many panels (``(k + 1) / 2k`` of the work: more gain little and call the BLAS more often)
+SYMMETRIC_PANELS = 8
+
+
+def _panels(a: Any) -> list[int] | None:
+    """The row cuts of the upper-block-triangle product of a 2-D torch CPU left operand ``a`` (``m x inner``), or
+    ``None`` for the plain product (fewer than two panels of :data:`SYMMETRIC_PANEL`'s size, an accelerator -- not
+    measured there --, or code traced by ``torch.compile``)."""
+    least = SYMMETRIC_PANEL.get(a.element_size())
+    if least is None or a.device.type != "cpu":
+        return None
+    m, inner = a.shape
+    k = min(SYMMETRIC_PANELS, m // least[0], m * inner // least[1])
+    if k < 2:
+        return None
+    import torch
+
+    if torch.compiler.is_compiling():
+        return None
+    return [m * i // k for i in range(k + 1)]
+
+
+def _upper_triangle(first: Any, second: Any, out: Any, cuts: list[int], addend: Any = None, c: float = 0.0,
+                    alpha: float = 1.0) -> Any:
+    """The symmetric ``c * addend + alpha * first @ second`` by its upper block triangle (row panels ``cuts``): the
+    panel ``[lo, hi)`` against the columns ``[lo, m)``, then each block below the diagonal as the transpose of its
+    mirror image."""
+    import torch
+
+    m = first.shape[0]
+    if out is None:
+        out = torch.empty((m, m), dtype=first.dtype, device=first.device)
+    for lo, hi in zip(cuts, cuts[1:]):
+        if addend is None:
+            torch.mm(first[lo:hi], second[:, lo:], out=out[lo:hi, lo:])
+        else:
+            torch.addmm(addend[lo:hi, lo:], first[lo:hi], second[:, lo:], beta=c, alpha=alpha, out=out[lo:hi, lo:])
+    for lo, hi in zip(cuts[1:], cuts[2:]):
+        out[lo:hi, :lo].copy_(out[:lo, lo:hi].mT)
+    return out
 
 
 def cast(xp: Any, a: Any, dtype: Any, out: Any = None) -> Any:

@@ -352,13 +352,15 @@ def _poly_tail(xp: Namespace, a: Array, coeffs: tuple[float, ...], ws: Workspace
                role: str | None = None) -> Array:
     """``c1 A + c2 A^2 + ... + ck A^k`` (``k >= 2``) by Horner's rule, each step one fused product
     (``c_j A + T A``; the first ``c_{k-1} A + c_k A A``): ``k - 1`` products and no element-wise pass (into the
-    buffers ``t0``, ``t1`` of ``ws`` by turns; the last into ``role`` if given)."""
+    buffers ``t0``, ``t1`` of ``ws`` by turns; the last into ``role`` if given). ``A`` is symmetric, so the first
+    product ``A A`` is formed as a symmetric one (:func:`lmo.geometries._torch.matmul`); the later ``T A`` are
+    symmetric only in exact arithmetic, and mirroring their rounding measurably stretched ``"auto"``'s Gram runs."""
     products = len(coeffs) - 2
     t = a
     for j in range(products):
         c, alpha = (coeffs[-2], coeffs[-1]) if j == 0 else (coeffs[-2 - j], 1.0)
         name = role if role is not None and j == products - 1 else f"t{j % 2}"
-        t = scaled_add_matmul(xp, c, a, t, alpha, out=buffer(xp, ws, name, a.shape, a.dtype, a))
+        t = scaled_add_matmul(xp, c, a, t, alpha, out=buffer(xp, ws, name, a.shape, a.dtype, a), symmetric=j == 0)
     return t
 
 
@@ -407,11 +409,11 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
     ``ws``: ``A`` in its buffer ``a``, ``A^2`` in ``a2``, ``Q`` in ``q`` (or ``a2``), the float32 work in ``a32`` and
     ``t32``."""
     shape = _gram_shape(x)
-    a = matmul(xp, x, xp.matrix_transpose(x), out=buffer(xp, ws, "a", shape, x.dtype, x))
+    a = matmul(xp, x, xp.matrix_transpose(x), out=buffer(xp, ws, "a", shape, x.dtype, x), symmetric=True)
     low = xp.finfo(a.dtype).bits < 32
     wide = cast(xp, a, xp.float32, out=buffer(xp, ws, "a32", shape, xp.float32, a)) if low else a
     if scaling == "s8":
-        a2 = matmul(xp, a, a, out=buffer(xp, ws, "a2", shape, a.dtype, a))
+        a2 = matmul(xp, a, a, out=buffer(xp, ws, "a2", shape, a.dtype, a), symmetric=True)
         if low:
             a2 = cast(xp, a2, xp.float32, out=buffer(xp, ws, "t32", shape, xp.float32, a))
         bound = xp.sqrt(_frobenius(xp, a2))  # t^2
@@ -450,7 +452,7 @@ def _newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ...], .
         x, start = _left(xp, q, x, ws, "x1", transposed), 1
     shape = _gram_shape(x)
     for k, coeffs in enumerate(schedule[start:], start):  # step k reads the buffer x{k % 2}, writes the other
-        a = matmul(xp, x, xp.matrix_transpose(x), out=buffer(xp, ws, "a", shape, x.dtype, x))
+        a = matmul(xp, x, xp.matrix_transpose(x), out=buffer(xp, ws, "a", shape, x.dtype, x), symmetric=True)
         x = _poly_step(xp, x, a, coeffs, ws, "x0" if k % 2 else "x1", transposed)
     return x
 
@@ -489,12 +491,13 @@ def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ..
             if i == 0 and scaling != "frobenius":  # the first step, its scaling folded in: Q_1 and R_1 = Q A Q
                 q, a = _first_factor(xp, x, coeffs, scaling, ws)  # Q in _first_factor's buffers, none of the loop's
                 if k + 1 < length:
-                    r = _symmetric(xp, matmul(xp, matmul(xp, q, q, out=out("hh")), a, out=out("rh")), out("r"))
+                    qq = matmul(xp, q, q, out=out("hh"), symmetric=True)
+                    r = _symmetric(xp, matmul(xp, qq, a, out=out("rh")), out("r"))
             else:
                 if k == 0:  # a run starts
                     if q is not None:
                         x = _left(xp, q, x, ws, f"x{run % 2}", transposed)
-                    r, q = matmul(xp, x, xp.matrix_transpose(x), out=out("r")), None
+                    r, q = matmul(xp, x, xp.matrix_transpose(x), out=out("r"), symmetric=True), None
                 fresh = "qa" if q_role != "qa" else "qb"  # the buffer Q does not occupy
                 if len(coeffs) > 2:
                     h = _poly_tail(xp, r, coeffs, ws, fresh if q is None else "h")
@@ -503,7 +506,8 @@ def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ..
                 h = add_diagonal(xp, h, coeffs[0])
                 q, q_role = h if q is None else matmul(xp, h, q, out=out(fresh)), fresh
                 if k + 1 < length:  # R is needed by the run's next step
-                    r = _symmetric(xp, matmul(xp, r, matmul(xp, h, h, out=out("hh")), out=out("rh")), out("r"))
+                    hh = matmul(xp, h, h, out=out("hh"), symmetric=True)
+                    r = _symmetric(xp, matmul(xp, r, hh, out=out("rh")), out("r"))
             i += 1
     return _left(xp, q, x, ws, f"x{len(lengths) % 2}", transposed)
 

@@ -252,6 +252,74 @@ def test_a_workspace_is_shared_by_shapes_in_turn():
     assert again.data_ptr() == grown.data_ptr() and again is ws.take("x", (3, 2), torch.float32, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+def test_symmetric_products_are_formed_by_their_upper_triangle(dtype):
+    """``matmul(..., symmetric=True)`` and ``scaled_add_matmul(..., symmetric=True)`` on a CPU: a product large
+    enough for panels (even and uneven cuts, up to the most panels) has each block below the diagonal the exact
+    transpose of its mirror image, equals the plain product within the dtype's rounding (in ``out=`` if given), also for an operand that is a transposed view (the tall
+    layout); small, batched and non-CPU operands keep the plain product."""
+    torch = pytest.importorskip("torch")
+    from lmo.geometries import _torch as T
+
+    dt = getattr(torch, dtype)
+    rows, entries = T.SYMMETRIC_PANEL[dt.itemsize]
+    tol = {"bfloat16": 1e-2, "float32": 1e-5, "float64": 1e-12}[dtype]
+    gen = torch.Generator().manual_seed(5)
+    fused_panels = 0
+    sizes = [(2 * rows, max(2 * rows, entries // rows)), (2 * rows + 3, 4 * (2 * rows + 3)),
+             (T.SYMMETRIC_PANELS * rows + 7, entries // rows)]
+    for m, n in sizes:
+        for tall in (False, True):
+            store = torch.randn((n, m) if tall else (m, n), generator=gen).to(dt)
+            x = store.mT if tall else store
+            cuts = T._panels(x)
+            assert cuts is not None and len(cuts) >= 3 and cuts[0] == 0 and cuts[-1] == m, (m, n, cuts)
+            plain = (x.double() @ x.double().mT)
+            out = torch.empty((m, m), dtype=dt)
+            a = T.matmul(torch, x, x.mT, out=out, symmetric=True)
+            assert a.data_ptr() == out.data_ptr(), (dtype, m, n, tall)
+            for lo, hi in zip(cuts[1:], cuts[2:]):
+                assert torch.equal(a[lo:hi, :lo], a[:lo, lo:hi].mT), (dtype, m, n, tall, lo)
+            assert float((a.double() - plain).abs().max() / plain.abs().max()) <= tol, (dtype, m, n, tall)
+            a = a / plain.abs().max().to(dt)
+            fused = T.scaled_add_matmul(torch, 1.5, a, a, -0.5, symmetric=True)
+            want = 1.5 * a.double() - 0.5 * (a.double() @ a.double())
+            square = T._panels(a)
+            if square is not None:
+                fused_panels += 1
+                assert torch.equal(fused[square[1]:, :square[1]], fused[:square[1], square[1]:].mT), (dtype, m, n)
+            assert float((fused.double() - want).abs().max() / want.abs().max()) <= 4 * tol, (dtype, m, n)
+    assert fused_panels >= 2
+    small = torch.ones((rows, rows), dtype=dt)
+    assert T._panels(small) is None and T._panels(torch.ones((2 * rows, 8), dtype=dt)) is None
+    big = torch.ones((4 * rows, 4 * rows), dtype=dt, device="meta")
+    assert T._panels(big) is None  # an accelerator (any non-CPU device) keeps the plain product
+    stack = torch.randn((2, 2 * rows, entries // rows), generator=gen).to(dt)
+    assert torch.equal(T.matmul(torch, stack, stack.mT, symmetric=True), stack @ stack.mT)
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "auto"])
+def test_the_upper_triangle_products_change_only_the_rounding(method, monkeypatch):
+    """The iteration with the symmetric products in panels against the same iteration with plain products
+    (``SYMMETRIC_PANELS = 1``), on matrices large enough for panels, wide and tall, bfloat16 and float32."""
+    torch = pytest.importorskip("torch")
+    from lmo.geometries import _torch as T
+
+    gen = torch.Generator().manual_seed(6)
+    for dtype, tol in (("bfloat16", 2e-2), ("float32", 1e-4)):
+        side = 2 * T.SYMMETRIC_PANEL[getattr(torch, dtype).itemsize][0]
+        solver = PolarSolver(method, dtype=dtype)
+        for shape in ((side, 4 * side), (4 * side, side)):
+            g = torch.randn(shape, generator=gen)
+            wide = g if shape[0] < shape[1] else g.mT
+            assert T._panels(wide.to(getattr(torch, dtype))) is not None
+            split = solver(g)
+            with monkeypatch.context() as patch:
+                patch.setattr(T, "SYMMETRIC_PANELS", 1)
+                plain = solver(g)
+            assert float((split - plain).norm() / plain.norm()) <= tol, (method, dtype, shape)
+
+
 def test_errors_name_the_parameter():
     with pytest.raises(ValueError, match="method"):
         PolarSolver("newton")

@@ -1,0 +1,74 @@
+"""(g) Symmetric products by their upper block triangle vs the plain product, per shape, dtype and panel count.
+
+The polar iteration forms two symmetric products a step, ``A = X X^T`` and ``c A + alpha A A``;
+``lmo.geometries._torch.matmul(..., symmetric=True)`` forms a large one on a CPU by its upper block triangle (``k``
+row panels, each against the columns from its diagonal on, the blocks below mirrored): ``(k + 1) / 2k`` of the
+FLOPs, in ``k`` BLAS calls of thinner shapes plus ``k - 1`` transposed copies. This benchmark measures, interleaved,
+the plain product against ``k`` = 2, 3, 4, 8 panels, and marks the panel count that ``SYMMETRIC_PANEL`` and
+``SYMMETRIC_PANELS`` choose (``auto``), on ``X X^T`` of ``m x n`` matrices (``n = m`` and ``n = 4m``, the
+shapes of a GPT's matrices) and on ``c A + alpha A A``; ``max |diff|`` is the largest entry difference from the
+plain product relative to its largest entry (0: bit for bit).
+
+Usage: ``python benchmarks/symmetric_product.py [--quick] [--json PATH] [--threads N] [--repeats R]``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from lmo.geometries import _torch as primitives
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import interleaved, parser, report, setup  # noqa: E402
+
+
+def _cuts(m: int, k: int) -> list[int]:
+    return [m * i // k for i in range(k + 1)]
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    args = p.parse_args()
+    setup(args)
+    sizes = [(256, 1)] if args.quick else [(256, 1), (256, 4), (384, 4), (512, 1), (512, 4), (1024, 1), (1024, 4)]
+    dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float32]
+    repeats = args.repeats or (2 if args.quick else 9)
+    rows = []
+    for dtype in dtypes:
+        for m, aspect in sizes:
+            x = torch.randn(m, aspect * m, device=args.device).to(dtype)
+            a = primitives.matmul(torch, x, x.mT) / (aspect * m)
+            for name, first, second, addend in (("X X^T", x, x.mT, None), ("c A + alpha A A", a, a, a)):
+                out = torch.empty(m, m, dtype=dtype, device=args.device)
+
+                def plain(first=first, second=second, addend=addend, out=out):
+                    if addend is None:
+                        return torch.mm(first, second, out=out)
+                    return torch.addmm(addend, first, second, beta=1.5, alpha=-0.5, out=out)
+
+                fns = {"plain": plain}
+                for k in (2, 3, 4, 8):
+                    if m // k >= 32:
+                        fns[f"{k} panels"] = (lambda k=k, first=first, second=second, addend=addend, out=out:
+                                              primitives._upper_triangle(first, second, out, _cuts(m, k), addend,
+                                                                         1.5, -0.5))
+                auto = primitives._panels(first)
+                times = interleaved(fns, repeats)
+                reference = plain().float().clone()
+                for label, fn in fns.items():
+                    diff = (fn().float() - reference).abs().max() / reference.abs().max()
+                    k = len(auto) - 1 if auto else 1
+                    chosen = (label == "plain") if k == 1 else (label == f"{k} panels")
+                    rows.append([str(dtype).removeprefix("torch."), f"{m} x {aspect * m}", name, label,
+                                 times[label] * 1e3, times[label] / times["plain"], float(diff),
+                                 "auto" if chosen else ""])
+    report(args, "symmetric_product", ["dtype", "X", "product", "form", "ms", "vs plain", "max |diff|", "chosen"],
+           rows, {"policy": f"SYMMETRIC_PANEL={primitives.SYMMETRIC_PANEL} (rows, entries by bytes per entry), "
+                            f"SYMMETRIC_PANELS={primitives.SYMMETRIC_PANELS}; on a CPU only"})
+
+
+if __name__ == "__main__":
+    main()
