@@ -52,9 +52,10 @@ def main() -> None:
                 fns = {"plain": plain}
                 for k in (2, 3, 4, 8):
                     if m // k >= 32:
-                        fns[f"{k} panels"] = (lambda k=k, first=first, second=second, addend=addend, out=out:
-                                              primitives._upper_triangle(first, second, out, _cuts(m, k), addend,
-                                                                         1.5, -0.5))
+                        cuts = _cuts(m, k)
+                        fns[f"{k} panels"] = (lambda cuts=cuts, first=first, second=second, addend=addend,
+                                              out=out: primitives._upper_triangle(first, second, out, cuts, addend,
+                                                                                  1.5, -0.5))
                 auto = primitives._panels(first)
                 times = interleaved(fns, repeats)
                 reference = plain().float().clone()

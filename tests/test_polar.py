@@ -256,8 +256,9 @@ def test_a_workspace_is_shared_by_shapes_in_turn():
 def test_symmetric_products_are_formed_by_their_upper_triangle(dtype):
     """``matmul(..., symmetric=True)`` and ``scaled_add_matmul(..., symmetric=True)`` on a CPU: a product large
     enough for panels (even and uneven cuts, up to the most panels) has each block below the diagonal the exact
-    transpose of its mirror image, equals the plain product within the dtype's rounding (in ``out=`` if given), also for an operand that is a transposed view (the tall
-    layout); small, batched and non-CPU operands keep the plain product."""
+    transpose of its mirror image and equals the plain product within the dtype's rounding (in ``out=`` if given),
+    also for an operand that is a transposed view (the tall layout); small, batched and non-CPU operands keep the
+    plain product."""
     torch = pytest.importorskip("torch")
     from lmo.geometries import _torch as T
 
