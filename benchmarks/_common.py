@@ -84,9 +84,11 @@ def machine() -> dict[str, Any]:
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
                 faults: dict[str, float] | None = None) -> dict[str, float]:
-    """Median seconds of each callable, the repeats interleaved across callables. ``faults``: a dict that receives
-    each callable's mean count of minor page faults per call (the process's, ``getrusage``; where available): fresh
-    memory mappings faulted in, which a call that allocates large temporaries pays every time."""
+    """Median seconds of each callable, the repeats interleaved across callables (each repeat starts at the next
+    callable, so that none always runs right after the same other one: a step that follows another one finds the
+    caches holding that one's memory). ``faults``: a dict that receives each callable's mean count of minor page
+    faults per call (the process's, ``getrusage``; where available): fresh memory mappings faulted in, which a call
+    that allocates large temporaries pays every time."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()

@@ -55,13 +55,17 @@ class Workspace:
     optimizer's update reads the oracle's direction before the next batch is evaluated). Requests of different
     shapes share a role's memory, so the batches of a plan that alternate between shapes neither reallocate nor hold
     a buffer per shape: the memory kept is the largest batch's, per role.
+
+    An iteration's input that lives in the workspace's own memory (:meth:`holds`: the optimizer writes its estimates
+    into the buffer ``"c"``) is the caller's scratch, which the iteration may overwrite.
     """
 
-    __slots__ = ("_buffers", "_views")
+    __slots__ = ("_buffers", "_views", "_storages")
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, Any] = {}
         self._views: dict[tuple, Any] = {}  # the view handed out per request, made once (a slice costs microseconds)
+        self._storages: set[int] = set()  # the buffers' storage addresses, for holds()
 
     def take(self, role: str, shape: tuple[int, ...], dtype: Any, device: Any, *, reserve: int = 0) -> Any:
         """A tensor of ``shape`` and ``dtype`` on ``device``: a view of the role's buffer, which grows to
@@ -76,10 +80,17 @@ class Workspace:
         if flat is None or flat.numel() < n:
             import torch
 
+            if flat is not None:
+                self._storages.discard(flat.untyped_storage().data_ptr())
             flat = self._buffers[key] = torch.empty(max(n, reserve), dtype=dtype, device=device)
+            self._storages.add(flat.untyped_storage().data_ptr())
             self._views = {r: v for r, v in self._views.items() if (r[0], r[2], r[3]) != key}  # of the old buffer
         view = self._views[request] = flat[:n].view(shape)
         return view
+
+    def holds(self, x: Any) -> bool:
+        """Whether the tensor ``x`` is (a view of) one of the workspace's buffers."""
+        return x.untyped_storage().data_ptr() in self._storages
 
     def __len__(self) -> int:
         return len(self._buffers)
@@ -244,8 +255,9 @@ def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None
     subnormal (``p < 2^-126`` is multiplied by ``2^126``) to float32's largest number gives the start of a
     unit-scale input, and a zero matrix stays zero. A float32 sum of squares of ``x`` itself would overflow beyond
     ~1e19 and underflow below ~1e-19; a float64 one is exact but costs 3x the whole prelude on a CPU.
-    ``ws``: the result is written into its buffer ``"x0"``. ``unit=False``: ``x / p`` only (the last two passes
-    skipped: for the scalings that bound the spectral norm from the Gram matrix).
+    ``ws``: the result is written into its buffer ``"x0"``, and an ``x`` it holds (scratch) is scaled in place.
+    ``unit=False``: ``x / p`` only (the last two passes skipped: for the scalings that bound the spectral norm from
+    the Gram matrix).
     """
     if not _is_torch(xp) or x.dtype != xp.float32:
         return None
@@ -260,7 +272,12 @@ def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None
     out = buffer(xp, ws, "x0", x.shape, work, x)
     if out is None:
         out = torch.empty(x.shape, dtype=work, device=x.device)
-    torch.mul(x, scale, out=out)
+    if out.dtype != x.dtype and ws is not None and ws.holds(x):
+        # torch multiplies into a float32 temporary before it casts (a fresh memory mapping per call for a large
+        # matrix, whose page faults cost more than the product): scratch input is scaled in place, then cast
+        out.copy_(x.mul_(scale))
+    else:
+        torch.mul(x, scale, out=out)
     if not unit:
         return out.mT if flip else out
     # the norm in the work dtype (accumulated in float32, rounded once): a float32 divisor would send the in-place

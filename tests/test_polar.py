@@ -233,6 +233,30 @@ def test_a_workspace_changes_the_memory_only(method, dtype):
         assert ws.nbytes == kept and second.data_ptr() == pointer, (method, shape)
 
 
+@pytest.mark.parametrize("method", ["newton_schulz", "auto"])
+def test_an_input_in_the_workspace_is_scratch(method):
+    """An input the workspace holds (the optimizer's estimates, in its buffer ``"c"``) is scaled in place before the
+    cast to the iterate dtype (no float32 temporary): the result is bit for bit that of a copy of it without a
+    workspace; an input it does not hold is left alone."""
+    torch = pytest.importorskip("torch")
+    from lmo.geometries import Workspace
+
+    solver = PolarSolver(method, dtype="bfloat16")
+    gen = torch.Generator().manual_seed(4)
+    for shape in ((12, 30), (30, 12), (3, 8, 20)):
+        g = torch.randn(shape, generator=gen) * 1e-3
+        ws = Workspace()
+        held = ws.take("c", shape, torch.float32, torch.device("cpu"))
+        held.copy_(g)
+        assert ws.holds(held) and ws.holds(held[0]) and not ws.holds(g)
+        got = solver.iterate(held, ws)
+        assert torch.equal(got, solver.iterate(g)), (method, shape)
+        assert not torch.equal(held, g)  # scratch: overwritten
+        before = g.clone()
+        solver.iterate(g, ws)
+        assert torch.equal(g, before)
+
+
 def test_a_workspace_is_shared_by_shapes_in_turn():
     """One buffer per role, as large as the largest request: a smaller or differently shaped request is a view of
     it (the parts of a plan alternate between shapes without reallocating)."""
