@@ -745,3 +745,23 @@ def test_inplace_is_decided_per_part_so_a_mixed_dtype_part_alone_is_pure():
     assert torch.equal(params[1], inits[1]) and torch.equal(params[2], inits[2])
     for a, b in zip(new, pure):
         assert torch.equal(a, b)
+
+
+def test_all_finite_flags_every_non_finite_entry_and_no_large_finite_one():
+    """The step's one finiteness test (:func:`lmo.optimizers._foreach.all_finite`): NaN, +inf and -inf anywhere in any
+    tensor of a mixed-dtype list give False; large finite tensors of every dtype, float16 ones whose sum exceeds
+    float16's range included, give True (no false alarm on ordinary values)."""
+    torch = pytest.importorskip("torch")
+    from lmo.optimizers import _foreach
+
+    def tensors():
+        return [torch.ones(300, 400, dtype=torch.float16), torch.full((1000, 100), 3e4, dtype=torch.bfloat16),
+                torch.randn(7, 5, dtype=torch.float64), torch.randn(64, 64)]
+
+    assert bool(_foreach.all_finite(tensors()))
+    for which in range(4):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            ts = tensors()
+            ts[which].view(-1)[ts[which].numel() // 2] = bad
+            assert not bool(_foreach.all_finite(ts)), (which, bad)
+    assert _foreach.all_finite([]) is None
