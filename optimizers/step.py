@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Plan", "Entry", "Batch", "Direction", "build_plan", "evaluate", "oracle_directions", "oracle_call",
            "run_step",
-           "group_for_oracle", "Executor", "CPU_BATCH_LIMIT", "CPU_TRANSPOSE_LIMIT", "STACK_ENTRIES"]
+           "group_for_oracle", "Executor", "CPU_BATCH_LIMIT", "CPU_TRANSPOSE_LIMIT", "STACK_ENTRIES", "STAGE_ENTRIES"]
 
 #: entries per matrix above which ``batch="auto"`` runs same-shape matrices one by one on a CPU without fast
 #: bfloat16 products (there one stacked float32 chain is no faster than one chain per matrix; with bfloat16 iterates,
@@ -56,6 +56,11 @@ CPU_TRANSPOSE_LIMIT = 256 * 256
 #: fresh memory-mapped allocations that the allocator returns to the system each step (24,000 page faults per
 #: step for sixteen 512 x 512 matrices on a CPU, 1.3x the time of one chain per matrix; benchmarks/muon_step.py)
 STACK_ENTRIES = 2**20
+#: entries per member from which a CPU casts a stack's low-precision directions into the stack's own (estimate)
+#: memory before the update: torch's mixed-dtype add converts its addend into a float32 temporary, and from 128 KiB
+#: (glibc's mmap threshold) such temporaries can be fresh mappings (150 page faults a step at d = 256 in
+#: benchmarks/muon_step.py); smaller members' temporaries come from the heap, and one copy per member costs more
+STAGE_ENTRIES = 2**15
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -135,6 +140,8 @@ class Plan:
     # per stacked batch: the stack its estimates are written into and its rows (views of the scratch's "c", made
     # on the first step and kept: a fresh stack per step is a fresh memory mapping, thousands of page faults a step)
     stacks: dict[int, tuple[Array, list[Array]]] = dataclasses.field(default_factory=dict)
+    # stacked batches whose directions are cast into their rows before the update (:data:`STAGE_ENTRIES`)
+    staged: frozenset[int] = frozenset()
     # the estimates' stack, the oracle iterations' temporaries and directions (for batches with ``workspace``): one
     # buffer per role, shared by the parts in turn
     scratch: Workspace = dataclasses.field(default_factory=Workspace)
@@ -181,8 +188,10 @@ def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) ->
     finite = driver.nonfinite != "ignore" and not hooked and driver.grad_transform is None
     estimate_entries = max((sum(math.prod(entries[i].shape) for i in b.members) for b in batches
                             if b.norm.ndim >= 2), default=0)
+    staged = frozenset(j for j, b in enumerate(batches) if b.stacked and _on_cpu(params[b.members[0]])
+                       and math.prod(entries[b.members[0]].shape) >= STAGE_ENTRIES)
     return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked, writable, finite=finite,
-                estimate_entries=estimate_entries)
+                estimate_entries=estimate_entries, staged=staged)
 
 
 def _takes_workspace(norm: Norm) -> bool:
@@ -479,9 +488,9 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
     else:  # x' = shrink x + (lr rho factor) d: the oracle's output is read once, in its own dtype
         ds = [_sharp(dr.direction, dr.dual) for dr in directions]
         coefficients = [lr * (r * dr.factor) for dr, r in zip(directions, radii)]
-        # a matrix alone (a large one: small ones are stacked) has its direction cast into its estimate's kept
-        # memory; a stack's matrices are small, and the mixed-dtype add is one pass fewer for them
-        staging = None if stacked else rows
+        # a matrix alone, and on a CPU a stack of large enough members (Plan.staged), has its direction cast into
+        # its estimate's kept memory; for smaller ones the mixed-dtype add is one pass fewer
+        staging = rows if not stacked or part[0] in plan.staged else None
         new_xs = _foreach.shrink_add_scaled(xs, shrink, ds, coefficients, inplace=write, staging=staging)
 
     if driver.retraction is not None:

@@ -236,11 +236,13 @@ def test_muon_step_is_in_place_with_the_registry_geometry():
 def test_the_step_keeps_its_memory_and_steps_as_without_it(method, monkeypatch):
     """After the first step a Muon step allocates no oracle memory: the estimates and the polar iteration live in
     buffers the plan keeps (``kept_nbytes()``, unchanged step after step), shared by a stack of squares, a matrix
-    alone and two tall ones in turn; the trajectory is bit for bit that of the same plan without a workspace."""
+    alone and two tall ones in turn, and the stack's bfloat16 directions are cast into its rows before the update
+    (``Plan.staged``); the trajectory is bit for bit that of the same plan without a workspace or staging."""
     from lmo.optimizers import step as step_module
 
     monkeypatch.setattr(step_module, "STACK_ENTRIES", 200)  # (8, 8) x 3 stacked; (30, 40) and (20, 6) alone
     monkeypatch.setattr(step_module, "CPU_TRANSPOSE_LIMIT", 16)
+    monkeypatch.setattr(step_module, "STAGE_ENTRIES", 64)
     gen = torch.Generator().manual_seed(8)
     shapes = [(8, 8), (8, 8), (8, 8), (30, 40), (20, 6), (20, 6)]
     inits = [torch.randn(s, generator=gen) for s in shapes]
@@ -248,6 +250,7 @@ def test_the_step_keeps_its_memory_and_steps_as_without_it(method, monkeypatch):
     with_ws = lo.Muon(kept, lr=0.05, weight_decay=0.1, method=method)
     with monkeypatch.context() as patched:  # its plan (made by the constructor) takes no workspace
         patched.setattr(step_module, "_takes_workspace", lambda norm: False)
+        patched.setattr(step_module, "STAGE_ENTRIES", 65)
         without = lo.Muon(plain, lr=0.05, weight_decay=0.1, method=method)
     sizes = []
     for t in range(3):
@@ -263,6 +266,7 @@ def test_the_step_keeps_its_memory_and_steps_as_without_it(method, monkeypatch):
     assert [len(b.members) for b in plan.batches] == [3, 1, 1, 1]
     assert all(b.workspace for b in plan.batches)
     assert not any(b.workspace for b in without._plans[0].plan.batches)
+    assert plan.staged == {0} and not without._plans[0].plan.staged
     assert sizes[0] > 0 and sizes == [sizes[0]] * 3
 
 
