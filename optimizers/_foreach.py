@@ -212,11 +212,12 @@ def shrink_add_scaled(
 def all_finite(arrays: Sequence[Array]) -> Any:
     """A 0-d boolean array, computed on the arrays' device and read once by the caller: True when every entry of
     every array is finite. False may be a false alarm (the caller confirms with an exact test, see
-    :func:`lmo.optimizers.driver.first_nonfinite`). torch, per dtype and device: on an accelerator one
-    ``_foreach_norm`` (a fused multi-tensor kernel; NaN or inf exactly when an entry is, or when the sum of squares
-    overflows, entries beyond ~1e19 in float32), on a CPU, where that kernel runs tensor by tensor anyway, one sum
-    per tensor (at least float32; 0.69 against 0.84 ms for a GPT's 48 tensors of 6.3M entries, 79 against 144 us at
-    0.4M; it overflows only beyond ~1e38 / entries). ``None`` for an empty list."""
+    :func:`lmo.optimizers.driver.first_nonfinite`). torch, per dtype and device: on an accelerator and under
+    ``torch.compile`` one ``_foreach_norm`` (a fused multi-tensor kernel; NaN or inf exactly when an entry is, or
+    when the sum of squares overflows, entries beyond ~1e19 in float32); in eager code on a CPU, where that kernel
+    runs tensor by tensor anyway, one sum per tensor (at least float32; 0.69 against 0.84 ms for a GPT's 48 tensors
+    of 6.3M entries, 79 against 144 us at 0.4M; it overflows only beyond ~1e38 / entries). ``None`` for an empty
+    list."""
     if not arrays:
         return None
     if all(_is_torch(a) for a in arrays):
@@ -227,7 +228,7 @@ def all_finite(arrays: Sequence[Array]) -> Any:
             buckets.setdefault((a.dtype, a.device), []).append(a)
         flags = []
         for (dtype, dev), bucket in buckets.items():
-            if dev.type == "cpu":
+            if dev.type == "cpu" and not torch.compiler.is_compiling():  # compiled: the fused form, as traced
                 wide = torch.float32 if dtype.itemsize < 4 else dtype
                 flags.append(torch.stack([a.sum(dtype=wide) for a in bucket]).isfinite().all())
             else:
