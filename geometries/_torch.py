@@ -255,7 +255,8 @@ def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None
     subnormal (``p < 2^-126`` is multiplied by ``2^126``) to float32's largest number gives the start of a
     unit-scale input, and a zero matrix stays zero. A float32 sum of squares of ``x`` itself would overflow beyond
     ~1e19 and underflow below ~1e-19; a float64 one is exact but costs 3x the whole prelude on a CPU.
-    ``ws``: the result is written into its buffer ``"x0"``, and an ``x`` it holds (scratch) is scaled in place.
+    ``ws``: the result is written into its buffer ``"x0"``, and on a CPU an ``x`` it holds (scratch) is scaled in
+    place.
     ``unit=False``: ``x / p`` only (the last two passes skipped: for the scalings that bound the spectral norm from
     the Gram matrix).
     """
@@ -272,9 +273,10 @@ def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None
     out = buffer(xp, ws, "x0", x.shape, work, x)
     if out is None:
         out = torch.empty(x.shape, dtype=work, device=x.device)
-    if out.dtype != x.dtype and ws is not None and ws.holds(x):
-        # torch multiplies into a float32 temporary before it casts (a fresh memory mapping per call for a large
-        # matrix, whose page faults cost more than the product): scratch input is scaled in place, then cast
+    if out.dtype != x.dtype and x.device.type == "cpu" and ws is not None and ws.holds(x):
+        # torch's CPU kernels multiply into a float32 temporary before they cast (a fresh memory mapping per call for
+        # a large matrix, whose page faults cost more than the product; CUDA casts inside the kernel): scratch input
+        # is scaled in place, then cast
         out.copy_(x.mul_(scale))
     else:
         torch.mul(x, scale, out=out)
