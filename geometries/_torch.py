@@ -39,8 +39,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["compiled", "scaled_add_matmul", "matmul", "cast", "add_diagonal", "combine", "frobenius_normalized",
-           "Workspace", "usable", "buffer"]
+__all__ = ["compiled", "scaled_add_matmul", "matmul", "symmetrized", "cast", "add_diagonal", "combine",
+           "frobenius_normalized", "Workspace", "usable", "buffer"]
 
 
 def _is_torch(xp: Any) -> bool:
@@ -101,14 +101,19 @@ class Workspace:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
 
+def _traced() -> bool:
+    """Whether ``torch.compile`` is tracing the caller (torch is imported: the caller holds a tensor)."""
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 def usable(xp: Any, ws: Workspace | None) -> Workspace | None:
     """``ws`` where the primitives can write into it (torch tensors, not traced by ``torch.compile``, which plans
     its own memory), else ``None``: decided once per call of an iteration."""
-    if ws is None or not _is_torch(xp):
+    if ws is None or not _is_torch(xp) or _traced():
         return None
-    import torch
-
-    return None if torch.compiler.is_compiling() else ws
+    return ws
 
 
 def buffer(xp: Any, ws: Workspace | None, role: str, shape: Any, dtype: Any, like: Any) -> Any:
@@ -182,11 +187,7 @@ def _panels(a: Any) -> list[int] | None:
         return None
     m, inner = a.shape
     k = min(SYMMETRIC_PANELS, m // least[0], m * inner // least[1])
-    if k < 2:
-        return None
-    import torch
-
-    if torch.compiler.is_compiling():
+    if k < 2 or _traced():
         return None
     return [m * i // k for i in range(k + 1)]
 
@@ -209,6 +210,15 @@ def _upper_triangle(first: Any, second: Any, out: Any, cuts: list[int], addend: 
     for lo, hi in zip(cuts[1:], cuts[2:]):
         out[lo:hi, :lo].copy_(out[:lo, lo:hi].mT)
     return out
+
+
+def symmetrized(xp: Any, r: Any, out: Any = None) -> Any:
+    """``(R + R^T) / 2`` (``out``: a torch buffer that is not ``R``, written in one pass as ``lerp(R, R^T, 1/2)``)."""
+    if out is not None and _is_torch(xp):
+        import torch
+
+        return torch.lerp(r, xp.matrix_transpose(r), 0.5, out=out)
+    return 0.5 * (r + xp.matrix_transpose(r))
 
 
 def cast(xp: Any, a: Any, dtype: Any, out: Any = None) -> Any:

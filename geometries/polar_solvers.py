@@ -57,6 +57,7 @@ from ._torch import (
     frobenius_normalized,
     matmul,
     scaled_add_matmul,
+    symmetrized,
     usable,
 )
 from .precision import DTYPES, iterate_dtype
@@ -492,7 +493,7 @@ def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ..
                 q, a = _first_factor(xp, x, coeffs, scaling, ws)  # Q in _first_factor's buffers, none of the loop's
                 if k + 1 < length:
                     qq = matmul(xp, q, q, out=out("hh"), symmetric=True)
-                    r = _symmetric(xp, matmul(xp, qq, a, out=out("rh")), out("r"))
+                    r = symmetrized(xp, matmul(xp, qq, a, out=out("rh")), out("r"))
             else:
                 if k == 0:  # a run starts
                     if q is not None:
@@ -507,20 +508,9 @@ def _gram_newton_schulz(xp: Namespace, x: Array, schedule: tuple[tuple[float, ..
                 q, q_role = h if q is None else matmul(xp, h, q, out=out(fresh)), fresh
                 if k + 1 < length:  # R is needed by the run's next step
                     hh = matmul(xp, h, h, out=out("hh"), symmetric=True)
-                    r = _symmetric(xp, matmul(xp, r, hh, out=out("rh")), out("r"))
+                    r = symmetrized(xp, matmul(xp, r, hh, out=out("rh")), out("r"))
             i += 1
     return _left(xp, q, x, ws, f"x{len(lengths) % 2}", transposed)
-
-
-def _symmetric(xp: Namespace, r: Array, out: Any = None) -> Array:
-    """``(R + R^T) / 2`` (into ``out``, a torch buffer that is not ``R``: one pass, as ``lerp(R, R^T, 1/2)``)."""
-    if out is not None:
-        import torch
-
-        return torch.lerp(r, xp.matrix_transpose(r), 0.5, out=out)
-    return 0.5 * (r + xp.matrix_transpose(r))
-
-
 
 
 # -- Polar Express coefficients -------------------------------------------------------------------------------------

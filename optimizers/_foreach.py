@@ -228,7 +228,7 @@ def all_finite(arrays: Sequence[Array]) -> Any:
             buckets.setdefault((a.dtype, a.device), []).append(a)
         flags = []
         for (dtype, dev), bucket in buckets.items():
-            if dev.type == "cpu" and not torch.compiler.is_compiling():  # compiled: the fused form, as traced
+            if dev.type == "cpu" and not compiling():  # compiled: the fused form, as traced
                 wide = torch.float32 if dtype.itemsize < 4 else dtype
                 flags.append(torch.stack([a.sum(dtype=wide) for a in bucket]).isfinite().all())
             else:
