@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["compiling", "can_write", "estimator", "stack_shape", "stack_rows", "shrink_factor", "shrink_add",
-           "shrink_add_scaled", "all_finite"]
+           "shrink_add_scaled", "all_finite", "increment"]
 
 Array = Any
 
@@ -143,11 +143,44 @@ def _shrunk(xs: Sequence[Array], shrink: Any, inplace: bool) -> list[Array]:
 
     xs = list(xs)
     unit = isinstance(shrink, float) and shrink == 1.0
+    if not unit:
+        shrink = _cpu_factor(shrink, xs[0])
     if inplace:
         if not unit:
             torch._foreach_mul_(xs, shrink)
         return xs
     return [x.clone() for x in xs] if unit else list(torch._foreach_mul(xs, shrink))
+
+
+def _cpu_factor(factor: Any, like: Array) -> Any:
+    """A number ``factor`` as a 0-d float32 tensor (float64 for a float64 list), for eager CPU lists of plain
+    tensors; anything else is returned as it is. torch's in-place CPU ``_foreach_mul_`` with a number wraps it
+    into a tensor of the list's dtype once per tensor: three more dispatches each (27 against 9 us for 16 matrices
+    of 64 x 64), and for bfloat16 and float16 a factor rounded to that dtype (a weight-decay shrink of 0.99787 became
+    0.99609 in bfloat16). With the tensor the product is ``x.mul_(factor)``'s, bit for bit, in every floating dtype
+    (a DTensor list would need a tensor of its mesh)."""
+    import torch
+
+    plain = type(like) in (torch.Tensor, torch.nn.Parameter)  # a DTensor parameter's type is DTensor
+    if (not isinstance(factor, float) or not plain or like.device.type != "cpu" or not like.is_floating_point()
+            or compiling()):
+        return factor
+    return torch.full((), factor, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+
+
+def increment(counters: Sequence[Array]) -> None:
+    """``t += 1`` for each 0-d torch tensor of ``counters`` (the step counts): with a list of one CPU tensor ``1``,
+    which torch's CPU ``_foreach_add_`` adds tensor by tensor without wrapping a number each time (13 against 34 us for
+    24 counters); a CPU 0-d tensor is added as a number to a counter on any device."""
+    import torch
+
+    counters = list(counters)
+    if not counters:
+        return
+    if compiling():
+        torch._foreach_add_(counters, 1.0)
+    else:
+        torch._foreach_add_(counters, [torch.ones((), dtype=torch.float32)] * len(counters))
 
 
 def _add_scaled_(out: Any, d: Any, coefficient: Any) -> None:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Plan", "Entry", "Batch", "Direction", "build_plan", "evaluate", "oracle_directions", "oracle_call",
            "run_step",
-           "group_for_oracle", "Executor", "CPU_BATCH_LIMIT", "CPU_TRANSPOSE_LIMIT", "STACK_ENTRIES", "STAGE_ENTRIES"]
+           "group_for_oracle", "Executor", "CPU_BATCH_LIMIT", "CPU_TRANSPOSE_LIMIT", "STACK_ENTRIES"]
 
 #: entries per matrix above which ``batch="auto"`` runs same-shape matrices one by one on a CPU without fast
 #: bfloat16 products (there one stacked float32 chain is no faster than one chain per matrix; with bfloat16 iterates,
@@ -56,11 +56,6 @@ CPU_TRANSPOSE_LIMIT = 256 * 256
 #: fresh memory-mapped allocations that the allocator returns to the system each step (24,000 page faults per
 #: step for sixteen 512 x 512 matrices on a CPU, 1.3x the time of one chain per matrix; benchmarks/muon_step.py)
 STACK_ENTRIES = 2**20
-#: entries per member from which a CPU casts a stack's low-precision directions into the stack's own (estimate)
-#: memory before the update: torch's mixed-dtype add converts its addend into a float32 temporary, and from 128 KiB
-#: (glibc's mmap threshold) such temporaries can be fresh mappings (150 page faults a step at d = 256 in
-#: benchmarks/muon_step.py); smaller members' temporaries come from the heap, and one copy per member costs more
-STAGE_ENTRIES = 2**15
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -140,7 +135,10 @@ class Plan:
     # per stacked batch: the stack its estimates are written into and its rows (views of the scratch's "c", made
     # on the first step and kept: a fresh stack per step is a fresh memory mapping, thousands of page faults a step)
     stacks: dict[int, tuple[Array, list[Array]]] = dataclasses.field(default_factory=dict)
-    # stacked batches whose directions are cast into their rows before the update (:data:`STAGE_ENTRIES`)
+    # stacked batches whose directions are cast into their rows before the update: on a CPU, where torch's
+    # mixed-dtype add converts its addend into a temporary (from 128 KiB, glibc's mmap threshold, a fresh mapping:
+    # 150 page faults a step at d = 256 in benchmarks/muon_step.py) and runs one dispatch per member, against one
+    # cast of the whole stack and a same-dtype foreach add
     staged: frozenset[int] = frozenset()
     # the estimates' stack, the oracle iterations' temporaries and directions (for batches with ``workspace``): one
     # buffer per role, shared by the parts in turn
@@ -188,8 +186,7 @@ def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) ->
     finite = driver.nonfinite != "ignore" and not hooked and driver.grad_transform is None
     estimate_entries = max((sum(math.prod(entries[i].shape) for i in b.members) for b in batches
                             if b.norm.ndim >= 2), default=0)
-    staged = frozenset(j for j, b in enumerate(batches) if b.stacked and _on_cpu(params[b.members[0]])
-                       and math.prod(entries[b.members[0]].shape) >= STAGE_ENTRIES)
+    staged = frozenset(j for j, b in enumerate(batches) if b.stacked and _on_cpu(params[b.members[0]]))
     return Plan(driver, tuple(entries), tuple(batches), parts, names, hooked, writable, finite=finite,
                 estimate_entries=estimate_entries, staged=staged)
 
@@ -295,8 +292,10 @@ def evaluate(
             continue
         geometries = [plan.entries[i].oracle for i in batch.members]
         arrays = [estimates[i] for i in batch.members]
-        found = oracle_call(batch.norm, geometries, arrays, batch.core, sharp, None if stacked is None else
-                            stacked.get(j), finite=plan.finite, workspace=plan.scratch if batch.workspace else None)
+        stack = None if stacked is None else stacked.get(j)
+        found = oracle_call(batch.norm, geometries, arrays, batch.core, sharp, stack, finite=plan.finite,
+                            workspace=plan.scratch if batch.workspace else None,
+                            stage=stack is not None and j in plan.staged)
         for i, direction in zip(batch.members, found):
             out[i] = direction
     return out
@@ -321,12 +320,14 @@ def oracle_directions(geometries: Sequence[ParamGeometry], estimates: Sequence[A
 
 def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequence[Array],
                 core: tuple[int, ...], sharp: bool, stacked: Array | None = None, *,
-                finite: bool = False, workspace: Workspace | None = None) -> list[Direction]:
+                finite: bool = False, workspace: Workspace | None = None, stage: bool = False) -> list[Direction]:
     """One call of ``norm``'s oracle on the estimates (in their geometries' views), stacked along a new leading
     axis when there are several (``stacked``: that stack, if the estimates are its rows already); the directions
     back in the estimates' shapes. ``finite``: the estimates are known finite (:attr:`Plan.finite`), and
     ``workspace`` the buffers the directions may live in until the next call (:attr:`Batch.workspace`), passed on
-    to :meth:`Norm.lmo_factored`."""
+    to :meth:`Norm.lmo_factored`. ``stage`` (with ``stacked``, which the caller no longer needs once the oracle has
+    read it): the directions are cast into ``stacked`` in one pass and returned as views of it, in the estimates'
+    dtype (:attr:`Plan.staged`)."""
     k = norm.ndim
     extra = {} if workspace is None else {"workspace": workspace}
     if len(estimates) == 1:
@@ -343,6 +344,8 @@ def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequ
                                 axis=0)
         d_all, factor = norm.lmo_factored(stacked, finite=finite, **extra)
         dual_all = norm.dual_norm(stacked) if sharp else None
+        if stage and d_all.dtype != stacked.dtype:
+            d_all = stacked.copy_(d_all)
         if all(len(shape) == k for shape in shapes):  # one matrix each (the common case): one split, no reshapes
             ds = list(xp.unstack(d_all))
             duals = [None] * len(ds) if dual_all is None else list(xp.unstack(dual_all))
@@ -488,9 +491,8 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
     else:  # x' = shrink x + (lr rho factor) d: the oracle's output is read once, in its own dtype
         ds = [_sharp(dr.direction, dr.dual) for dr in directions]
         coefficients = [lr * (r * dr.factor) for dr, r in zip(directions, radii)]
-        # a matrix alone, and on a CPU a stack of large enough members (Plan.staged), has its direction cast into
-        # its estimate's kept memory; for smaller ones the mixed-dtype add is one pass fewer
-        staging = rows if not stacked or part[0] in plan.staged else None
+        # a matrix alone has its direction cast into its estimate's kept memory (a staged stack's oracle did so)
+        staging = None if stacked else rows
         new_xs = _foreach.shrink_add_scaled(xs, shrink, ds, coefficients, inplace=write, staging=staging)
 
     if driver.retraction is not None:

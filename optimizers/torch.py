@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
 
-from . import validation
+from . import _foreach, validation
 from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, scion, sign_sgd, signum, uscion
 from .distributed import Distribution
 from .driver import MOMENTUM, Driver, NonFiniteGradientError, StepInfo, hook_slots
@@ -139,6 +140,8 @@ class DriverOptimizer(torch.optim.Optimizer):
         # distributed: who shares the oracle's work (lmo.optimizers.distributed); None is one process
         self._distribution = Distribution(process_group)
         self._plans: dict[int, _GroupPlan] = {}
+        # the momenta as the last step left them: id -> (weak reference, torch's version counter); see _finite
+        self._written: dict[int, tuple[weakref.ref, int]] = {}
         lr = defaults.get("lr")
         if lr is not None and not callable(lr):  # first, as torch.optim does (its errors come in this order)
             with renamed({"lr": ("lr", lr, self.messages.get("lr"))}):
@@ -220,6 +223,7 @@ class DriverOptimizer(torch.optim.Optimizer):
             if not isinstance(state.get("step"), torch.Tensor) and "step" in state:
                 state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
         self._plans.clear()
+        self._written.clear()
 
     def _check_state_dict(self, kind: Any, state_dict: Mapping[str, Any]) -> None:
         me = type(self).__name__
@@ -383,15 +387,21 @@ class DriverOptimizer(torch.optim.Optimizer):
 
     def _finite(self, work: list[_GroupStep]) -> bool:
         """Whether every checked gradient is finite (one test for all groups, read once); raises
-        :class:`NonFiniteGradientError` for a group with ``nonfinite="raise"``, returns False to skip the step."""
+        :class:`NonFiniteGradientError` for a group with ``nonfinite="raise"``, returns False to skip the step.
+
+        Besides the gradients the step reads the momenta, which may have been set or edited by hand since the last
+        step (a loaded state is checked when it is loaded). A momentum that is still the tensor the last step wrote,
+        at the version it left it (torch's counter of in-place writes, shared with every view), was computed from
+        finite gradients and momenta and is not read again; any other is. Only edits that bypass that counter
+        (through ``.data`` or a NumPy view) go unseen."""
         checked = [w for w in work if w.plan.driver.nonfinite != "ignore"]
         names = [n for w in checked for n in w.names]
         arrays = [g for w in checked for g in w.grads]
-        # what the step reads besides the gradients: the momenta (a state loaded or edited by hand)
+        every = _foreach.compiling()  # traced: no weak references or version counters in the graph
         for w in checked:
             for name, p in zip(w.names, w.params):
                 m = self.state[p].get(MOMENTUM) if p in self.state else None
-                if m is not None:
+                if m is not None and (every or not self._as_written(m)):
                     names.append(f"{name}.momentum_buffer")
                     arrays.append(m)
         if not arrays:
@@ -409,6 +419,22 @@ class DriverOptimizer(torch.optim.Optimizer):
             f"{what} (param group {owner.index}) holds NaN or Inf; nothing was changed (nonfinite='skip' skips "
             "such steps)"
         )
+
+    def _as_written(self, m: torch.Tensor) -> bool:
+        """Whether ``m`` is a momentum exactly as the last step left it (see :meth:`_finite`)."""
+        entry = self._written.get(id(m))
+        return entry is not None and entry[0]() is m and entry[1] == m._version
+
+    def _record_written(self, driver: Driver, states: list[dict[str, Any]]) -> None:
+        """Remember the momenta of ``states`` as this step leaves them, if their gradients were tested (not
+        ``nonfinite="ignore"``): plain tensors of one process (a sharded momentum, or ranks that must test the same
+        list, are always tested), not under ``torch.compile``."""
+        if driver.nonfinite == "ignore" or _foreach.compiling() or self._distribution.group is not None:
+            return
+        for state in states:
+            m = state.get(MOMENTUM)
+            if type(m) is torch.Tensor:
+                self._written[id(m)] = (weakref.ref(m), m._version)
 
     def _step_group(self, w: _GroupStep) -> None:
         driver = w.plan.driver
@@ -457,7 +483,8 @@ class DriverOptimizer(torch.optim.Optimizer):
             for p, x in zip(w.params, new):
                 if x is not p:
                     p.copy_(x)
-        torch._foreach_add_([state["step"] for state in states], 1.0)
+        _foreach.increment([state["step"] for state in states])
+        self._record_written(driver, states)
 
 
 def _step_counter() -> torch.Tensor:

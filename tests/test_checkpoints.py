@@ -142,6 +142,74 @@ def test_a_failure_in_the_last_parameter_of_the_last_group_changes_nothing(where
     _unchanged(opt, params, snap)
 
 
+def _inf_in_place(m):
+    m[0, 1] = float("inf")
+
+
+def _inf_through_a_view(m):
+    m.view(-1)[-1] = float("-inf")
+
+
+def _inf_through_detach(m):
+    m.detach().fill_(float("inf"))
+
+
+def _replaced(m):
+    return torch.full_like(m, float("inf"))
+
+
+def _copied_in(m):
+    m.copy_(torch.full_like(m, float("-inf")))
+
+
+@pytest.mark.parametrize("edit", [_inf_in_place, _inf_through_a_view, _inf_through_detach, _replaced, _copied_in])
+def test_a_momentum_edited_after_a_step_is_tested_again(edit):
+    """The step tests a momentum again only if it is no longer exactly what the last step left (torch's version
+    counter, shared with views and ``detach()``, or another tensor): every such edit is caught before any write (inf,
+    not NaN: the snapshot compares with ``torch.equal``)."""
+    params, opt = _stepped(lambda ps: lo.Muon(ps, lr=0.02))
+    p = params[1]
+    replacement = edit(opt.state[p]["momentum_buffer"])
+    if replacement is not None:
+        opt.state[p]["momentum_buffer"] = replacement
+    for q in params:
+        q.grad = torch.ones_like(q)
+    snap = _snapshot(opt, params)
+    with pytest.raises(lo.NonFiniteGradientError, match=r"momentum_buffer of parameter '0.1'"):
+        opt.step()
+    _unchanged(opt, params, snap)
+
+
+def test_a_momentum_as_the_last_step_left_it_is_not_read_again(monkeypatch):
+    """What the finiteness test reads on each step: every gradient, and a momentum only on the step after it was
+    set from outside (here a loaded state); the step's own momenta (zeros, then lerps of finite gradients and
+    momenta) are finite by construction."""
+    from lmo.optimizers import driver as driver_module
+
+    params = _params()
+    opt = lo.Muon(params, lr=0.02)
+    seen = []
+    real = driver_module.find_nonfinite
+
+    def spy(names, arrays):
+        seen.append(list(names))
+        return real(names, arrays)
+
+    monkeypatch.setattr(driver_module, "find_nonfinite", spy)
+    monkeypatch.setattr(opt._distribution, "nonfinite", lambda names, arrays: spy(names, arrays))
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        for q in params:
+            q.grad = torch.randn(q.shape, generator=gen)
+        opt.step()
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+    opt.step()
+    grads = ["0.0", "0.1"]
+    momenta = ["0.0.momentum_buffer", "0.1.momentum_buffer"]
+    assert seen == [grads, grads, grads, grads + momenta, grads]
+
+
 def test_a_momentum_of_the_wrong_shape_is_refused_at_the_step_before_any_write():
     params, opt = _stepped(lambda ps: lo.Signum(ps, lr=0.05))
     opt.state[params[1]]["momentum_buffer"] = torch.zeros(5, 3)

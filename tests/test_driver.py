@@ -602,7 +602,8 @@ def _bits(t):
     """A tensor's bit pattern (so that -0.0 and 0.0, or two NaNs, compare as what they are)."""
     import torch
 
-    return t.contiguous().view({torch.float64: torch.int64, torch.float32: torch.int32}[t.dtype])
+    return t.contiguous().view({torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
+                                torch.float16: torch.int16}[t.dtype])
 
 
 def _run_apply(driver, names, inits, grads_seq, *, inplace, executor=None):
@@ -726,6 +727,31 @@ def test_foreach_inplace_needs_torch_tensors():
         _foreach.shrink_add_scaled(xs, 0.9, ds, [0.1], inplace=True)
     with pytest.raises(ValueError, match="inplace=True needs torch tensors"):
         _foreach.shrink_add(xs, 0.9, ds, inplace=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+def test_the_update_is_torchs_scalar_arithmetic_bit_for_bit(dtype):
+    """``shrink_add_scaled`` (``x' = shrink x + a d``, in place and pure) gives the bits of torch's own
+    ``x.mul_(shrink).add_(d, alpha=a)`` with Python numbers, whatever form it hands the factor to torch in (a 0-d
+    tensor on a CPU: torch's in-place ``_foreach_mul_`` with a number rounds it to a bfloat16/float16 list's dtype
+    first, which this test caught); and ``increment`` adds one to every step counter."""
+    torch = pytest.importorskip("torch")
+    from lmo.optimizers import _foreach
+
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(9)
+    xs = [torch.randn(s, generator=gen).to(dt) for s in [(7, 5), (5, 7), (3,)]]
+    ds = [torch.randn(x.shape, generator=gen).to(torch.bfloat16) for x in xs]
+    shrink, a = 1 - 0.0213 * 0.1, -0.0371
+    expected = [x.clone().mul_(shrink).add_(d, alpha=a) for x, d in zip(xs, ds)]
+    pure = _foreach.shrink_add_scaled(xs, shrink, ds, [a] * 3)
+    inplace = _foreach.shrink_add_scaled([x.clone() for x in xs], shrink, ds, [a] * 3, inplace=True)
+    for e, p, q in zip(expected, pure, inplace):
+        assert torch.equal(_bits(e), _bits(p)) and torch.equal(_bits(e), _bits(q))
+    counters = [torch.zeros(()), torch.full((), 4.0, dtype=torch.float64), torch.zeros(1)]
+    _foreach.increment(counters)
+    assert [float(c) for c in counters] == [1.0, 5.0, 1.0]
+    assert [c.dtype for c in counters] == [torch.float32, torch.float64, torch.float32]
 
 
 def test_inplace_is_decided_per_part_so_a_mixed_dtype_part_alone_is_pure():

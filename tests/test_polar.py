@@ -3,6 +3,8 @@ generator, Gram == plain Newton-Schulz, batching, backends, dtypes, and the dtyp
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -231,6 +233,39 @@ def test_a_workspace_changes_the_memory_only(method, dtype):
         second = solver.iterate(g2, ws)
         assert torch.equal(second, solver.iterate(g2)), (method, shape)
         assert ws.nbytes == kept and second.data_ptr() == pointer, (method, shape)
+
+
+@pytest.mark.parametrize("work", ["bfloat16", "float32"])
+def test_the_start_is_torchs_prelude_at_every_scale(work):
+    """The fast start (float32 input on a CPU) is torch.optim.Muon's prelude ``X = G.to(work); X / X.norm()`` bit
+    for bit, per matrix of a batch and for transposed views; scaling the input by any power of two from 2^-100 to
+    2^124 (where the prelude's own float32 sum of squares under- or overflows) gives the same bits; a zero matrix
+    gives zeros; ``unit=False`` is the scaled cast alone, largest magnitude in [1/2, 1); an input the workspace does
+    not hold is only read."""
+    torch = pytest.importorskip("torch")
+    from lmo.geometries import Workspace
+    from lmo.geometries._torch import frobenius_normalized
+
+    dt = getattr(torch, work)
+    gen = torch.Generator().manual_seed(4)
+    for g in (torch.randn(12, 30, generator=gen) * 1e-3, torch.randn(30, 12, generator=gen).mT,
+              torch.randn(3, 8, 20, generator=gen) * 50, torch.zeros(5, 7)):  # rows of a batch of different scales
+        before = g.clone()
+        prelude = g.to(dt)
+        prelude = prelude / (prelude.norm(dim=(-2, -1), keepdim=True) + 1e-30)
+        for ws in (None, Workspace()):
+            start = frobenius_normalized(torch, g, dt, ws)
+            assert start.dtype == dt and start.shape == g.shape
+            assert torch.equal(start, prelude), (tuple(g.shape), ws)
+            assert torch.equal(g, before)
+        top = math.floor(math.log2(float(g.abs().max()))) if bool(g.any()) else 0
+        for k in (-100, -60, 60, 126):  # the largest magnitude in [2^k, 2^(k+1)): up to 1.7e38 (bfloat16's max 3.4e38)
+            scaled = (g.double() * 2.0 ** (k - top)).float()  # exact (a float32 factor 2^135 would be inf)
+            assert torch.equal(frobenius_normalized(torch, scaled, dt), prelude), (tuple(g.shape), k)
+        cast = frobenius_normalized(torch, g, dt, unit=False)
+        peak = g.double().abs().amax(dim=(-2, -1), keepdim=True)
+        exponent = torch.where(peak > 0, torch.floor(torch.log2(peak)) + 1, -125.0)
+        assert torch.equal(cast, (g.double() * 2.0**-exponent).to(dt))  # largest magnitude in [1/2, 1)
 
 
 @pytest.mark.parametrize("method", ["newton_schulz", "auto"])
