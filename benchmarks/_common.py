@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -84,11 +85,12 @@ def machine() -> dict[str, Any]:
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
                 faults: dict[str, float] | None = None) -> dict[str, float]:
-    """Median seconds of each callable, the repeats interleaved across callables (each repeat starts at the next
-    callable, so that none always runs right after the same other one: a step that follows another one finds the
-    caches holding that one's memory). ``faults``: a dict that receives each callable's mean count of minor page
-    faults per call (the process's, ``getrusage``; where available): fresh memory mappings faulted in, which a call
-    that allocates large temporaries pays every time."""
+    """Median seconds of each callable, the repeats interleaved across callables, each repeat in a new order (a
+    seeded shuffle), so that every callable follows each other one about equally often: a step that follows
+    another one finds the caches holding that one's memory (a fixed or rotated order keeps the same predecessor,
+    and at d = 64 in muon_step.py that alone moved a ratio by 0.05). ``faults``: a dict that receives each
+    callable's mean count of minor page faults per call (the process's, ``getrusage``; where available): fresh
+    memory mappings faulted in, which a call that allocates large temporaries pays every time."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -96,8 +98,10 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
     times: dict[str, list[float]] = {k: [] for k in fns}
     counted: dict[str, int] = {k: 0 for k in fns}
     names = list(fns)
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    order = random.Random(0)
+    for _ in range(repeats):
+        order.shuffle(names)
+        for name in names:
             fn = fns[name]
             before = _minor_faults()
             t0 = _clock()
