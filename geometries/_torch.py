@@ -39,7 +39,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["compiled", "scaled_add_matmul", "matmul", "symmetrized", "cast", "add_diagonal", "combine",
+__all__ = ["compiled", "scaled_add_matmul", "matmul", "symmetrized", "cast", "add_diagonal", "scaled", "combine",
            "frobenius_normalized", "Workspace", "usable", "buffer"]
 
 
@@ -239,6 +239,14 @@ def add_diagonal(xp: Any, a: Any, c: Any) -> Any:
         a.diagonal(dim1=-2, dim2=-1).add_(c[..., 0] if getattr(c, "ndim", 0) >= 2 else c)
         return a
     return a + c * xp.eye(a.shape[-1], dtype=a.dtype, device=_device(a))
+
+
+def scaled(xp: Any, a: Any, factor: Any) -> Any:
+    """``factor a`` (``factor`` a number or one per matrix, shape ``(..., 1, 1)``); torch: in place on ``a``, which
+    the caller owns."""
+    if _is_torch(xp):
+        return a.mul_(factor)
+    return a * factor
 
 
 def combine(xp: Any, a: Any, alpha: Any, b: Any, beta: Any) -> Any:

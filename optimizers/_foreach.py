@@ -59,11 +59,13 @@ def can_write(*lists: Sequence[Array]) -> bool:
     return all(t.device == dev and t.dtype == dt for lst in lists for t in lst)
 
 
-def _check_inplace(function: str, *lists: Sequence[Array]) -> None:
-    if lists[0] and not _torch_list(*lists):
+def _check_inplace(function: str, first: Sequence[Array], torch_lists: bool) -> None:
+    """``inplace=True`` on ``first`` (the list written into) needs torch lists (``torch_lists``, checked once by
+    the caller)."""
+    if first and not torch_lists:
         raise ValueError(
             f"{function}: inplace=True needs torch tensors (the generic array-API path is pure); got "
-            f"{type(lists[0][0]).__name__} arrays"
+            f"{type(first[0]).__name__} arrays"
         )
 
 
@@ -81,9 +83,10 @@ def estimator(
     returned as ``m'``; ``c`` is then ``moments`` itself when ``b1 = b2``. torch lists only. ``out``: tensors
     (torch, ``b1 != b2``) that receive ``c`` (the rows of a stacked oracle input: no stacking copy later).
     """
+    torch_lists = _torch_list(moments, grads)
     if inplace:
-        _check_inplace("estimator", moments, grads)
-    if moments and _torch_list(moments, grads):
+        _check_inplace("estimator", moments, torch_lists)
+    if torch_lists:
         import torch
 
         moments, grads = list(moments), list(grads)
@@ -199,9 +202,10 @@ def _add_scaled_(out: Any, d: Any, coefficient: Any) -> None:
 
 def shrink_add(xs: Sequence[Array], shrink: Any, updates: Sequence[Array], *, inplace: bool = False) -> list[Array]:
     """``[shrink * x + u]`` (``x + u`` when ``shrink == 1``); ``inplace``: written into ``xs`` (torch lists only)."""
+    torch_lists = _torch_list(xs, updates)
     if inplace:
-        _check_inplace("shrink_add", xs, updates)
-    if xs and _torch_list(xs, updates):
+        _check_inplace("shrink_add", xs, torch_lists)
+    if torch_lists:
         import torch
 
         out = _shrunk(xs, shrink, inplace)
@@ -222,9 +226,10 @@ def shrink_add_scaled(
     once the oracle has read it), into which a ``d`` of another dtype is cast first: torch's mixed-dtype add
     converts ``d`` into fresh memory, a fresh memory mapping on a CPU for a large matrix (page faults at every
     step)."""
+    torch_xs = _torch_list(xs)
     if inplace:
-        _check_inplace("shrink_add_scaled", xs)
-    if xs and _torch_list(xs) and all(_is_torch(d) for d in ds):
+        _check_inplace("shrink_add_scaled", xs, torch_xs)
+    if torch_xs and all(_is_torch(d) for d in ds):
         import torch
 
         if staging is not None and any(d.dtype != x.dtype for d, x in zip(ds, xs)):

@@ -358,6 +358,7 @@ class DriverOptimizer(torch.optim.Optimizer):
     def _gather(self, gi: int, group: dict[str, Any]) -> _GroupStep | None:
         """The group's parameters with a gradient, their gradients (checked) and its plan; nothing is written."""
         names, params, grads = [], [], []
+        states = self.state
         for name, p in zip(self._names(gi, group), group["params"]):
             g = self._gradient(p)
             if g is None:
@@ -370,7 +371,8 @@ class DriverOptimizer(torch.optim.Optimizer):
                                                 f"parameter {name!r} has one")
             if g.shape != p.shape:
                 raise ValueError(f"parameter {name!r}: gradient shape {tuple(g.shape)} != shape {tuple(p.shape)}")
-            m = self.state[p].get(MOMENTUM) if p in self.state else None
+            state = states.get(p)  # not states[p]: a defaultdict would add an empty state
+            m = state.get(MOMENTUM) if state else None
             if m is not None and m.shape != p.shape:
                 raise ValueError(f"parameter {name!r}: momentum_buffer has shape {tuple(m.shape)} != shape "
                                  f"{tuple(p.shape)}")
@@ -398,9 +400,11 @@ class DriverOptimizer(torch.optim.Optimizer):
         names = [n for w in checked for n in w.names]
         arrays = [g for w in checked for g in w.grads]
         every = _foreach.compiling()  # traced: no weak references or version counters in the graph
+        states = self.state
         for w in checked:
             for name, p in zip(w.names, w.params):
-                m = self.state[p].get(MOMENTUM) if p in self.state else None
+                state = states.get(p)
+                m = state.get(MOMENTUM) if state else None
                 if m is not None and (every or not self._as_written(m)):
                     names.append(f"{name}.momentum_buffer")
                     arrays.append(m)
