@@ -378,6 +378,22 @@ def test_muon_driver_matches_torch_muon_with_its_own_iteration(kwargs):
     assert diff < 3e-2, diff
 
 
+def _beside_torch_muon(init, kwargs, steps, gen, after=None):
+    """torch.optim.Muon and lo.Muon from copies of ``init``, stepped ``steps`` times on the same random gradients;
+    ``after(theirs, ours)`` must hold after every step."""
+    theirs = [torch.nn.Parameter(t.clone()) for t in init]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref, opt = torch.optim.Muon(theirs, **kwargs), lo.Muon(ours, **kwargs)
+    for t in range(steps):
+        for p, q in zip(theirs, ours):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad, q.grad = g.clone(), g.clone()
+        ref.step()
+        opt.step()
+        assert after is None or after(theirs, ours), t
+    return theirs, ours, ref, opt
+
+
 @skip_without("spectral")
 @pytest.mark.parametrize("kwargs", MUON_KWARGS)
 def test_muon_is_a_drop_in_for_torch_muon(kwargs):
@@ -397,15 +413,7 @@ def test_muon_is_a_drop_in_for_torch_muon(kwargs):
     shapes = [(32, 8), (8, 24), (12, 4)]
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen) for s in shapes]
-    theirs = [torch.nn.Parameter(t.clone()) for t in init]
-    ours = [torch.nn.Parameter(t.clone()) for t in init]
-    ref, opt = torch.optim.Muon(theirs, **kwargs), lo.Muon(ours, **kwargs)
-    for _ in range(10):
-        for p, q in zip(theirs, ours):
-            g = torch.randn(p.shape, generator=gen)
-            p.grad, q.grad = g.clone(), g.clone()
-        ref.step()
-        opt.step()
+    theirs, ours, ref, opt = _beside_torch_muon(init, kwargs, 10, gen)
     for p, q, p0 in zip(theirs, ours, init):
         moved = float((p.detach() - p0).norm())
         assert moved > 0.05
@@ -435,16 +443,8 @@ def test_muon_steps_as_torch_muon_bit_for_bit_where_it_iterates_in_bf16():
     shapes = [(64, 64)] * 3 + [(128, 32), (32, 128), (300, 200), (512, 512)]
     gen = torch.Generator().manual_seed(5)
     init = [torch.randn(s, generator=gen) * 0.02 for s in shapes]
-    theirs = [torch.nn.Parameter(t.clone()) for t in init]
-    ours = [torch.nn.Parameter(t.clone()) for t in init]
-    ref, opt = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1), lo.Muon(ours, lr=0.02, weight_decay=0.1)
-    for _ in range(3):
-        for p, q in zip(theirs, ours):
-            g = torch.randn(p.shape, generator=gen)
-            p.grad, q.grad = g.clone(), g.clone()
-        ref.step()
-        opt.step()
-        assert all(torch.equal(q, p) for p, q in zip(theirs, ours))
+    _, _, _, opt = _beside_torch_muon(init, dict(lr=0.02, weight_decay=0.1), 3, gen,
+                                      after=lambda theirs, ours: all(torch.equal(q, p) for p, q in zip(theirs, ours)))
     plan = opt._plans[0].plan
     assert sorted(len(b.members) for b in plan.batches) == [1, 1, 2, 3] and plan.staged
 
