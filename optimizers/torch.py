@@ -150,6 +150,20 @@ class DriverOptimizer(torch.optim.Optimizer):
         if any(self.configure(group).point is not None for group in self.param_groups):
             self._init_points()
 
+    # -- copies ----------------------------------------------------------------------------------------------------
+    _TRANSIENT: ClassVar[tuple[str, ...]] = ("_plans", "_written")  # rebuilt by the next step
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the plans and the record of the last step's momenta: ``copy.deepcopy`` and ``pickle``
+        give an optimizer that steps as this one (torch.optim's own state, ``defaults``, ``state`` and
+        ``param_groups``, leaves out what the constructor built, such as the distribution)."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._plans = {}
+        self._written = {}
+
     # -- the configuration ---------------------------------------------------------------------------------------
     def configure(self, group: Mapping[str, Any]) -> Driver:
         """The driver that this optimizer computes for the param group ``group`` (its hyperparameters validated:
@@ -432,12 +446,13 @@ class DriverOptimizer(torch.optim.Optimizer):
     def _record_written(self, driver: Driver, states: list[dict[str, Any]]) -> None:
         """Remember the momenta of ``states`` as this step leaves them, if their gradients were tested (not
         ``nonfinite="ignore"``): plain tensors of one process (a sharded momentum, or ranks that must test the same
-        list, are always tested), not under ``torch.compile``."""
+        list, are always tested), not under ``torch.compile``, and not inference tensors (a step under
+        ``torch.inference_mode`` makes its new momenta such tensors)."""
         if driver.nonfinite == "ignore" or _foreach.compiling() or self._distribution.group is not None:
             return
         for state in states:
             m = state.get(MOMENTUM)
-            if type(m) is torch.Tensor:
+            if type(m) is torch.Tensor and not m.is_inference():  # an inference tensor has no version counter
                 self._written[id(m)] = (weakref.ref(m), m._version)
 
     def _step_group(self, w: _GroupStep) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import pickle
 import re
 
 import pytest
@@ -210,6 +211,24 @@ def test_a_momentum_as_the_last_step_left_it_is_not_read_again(monkeypatch):
     assert seen == [grads, grads, grads, grads + momenta, grads]
 
 
+def test_a_step_under_inference_mode_tests_its_momenta_every_time():
+    """Momenta made by a step under ``torch.inference_mode`` are inference tensors, which have no version counter:
+    the step still runs, and such a momentum is tested on every step (a NaN written into it is caught)."""
+    params = _params()
+    opt = lo.Muon(params, lr=0.02)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        with torch.inference_mode():
+            opt.step()
+    m = opt.state[params[0]]["momentum_buffer"]
+    assert m.is_inference()
+    with torch.inference_mode():
+        m[0, 0] = float("inf")
+        with pytest.raises(lo.NonFiniteGradientError, match=r"momentum_buffer of parameter '0.0'"):
+            opt.step()
+
+
 def test_a_momentum_of_the_wrong_shape_is_refused_at_the_step_before_any_write():
     params, opt = _stepped(lambda ps: lo.Signum(ps, lr=0.05))
     opt.state[params[1]]["momentum_buffer"] = torch.zeros(5, 3)
@@ -367,3 +386,36 @@ def test_every_checkpoint_reads_with_weights_only_and_continues(make):
         opt.step()
         again.step()
         assert all(torch.equal(p, t) for p, t in zip(params, twins))
+
+
+@pytest.mark.parametrize("make", [m for _, m in _every_optimizer()] + [lambda ps: lo.Muon(ps, lr=0.02)],
+                         ids=[n for n, _ in _every_optimizer()] + ["Muon"])
+def test_a_copied_optimizer_steps_as_the_original(make):
+    """``copy.deepcopy`` (and for Muon ``pickle``) of a stepped optimizer: the copy, with its own copies of the
+    parameters, steps bit for bit as the original on the same gradients, and leaves the original untouched (torch's
+    ``__getstate__`` keeps only defaults, state and groups; the plans are rebuilt by the copy's first step)."""
+    params = _params()
+    opt = make(params)
+    private = isinstance(opt, lo.DPOptimizer)
+
+    def step(o, seed):
+        g = torch.Generator().manual_seed(seed)
+        for p in o.param_groups[0]["params"] + [q for group in o.param_groups[1:] for q in group["params"]]:
+            if private:
+                p.grad_sample = torch.randn((4, *p.shape), generator=g)
+            else:
+                p.grad = torch.randn(p.shape, generator=g)
+        o.step()
+
+    for seed in (1, 2):
+        step(opt, seed)
+    copies = [copy.deepcopy(opt)] + ([pickle.loads(pickle.dumps(opt))] if isinstance(opt, lo.Muon) else [])
+    before = [p.detach().clone() for p in params]
+    for twin in copies:
+        step(twin, 3)
+        assert all(torch.equal(p, b) for p, b in zip(params, before))  # the original's parameters are not shared
+    step(opt, 3)
+    ours = [p for group in opt.param_groups for p in group["params"]]
+    for twin in copies:
+        theirs = [p for group in twin.param_groups for p in group["params"]]
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
