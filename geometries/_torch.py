@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["compiled", "scaled_add_matmul", "matmul", "symmetrized", "cast", "add_diagonal", "scaled", "combine",
-           "frobenius_normalized", "Workspace", "usable", "buffer"]
+           "power_of_two_below", "frobenius_normalized", "Workspace", "usable", "buffer"]
 
 
 def _is_torch(xp: Any) -> bool:
@@ -263,14 +263,16 @@ def _device(a: Any) -> Any:
     return device(a)
 
 
-def _power_of_two_scale(peak: Any) -> Any:
-    """Per matrix, the power of two ``2^-k`` that takes the largest magnitude ``peak`` (float32, ``(..., 1, 1)``)
-    into ``[1/2, 1)``, from ``peak``'s exponent bits (exact). ``2^k`` is kept within ``[2^-126, 2^125]``: a zero
-    or subnormal ``peak`` is multiplied by ``2^125``, and the factor itself is a normal number."""
-    import torch
+def power_of_two_below(xp: Any, peak: Any, top: float = 2.0**127) -> Any:
+    """``2^floor(log2 peak)`` per entry, kept within ``[2^-126, top]`` (a zero or subnormal ``peak`` gives
+    ``2^-126``): a normal power of two, which scales exactly. float32 torch input: from its exponent bits."""
+    if _is_torch(xp) and peak.dtype == xp.float32:
+        import torch
 
-    power = (peak.view(torch.int32) & 0x7F800000).view(torch.float32)  # 2^floor(log2 peak); 0 below normal
-    return power.clamp_(min=2.0**-126, max=2.0**124).mul_(2).reciprocal_()
+        power = (peak.view(torch.int32) & 0x7F800000).view(torch.float32)  # 0 below normal
+        return power.clamp_(min=2.0**-126, max=top)
+    inside = xp.minimum(xp.maximum(peak, xp.full_like(peak, 2.0**-126)), xp.full_like(peak, top))
+    return 2.0 ** xp.floor(xp.log2(inside))
 
 
 def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None, *, unit: bool = True) -> Any | None:
@@ -301,7 +303,9 @@ def frobenius_normalized(xp: Any, x: Any, work: Any, ws: Workspace | None = None
         x = x.mT
     high = torch.amax(x, dim=(-2, -1), keepdim=True)
     low = torch.amin(x, dim=(-2, -1), keepdim=True)
-    scale = _power_of_two_scale(torch.maximum(high, low.neg_()))
+    # 2^-k with the largest magnitude p in [1/2, 1) (2^k within [2^-126, 2^125]: a subnormal p is multiplied by
+    # 2^125, the factor itself stays normal)
+    scale = power_of_two_below(xp, torch.maximum(high, low.neg_()), top=2.0**124).mul_(2).reciprocal_()
     out = buffer(xp, ws, "x0", x.shape, work, x)
     if out is None:
         out = torch.empty(x.shape, dtype=work, device=x.device)

@@ -56,6 +56,7 @@ from ._torch import (
     compiled,
     frobenius_normalized,
     matmul,
+    power_of_two_below,
     scaled,
     scaled_add_matmul,
     symmetrized,
@@ -422,12 +423,11 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
         # sum of squares of A^2 itself underflows for the start of an input whose every entry is subnormal (largest
         # start entry down to 2^-24, A^2's 2^-96; the first step then gave 0). Exact, so that the bound and the
         # factor below have the same bits as without it for every other input.
-        power = _power_of_two_below(xp, xp.max(xp.linalg.diagonal(a2), axis=-1)[..., None, None])
+        power = power_of_two_below(xp, xp.max(xp.linalg.diagonal(a2), axis=-1)[..., None, None])
         a2 = scaled(xp, a2, 1 / power)
         bound = xp.sqrt(_frobenius(xp, a2) * power)  # t^2
     else:
-        power = None
-        a2 = None
+        a2 = power = None
         bound = _frobenius(xp, wide)
     # 1 / t^2, and 0 for a zero input (X_0 = 0: the step must give 0, where 1 / tiny would give 0 * inf = NaN);
     # a nonzero X_0 of unit Frobenius norm has t^2 >= 1 / min(m, n)
@@ -442,13 +442,6 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
     if q.dtype != a.dtype:
         q = cast(xp, q, a.dtype, out=buffer(xp, ws, "q", shape, a.dtype, a))
     return q, a
-
-
-def _power_of_two_below(xp: Namespace, peak: Array) -> Array:
-    """``2^floor(log2 peak)`` per entry (1 where ``peak`` is 0): a factor that divides exactly."""
-    positive = peak > 0
-    return xp.where(positive, 2.0 ** xp.floor(xp.log2(xp.where(positive, peak, xp.ones_like(peak)))),
-                    xp.ones_like(peak))
 
 
 def _frobenius(xp: Namespace, a: Array) -> Array:

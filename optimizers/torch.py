@@ -161,8 +161,8 @@ class DriverOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._plans = {}
-        self._written = {}
+        for name in self._TRANSIENT:  # both are dicts, empty until the next step
+            setattr(self, name, {})
 
     # -- the configuration ---------------------------------------------------------------------------------------
     def configure(self, group: Mapping[str, Any]) -> Driver:
