@@ -268,7 +268,8 @@ def fsdp_nonfinite(rank: int, world: int, out: str) -> None:
 
 def dtensor_layouts(rank: int, world: int, out: str) -> None:
     """DTensors beyond FSDP2's dim-0 sharding: Shard(1) (columns, gathered along dim 1), Replicate (work dealt out
-    over the mesh), and a 2-D mesh (Replicate, Shard(0)) (every rank evaluates the whole matrix)."""
+    over the mesh), and a 2-D mesh (Replicate, Shard(0)) (every rank evaluates the whole matrix); with a float and
+    with a tensor lr, under a schedule."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
@@ -280,21 +281,25 @@ def dtensor_layouts(rank: int, world: int, out: str) -> None:
     shapes = [(6, 7), (6, 7), (5, 4), (5, 4), (7, 5)]
     init = [torch.randn(s) for s in shapes]
     grads = [[torch.randn(s) for s in shapes] for _ in range(STEPS)]
-    ref = [nn.Parameter(x.clone()) for x in init]
-    ref_opt = lo.Muon(ref, lr=0.1, weight_decay=0.1)
-    params = [nn.Parameter(distribute_tensor(x.clone(), m, p)) for x, (m, p) in zip(init, layouts)]
-    opt = lo.Muon(params, lr=0.1, weight_decay=0.1, process_group=mesh1)
-    for t in range(STEPS):
-        for p, q, g, (m, pl) in zip(ref, params, grads[t], layouts):
-            p.grad = g.clone()
-            q.grad = distribute_tensor(g.clone(), m, pl)
-        ref_opt.step()
-        opt.step()
-    assert opt.distribution.last.paths == ("gather", "gather", "owner", "owner", "full"), opt.distribution.last
-    for i, (p, q) in enumerate(zip(ref, params)):
-        assert q.placements == tuple(layouts[i][1])
-        err = float((q.detach().full_tensor() - p.detach()).abs().max())
-        assert err <= ATOL, f"DTensor layout {layouts[i][1]}: differs from one process by {err:.3g}"
+    for lr in (0.1, torch.tensor(0.1)):  # a tensor lr under a schedule too: its factors meet DTensors of two meshes
+        ref = [nn.Parameter(x.clone()) for x in init]
+        ref_opt = lo.Muon(ref, lr=0.1, weight_decay=0.1)
+        params = [nn.Parameter(distribute_tensor(x.clone(), m, p)) for x, (m, p) in zip(init, layouts)]
+        opt = lo.Muon(params, lr=lr, weight_decay=0.1, process_group=mesh1)
+        schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 / (1 + t)) for o in (ref_opt, opt)]
+        for t in range(STEPS):
+            for p, q, g, (m, pl) in zip(ref, params, grads[t], layouts):
+                p.grad = g.clone()
+                q.grad = distribute_tensor(g.clone(), m, pl)
+            ref_opt.step()
+            opt.step()
+            for s in schedules:
+                s.step()
+        assert opt.distribution.last.paths == ("gather", "gather", "owner", "owner", "full"), opt.distribution.last
+        for i, (p, q) in enumerate(zip(ref, params)):
+            assert q.placements == tuple(layouts[i][1])
+            err = float((q.detach().full_tensor() - p.detach()).abs().max())
+            assert err <= ATOL, f"DTensor layout {layouts[i][1]}, lr {lr!r}: differs from one process by {err:.3g}"
 
 
 def _dp_muon(model: nn.Module, **kw):
