@@ -4,11 +4,16 @@ torch.optim.Muon -- warm-up time, recompilations, steady step time, and agreemen
 The parameter set is the hidden matrices of a GPT-style stack of width d (per layer four ``d x d``, one ``4d x d``,
 one ``d x 4d``; random gradients, a fresh set per step, the same for every configuration). Each configuration gets a
 fresh ``torch._dynamo`` state and inductor's caches are disabled (``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``), so the
-warm-up is a cold compile. Warm-up: the wall time of the first ``--warmup`` compiled steps (compilation included);
-steady: the median wall time of the following steps (interleaved with nothing: one configuration at a time, since
-each holds its own compiled code). ``graphs`` counts the distinct graphs dynamo compiled; ``recompiles`` how many
+warm-up is a cold compile. Warm-up: the wall time of the first ``--warmup`` compiled steps (compilation included),
+one configuration at a time. ``graphs`` counts the distinct graphs dynamo compiled; ``recompiles`` how many
 compilations happened after the warm-up (the target is 0). ``vs eager``: the largest relative difference between the
 compiled and the eager optimizer's parameters after the same steps.
+
+Steady: both configurations compiled side by side in one dynamo state, then their steps (each with its
+``schedule.step()``) timed interleaved in a new random order every repeat (``_common.interleaved``, the process's CPU
+time by default), the median per configuration: a load that changes during the run moves both alike (timed one
+after the other, the same code measured 1.02 and 1.20x of torch's on this machine within an hour). ``eager ms``: the
+eager steps, timed in the same interleaved rounds.
 
 Usage: ``python benchmarks/muon_compile.py [--quick] [--json PATH] [--threads N] [--widths 64,256]``.
 """
@@ -16,7 +21,6 @@ Usage: ``python benchmarks/muon_compile.py [--quick] [--json PATH] [--threads N]
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 
@@ -27,7 +31,7 @@ import torch  # noqa: E402
 import lmo.optimizers as lo  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parser, report, setup  # noqa: E402
+from _common import interleaved, parser, report, setup  # noqa: E402
 
 
 def shapes(d: int, layers: int) -> list[tuple[int, int]]:
@@ -37,8 +41,9 @@ def shapes(d: int, layers: int) -> list[tuple[int, int]]:
     return out
 
 
-def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, float, int, int, list[torch.Tensor]]:
-    """``(warm-up s, steady s, graphs, recompiles, params)`` of ``len(grads)`` steps of ``make``'s optimizer."""
+def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, int, int, list[torch.Tensor]]:
+    """``(warm-up s, graphs, recompiles, params)`` of ``len(grads)`` steps of ``make``'s optimizer, timed one at a
+    time on the wall clock."""
     import torch._dynamo as dynamo
 
     gen = torch.Generator().manual_seed(0)
@@ -60,7 +65,37 @@ def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, float, 
         if t + 1 == warmup:
             graphs_after_warmup = dynamo.utils.counters["stats"]["unique_graphs"]
     graphs = dynamo.utils.counters["stats"]["unique_graphs"]
-    return sum(times[:warmup]), statistics.median(times[warmup:]), graphs, graphs - graphs_after_warmup, params
+    return sum(times[:warmup]), graphs, graphs - graphs_after_warmup, params
+
+
+def steady_times(configs: dict, sizes: list[tuple[int, int]], grads: list[list[torch.Tensor]], warmup: int,
+           repeats: int, faults: dict[str, float]) -> dict[str, float]:
+    """Median seconds of each configuration's compiled and eager step (keys ``name`` and ``name, eager``), all
+    compiled first (one dynamo state), then timed interleaved; ``faults`` receives their minor page faults per
+    step."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    fns = {}
+    for name, make in configs.items():
+        for compiled in (True, False):
+            gen = torch.Generator().manual_seed(0)
+            params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in sizes]
+            opt = make(params)
+            schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 0.1 * t))
+            step = torch.compile(opt.step) if compiled else opt.step
+            for gs in grads[:warmup]:
+                for p, g in zip(params, gs):
+                    p.grad = g
+                step()
+                schedule.step()
+
+            def fn(step=step, schedule=schedule) -> None:
+                step()
+                schedule.step()
+
+            fns[name if compiled else f"{name}, eager"] = fn
+    return interleaved(fns, repeats, faults=faults)
 
 
 def main() -> None:
@@ -68,10 +103,10 @@ def main() -> None:
     p.add_argument("--widths", default=None, help="comma-separated widths d (default 64,256; quick: 16)")
     p.add_argument("--warmup", type=int, default=3, help="steps counted as warm-up (default 3)")
     args = p.parse_args()
-    args.clock = "wall"  # compilation happens on the host's wall clock
-    setup(args)
+    setup(args)  # the warm-up is timed on the wall clock (compilation), the steady steps on args.clock
     widths = [int(w) for w in args.widths.split(",")] if args.widths else ([16] if args.quick else [64, 256])
-    steps = args.repeats or (6 if args.quick else 15)
+    steps = 6 if args.quick else 15
+    repeats = args.repeats or (3 if args.quick else 21)
     configs = {
         "torch.optim.Muon": lambda ps: torch.optim.Muon(ps, lr=torch.tensor(0.02)),
         "lmo Muon": lambda ps: lo.Muon(ps, lr=torch.tensor(0.02)),
@@ -83,16 +118,21 @@ def main() -> None:
         grads = [[torch.randn(s, generator=gen) for s in sizes] for _ in range(args.warmup + steps)]
         results = {}
         for name, make in configs.items():
-            warm, steady, graphs, recompiles, compiled = run(make, sizes, grads, args.warmup, True)
-            _, eager_steady, _, _, eager = run(make, sizes, grads, args.warmup, False)
+            warm, graphs, recompiles, compiled = run(make, sizes, grads, args.warmup, True)
+            _, _, _, eager = run(make, sizes, grads, args.warmup, False)
             diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(compiled, eager))
-            results[name] = (warm, steady, graphs, recompiles, eager_steady, diff)
+            results[name] = [warm, None, graphs, recompiles, None, diff, None]
+        faults: dict[str, float] = {}
+        times = steady_times(configs, sizes, grads, args.warmup, repeats, faults)
+        for name, r in results.items():
+            r[1], r[4], r[6] = times[name], times[f"{name}, eager"], faults[name]
         base = results["torch.optim.Muon"]
-        for name, (warm, steady, graphs, recompiles, eager_steady, diff) in results.items():
-            rows.append([d, name, round(warm, 2), warm / base[0], steady * 1e3, steady / base[1], graphs, recompiles,
-                         eager_steady * 1e3, f"{diff:.1e}"])
-    report(args, "muon_compile", ["d", "optimizer", "warm-up s", "warm-up vs torch", "steady ms", "steady vs torch",
-                                  "graphs", "recompiles after warm-up", "eager ms", "vs eager"], rows,
+        for name, (warm, steady, graphs, recompiles, eager_steady, diff, fault) in results.items():
+            rows.append([d, name, round(warm, 2), warm / base[0], steady * 1e3, steady / base[1], round(fault),
+                         graphs, recompiles, eager_steady * 1e3, f"{diff:.1e}"])
+    headers = ["d", "optimizer", "warm-up s", "warm-up vs torch", "steady ms", "steady vs torch", "page faults / step",
+               "graphs", "recompiles after warm-up", "eager ms", "vs eager"]
+    report(args, "muon_compile", headers, rows,
            {"targets": "warm-up <= 2x torch.optim.Muon's, steady <= 1x torch's compiled step, 0 recompiles after "
                        "warm-up, results equal to eager"})
 
