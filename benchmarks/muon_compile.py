@@ -15,7 +15,19 @@ time by default), the median per configuration: a load that changes during the r
 after the other, the same code measured 1.02 and 1.20x of torch's on this machine within an hour). ``eager ms``: the
 eager steps, timed in the same interleaved rounds.
 
-Usage: ``python benchmarks/muon_compile.py [--quick] [--json PATH] [--threads N] [--widths 64,256]``.
+``page faults / step``: the process's minor page faults per steady step. A compiled graph allocates its temporaries
+at every call (inductor plans them; there are no kept buffers under compile). glibc's malloc serves a block above
+its mmap threshold from a fresh mapping and returns the free top of its heap to the system beyond its trim
+threshold; both start low (128 KiB) and rise with the largest mapped block freed so far, up to 32 MiB (the trim
+threshold to twice that). In this benchmark's process nothing larger than the step's own 4 MiB temporaries was ever
+freed, so a graph whose temporaries add up to more than 8 MiB has them trimmed and faults them in again at every
+step. A training process has freed larger blocks (activations and their gradients: ``32 x 256`` tokens of width 256
+in float32 are 8 MiB) and keeps them: ``--warm-allocator`` frees one 28 MiB block before anything else, as such a
+process has. ``--memory-planning`` compiles both configurations with inductor's ``memory_planning`` option (one pool
+for a graph's temporaries), which keeps them as well.
+
+Usage: ``python benchmarks/muon_compile.py [--quick] [--json PATH] [--threads N] [--widths 64,256]
+[--memory-planning] [--warm-allocator]``.
 """
 
 from __future__ import annotations
@@ -41,6 +53,9 @@ def shapes(d: int, layers: int) -> list[tuple[int, int]]:
     return out
 
 
+OPTIONS: dict[str, object] = {}  # inductor options of every torch.compile call (--memory-planning)
+
+
 def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, int, int, list[torch.Tensor]]:
     """``(warm-up s, graphs, recompiles, params)`` of ``len(grads)`` steps of ``make``'s optimizer, timed one at a
     time on the wall clock."""
@@ -52,7 +67,7 @@ def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, int, in
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 0.1 * t))
     dynamo.reset()
     dynamo.utils.counters.clear()
-    step = torch.compile(opt.step) if compiled else opt.step
+    step = torch.compile(opt.step, options=OPTIONS) if compiled else opt.step
     times = []
     graphs_after_warmup = 0
     for t, gs in enumerate(grads):
@@ -83,7 +98,7 @@ def steady_times(configs: dict, sizes: list[tuple[int, int]], grads: list[list[t
             params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in sizes]
             opt = make(params)
             schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 0.1 * t))
-            step = torch.compile(opt.step) if compiled else opt.step
+            step = torch.compile(opt.step, options=OPTIONS) if compiled else opt.step
             for gs in grads[:warmup]:
                 for p, g in zip(params, gs):
                     p.grad = g
@@ -102,7 +117,16 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--widths", default=None, help="comma-separated widths d (default 64,256; quick: 16)")
     p.add_argument("--warmup", type=int, default=3, help="steps counted as warm-up (default 3)")
+    p.add_argument("--memory-planning", action="store_true",
+                   help="compile both with inductor's memory_planning option (one pool for a graph's temporaries)")
+    p.add_argument("--warm-allocator", action="store_true",
+                   help="free one 28 MiB block first, as a training process has (glibc's thresholds then at most)")
     args = p.parse_args()
+    if args.memory_planning:
+        OPTIONS["memory_planning"] = True
+    if args.warm_allocator:
+        block = torch.zeros(7 << 20, dtype=torch.float32)  # 28 MiB, from a mapping of its own
+        del block
     setup(args)  # the warm-up is timed on the wall clock (compilation), the steady steps on args.clock
     widths = [int(w) for w in args.widths.split(",")] if args.widths else ([16] if args.quick else [64, 256])
     steps = 6 if args.quick else 15
