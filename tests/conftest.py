@@ -1,7 +1,8 @@
 """Shared test set-up: hypothesis profiles and the array backends every generic test runs on.
 
-Profiles: ``dev`` (quick, the default on a workstation) and ``ci`` (at least 200 examples per case, derandomized;
-chosen when ``CI`` is set, or by ``HYPOTHESIS_PROFILE=ci``).
+Profiles: ``dev`` (quick, randomized: the default on a workstation), ``ci`` (100 examples per case, derandomized;
+chosen when ``CI`` is set, or by ``HYPOTHESIS_PROFILE=ci``) and ``deep`` (1000 randomized examples per case: a
+search for counterexamples before a release, ``HYPOTHESIS_PROFILE=deep``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ settings.register_profile(
 )
 settings.register_profile(
     "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "deep", max_examples=1000, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
