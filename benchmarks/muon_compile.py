@@ -13,7 +13,8 @@ Steady: both configurations compiled side by side in one dynamo state, then thei
 ``schedule.step()``) timed interleaved in a new random order every repeat (``_common.interleaved``, the process's CPU
 time by default), the median per configuration: a load that changes during the run moves both alike (timed one
 after the other, the same code measured 1.02 and 1.20x of torch's on this machine within an hour). ``eager ms``: the
-eager steps, timed in the same interleaved rounds.
+eager steps, timed in the same interleaved rounds. The steady steps reuse the warm-up's last gradients (the compiled
+code does not depend on their values).
 
 ``page faults / step``: the process's minor page faults per steady step. A compiled graph allocates its temporaries
 at every call (inductor plans them; there are no kept buffers under compile). glibc's malloc serves a block above
@@ -84,7 +85,7 @@ def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, int, in
 
 
 def steady_times(configs: dict, sizes: list[tuple[int, int]], grads: list[list[torch.Tensor]], warmup: int,
-           repeats: int, faults: dict[str, float]) -> dict[str, float]:
+                 repeats: int, faults: dict[str, float]) -> dict[str, float]:
     """Median seconds of each configuration's compiled and eager step (keys ``name`` and ``name, eager``), all
     compiled first (one dynamo state), then timed interleaved; ``faults`` receives their minor page faults per
     step."""
