@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
@@ -57,15 +58,21 @@ def shapes(d: int, layers: int) -> list[tuple[int, int]]:
 OPTIONS: dict[str, object] = {}  # inductor options of every torch.compile call (--memory-planning)
 
 
+def optimizer(make, sizes) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
+    """``(params, optimizer, schedule)``: fresh parameters of ``sizes`` (the same for every configuration), ``make``'s
+    optimizer on them and its ``LambdaLR`` schedule."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in sizes]
+    opt = make(params)
+    return params, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 0.1 * t))
+
+
 def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, int, int, list[torch.Tensor]]:
     """``(warm-up s, graphs, recompiles, params)`` of ``len(grads)`` steps of ``make``'s optimizer, timed one at a
     time on the wall clock."""
     import torch._dynamo as dynamo
 
-    gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in sizes]
-    opt = make(params)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 0.1 * t))
+    params, opt, schedule = optimizer(make, sizes)
     dynamo.reset()
     dynamo.utils.counters.clear()
     step = torch.compile(opt.step, options=OPTIONS) if compiled else opt.step
@@ -95,10 +102,7 @@ def steady_times(configs: dict, sizes: list[tuple[int, int]], grads: list[list[t
     fns = {}
     for name, make in configs.items():
         for compiled in (True, False):
-            gen = torch.Generator().manual_seed(0)
-            params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in sizes]
-            opt = make(params)
-            schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 0.1 * t))
+            params, opt, schedule = optimizer(make, sizes)
             step = torch.compile(opt.step, options=OPTIONS) if compiled else opt.step
             for gs in grads[:warmup]:
                 for p, g in zip(params, gs):

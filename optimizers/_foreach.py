@@ -155,17 +155,9 @@ def _shrunk(xs: Sequence[Array], shrink: Any, inplace: bool) -> list[Array]:
         return xs if inplace else [x.clone() for x in xs]
     shrink = _cpu_factor(shrink, xs[0])
     if not isinstance(shrink, float) and type(xs[0]) not in (torch.Tensor, torch.nn.Parameter):
-        # DTensors and a tensor factor (a tensor lr): one list per device mesh, since DTensor replicates a plain 0-d
-        # operand of a foreach op on the first tensor's mesh and refuses the others' (one group may hold several)
-        meshes: dict[Any, list[int]] = {}
-        for i, x in enumerate(xs):
-            meshes.setdefault(getattr(x, "device_mesh", None), []).append(i)
-        if len(meshes) > 1:
-            out = list(xs)
-            for idx in meshes.values():
-                for i, y in zip(idx, _shrunk([xs[i] for i in idx], shrink, inplace)):
-                    out[i] = y
-            return out
+        # DTensors and a tensor factor (a tensor lr): tensor by tensor, as _add_scaled_ adds them, since DTensor
+        # replicates a plain 0-d operand of a foreach op on the first tensor's mesh only (a group may hold several)
+        return [x.mul_(shrink) for x in xs] if inplace else [x * shrink for x in xs]
     if inplace:
         torch._foreach_mul_(xs, shrink)
         return xs
