@@ -169,7 +169,7 @@ def main() -> None:
     widths = [int(w) for w in args.widths.split(",")] if args.widths else ([32] if args.quick else [64, 256, 512])
     rows = []
     for d in widths:
-        repeats = args.repeats or (2 if args.quick else (61 if d <= 64 else 11 if d <= 256 else 7))
+        repeats = args.repeats or (2 if args.quick else (61 if d <= 64 else 31 if d <= 256 else 15))
         triples = gpt_gradients(d, layers=2 if args.quick else 4, device=args.device)
         bases = spectra(triples)
         configs = configurations(0.02, 0.1)

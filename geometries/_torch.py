@@ -217,10 +217,19 @@ def _upper_triangle(first: Any, second: Any, out: Any, cuts: list[int], addend: 
 
 
 def symmetrized(xp: Any, r: Any, out: Any = None) -> Any:
-    """``(R + R^T) / 2`` (``out``: a torch buffer that is not ``R``, written in one pass as ``lerp(R, R^T, 1/2)``)."""
+    """``(R + R^T) / 2`` (``out``: a torch buffer that is not ``R``, written as ``lerp(R, R^T, 1/2)``).
+
+    On a CPU, for a contiguous ``R``, ``R^T`` is first copied into ``out`` matrix by matrix, then the lerp reads both
+    contiguously, in place on ``out``: torch copies a transposed 2-D matrix in cache-sized blocks but a transposed
+    stack element by element, and a lerp reading one operand transposed is as slow (a stack of four 256 x 256
+    bfloat16 matrices: 153 against 366 us). The same values bit for bit."""
     if out is not None and _is_torch(xp):
         import torch
 
+        if r.device.type == "cpu" and r.is_contiguous() and r.ndim >= 2 and out.is_contiguous():
+            for o, m in zip(out.view(-1, *out.shape[-2:]), r.view(-1, *r.shape[-2:])):
+                o.copy_(m.mT)
+            return torch.lerp(r, out, 0.5, out=out)
         return torch.lerp(r, xp.matrix_transpose(r), 0.5, out=out)
     return 0.5 * (r + xp.matrix_transpose(r))
 

@@ -23,7 +23,10 @@ One interface, :func:`polar` (and the reusable, hashable :class:`PolarSolver` be
     ``m x n`` input with ``m << n`` each step costs ``O(m^3)`` instead of ``O(m^2 n)``. The recursion has no
     self-correction, so it iterates in at least float32. Polar Express coefficients by default.
 ``"auto"``
-    Polar Express coefficients; the Gram variant when the aspect ratio is at least 4, the plain one otherwise.
+    The fastest solver at least as orthogonal as the default (:data:`AUTO_STEPS` Polar Express steps from
+    ``[AUTO_LOWER, 1]`` after the ``s8`` scaling, in the iterate dtype): the Gram variant in runs of
+    :data:`AUTO_RUNS` steps on matrices of aspect ratio at least :data:`AUTO_GRAM_ASPECT` (2), the plain one
+    otherwise.
 
 Scale safety: every input is first divided by its largest entry (in the input's wide dtype), so ``1e-30`` and
 ``1e30`` matrices give the same factor as unit ones and nothing overflows; a zero matrix gives zero. Then the input is

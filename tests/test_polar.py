@@ -379,6 +379,31 @@ def test_symmetric_products_are_formed_by_their_upper_triangle(dtype):
     assert torch.equal(T.matmul(torch, stack, stack.mT, symmetric=True), stack @ stack.mT)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+def test_symmetrized_is_the_mean_with_the_transpose_bit_for_bit(dtype):
+    """``symmetrized(R, out)`` (the Gram iteration's re-symmetrisation) is ``lerp(R, R^T, 1/2)`` bit for bit: for a
+    contiguous CPU ``R`` (a matrix, a stack, a 4-D batch; the transposes copied matrix by matrix into ``out``) and for
+    a strided one (read transposed); exactly symmetric in bfloat16 (each entry the rounded mean of two bfloat16
+    numbers); without ``out`` the array-API expression."""
+    torch = pytest.importorskip("torch")
+    from lmo.backend import namespace
+    from lmo.geometries import _torch as T
+
+    dt, xp = getattr(torch, dtype), namespace(torch.zeros(1))
+    gen = torch.Generator().manual_seed(7)
+    for shape in ((70, 70), (4, 64, 64), (2, 3, 9, 9)):
+        for strided in (False, True):
+            store = torch.randn(shape, generator=gen).to(dt)
+            r = store.mT if strided else store
+            out = torch.empty(shape, dtype=dt)
+            got = T.symmetrized(xp, r, out)
+            assert got.data_ptr() == out.data_ptr(), (dtype, shape, strided)
+            assert torch.equal(got, torch.lerp(r, r.mT, 0.5)), (dtype, shape, strided)
+            if dtype == "bfloat16":
+                assert torch.equal(got, got.mT), (shape, strided)
+            assert torch.allclose(T.symmetrized(xp, r), 0.5 * (r + r.mT)), (dtype, shape, strided)
+
+
 @pytest.mark.parametrize("method", ["newton_schulz", "auto"])
 def test_the_upper_triangle_products_change_only_the_rounding(method, monkeypatch):
     """The iteration with the symmetric products in panels against the same iteration with plain products
