@@ -446,7 +446,7 @@ class Driver:
         """The check of a learning rate value for this driver: a finite number ``>= 0`` (or a one-element tensor,
         checked once on the host) with ``lr * decay <= 1``; returns it (a number as a float)."""
         lr = validation.learning_rate(name, lr)
-        if self.decay and float(lr) * self.decay > 1:
+        if self.decay and validation.scalar(lr) * self.decay > 1:
             raise HyperparameterError(name, lr, f"at most 1 / decay = {1 / self.decay:g} (lr * decay must be <= 1: "
                                       "the factor 1 - lr * decay would flip x)")
         return lr

@@ -8,8 +8,9 @@ group), validation of gradients. A named class is a table from its torch argumen
 Resolve once, step simply: each param group's :class:`~lmo.optimizers.step.Plan` (each parameter's geometry, view
 and radius, the same-shape batches, the validated hyperparameters) is made when the group is first stepped and
 kept until a hyperparameter other than ``lr`` changes (or the group's parameters do). ``step()`` reads each
-group's ``lr`` -- a float, or a 0-d tensor that schedulers update in place and that is never read on the host --
-checks all gradients at once, then runs :func:`lmo.optimizers.step.run_step` per group::
+group's ``lr`` -- a number, or a one-element tensor that schedulers update in place and that is never read on the
+host (taken as a 0-d view; whatever was set in ``param_groups`` is checked before anything is written) -- checks
+all gradients at once, then runs :func:`lmo.optimizers.step.run_step` per group::
 
     Optimizer.step -> DriverOptimizer._step_group -> run_step (estimator, one batched oracle, update)
 
@@ -110,6 +111,7 @@ class _GroupStep:
     names: list[str]
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
+    lr: Any  # the group's lr as the step uses it (_step_lr)
 
 
 class UnsupportedParameterError(ValueError, RuntimeError):
@@ -134,6 +136,10 @@ class DriverOptimizer(torch.optim.Optimizer):
     configuration: ClassVar[Callable[..., Driver]]
     arguments: ClassVar[Mapping[str, str]] = {}
     messages: ClassVar[Mapping[str, str]] = {}
+    #: torch names whose ``messages`` compare numbers ("... should be >= 0 but is: ..."): that wording is used for
+    #: numbers and tensors, and any other value (a string, None) gets this library's message, which says what is
+    #: expected (torch itself raises a bare TypeError there)
+    compared: ClassVar[frozenset[str]] = frozenset()
     accepts_private_drivers: ClassVar[bool] = False  # drivers that take per-example gradients: the DP classes
 
     def __init__(self, params: Any, defaults: dict[str, Any], process_group: Any = None) -> None:
@@ -144,7 +150,7 @@ class DriverOptimizer(torch.optim.Optimizer):
         self._written: dict[int, tuple[weakref.ref, int]] = {}
         lr = defaults.get("lr")
         if lr is not None and not callable(lr):  # first, as torch.optim does (its errors come in this order)
-            with renamed({"lr": ("lr", lr, self.messages.get("lr"))}):
+            with renamed({"lr": ("lr", lr, self._wording("lr", lr))}):
                 validation.learning_rate("lr", lr)
         super().__init__(params, defaults)
         if any(self.configure(group).point is not None for group in self.param_groups):
@@ -169,9 +175,17 @@ class DriverOptimizer(torch.optim.Optimizer):
         """The driver that this optimizer computes for the param group ``group`` (its hyperparameters validated:
         ``ValueError`` naming the torch argument)."""
         kwargs = {keyword: group[name] for name, keyword in self.arguments.items()}
-        names = {keyword: (name, group[name], self.messages.get(name)) for name, keyword in self.arguments.items()}
+        names = {keyword: (name, group[name], self._wording(name, group[name]))
+                 for name, keyword in self.arguments.items()}
         with renamed(names):
             return type(self).configuration(**kwargs)
+
+    def _wording(self, name: str, value: Any) -> str | None:
+        """torch's wording of an error in the torch argument ``name`` (``messages``), if it fits ``value``."""
+        message = self.messages.get(name)
+        if name in self.compared and not (validation.is_number(value) or hasattr(value, "shape")):
+            return None
+        return message
 
     @property
     def distribution(self) -> Distribution:
@@ -396,10 +410,7 @@ class DriverOptimizer(torch.optim.Optimizer):
         if not params:
             return None
         plan = self._plan(gi, group, names, params)
-        lr = group["lr"]
-        if isinstance(lr, (int, float)):  # a tensor lr was checked when the group was made; it is not read here
-            plan.driver.check_lr(lr)
-        return _GroupStep(gi, group, plan, names, params, grads)
+        return _GroupStep(gi, group, plan, names, params, grads, _step_lr(gi, group["lr"], plan.driver))
 
     def _finite(self, work: list[_GroupStep]) -> bool:
         """Whether every checked gradient is finite (one test for all groups, read once); raises
@@ -480,12 +491,12 @@ class DriverOptimizer(torch.optim.Optimizer):
                 break
             names, params = [w.names[j] for j in part], [w.params[j] for j in part]
             sub = _GroupStep(w.index, w.group, build_plan(driver, names, params), names, params,
-                             [w.grads[j] for j in part])
+                             [w.grads[j] for j in part], w.lr)
             self._run(sub, [states[j] for j in part], index)
 
     def _run(self, w: _GroupStep, states: list[dict[str, Any]], step: Any) -> None:
         driver = w.plan.driver
-        lr = driver.learning_rate(step) if callable(driver.lr) else w.group["lr"]
+        lr = driver.learning_rate(step) if callable(driver.lr) else w.lr
         xs = [s[ITERATE] for s in states] if driver.point is not None else w.params
         # the parameters (or iterates) and momenta are the optimizer's own: the step writes into them unless a hook
         # needs the pure step; the states are the slots (run_step sets the new momentum and hook slots there)
@@ -504,6 +515,25 @@ class DriverOptimizer(torch.optim.Optimizer):
                     p.copy_(x)
         _foreach.increment([state["step"] for state in states])
         self._record_written(driver, states)
+
+
+def _step_lr(index: int, lr: Any, driver: Driver) -> Any:
+    """The lr of param group ``index`` as the step uses it, checked before anything is written (it may have been
+    set in ``param_groups`` since the group was made): a number ``>= 0`` with ``lr * decay <= 1``, as a float (NumPy
+    scalars and one-element arrays too: host values, as torch.optim takes them); a one-element real torch tensor, as
+    a 0-d view of itself (its value is not read, which would be a host sync per step: it was checked when the group
+    was made); a schedule (``callable``), which the driver evaluates per step. Anything else is a ``ValueError``
+    naming the group."""
+    try:
+        if isinstance(lr, torch.Tensor):
+            return validation.tensor_learning_rate("lr", lr)
+        if callable(lr):
+            return lr
+        if not isinstance(lr, (int, float)) and getattr(lr, "size", None) == 1 and hasattr(lr, "item"):
+            lr = lr.item()  # a NumPy scalar or one-element array (a bool stays a bool, refused by the check)
+        return driver.check_lr(lr)
+    except validation.HyperparameterError as err:
+        raise validation.HyperparameterError("lr", lr, err.requirement, f"param group {index}: {err}") from None
 
 
 def _step_counter() -> torch.Tensor:
@@ -662,6 +692,7 @@ class Muon(DriverOptimizer):
     messages = {"lr": "Learning rate should be >= 0 but is: {value}",
                 "weight_decay": "weight decay should be >= 0 but is: {value}",
                 "adjust_lr_fn": "Adjust learning rate function {value} is not supported"}
+    compared = frozenset({"lr", "weight_decay"})
 
     def __init__(
         self,

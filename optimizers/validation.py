@@ -19,6 +19,8 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "HyperparameterError",
     "renamed",
@@ -28,6 +30,8 @@ __all__ = [
     "choice",
     "probability",
     "learning_rate",
+    "tensor_learning_rate",
+    "scalar",
     "is_number",
 ]
 
@@ -134,20 +138,41 @@ def choice(name: str, value: Any, options: Sequence[Any]) -> Any:
 
 
 def learning_rate(name: str, value: Any) -> Any:
-    """A learning rate: a finite number ``>= 0`` (returned as a float) or a one-element tensor of any library
-    (returned as it is, so that a scheduler that updates it in place, and ``torch.compile``, see one object).
+    """A learning rate: a finite number ``>= 0`` (returned as a float; a NumPy scalar is one) or a one-element
+    tensor of any library (:func:`tensor_learning_rate`: as it is when 0-d, else a 0-d view of itself).
 
     The tensor's value is checked once, here: it is read on the host, so this runs when a param group is made,
     not at every step.
     """
+    if isinstance(value, np.generic) and isinstance(value, (np.integer, np.floating)):
+        value = value.item()  # a host number (a NumPy bool or complex scalar is refused below)
     if is_number(value):
         return real(name, value, 0.0)
-    shape = getattr(value, "shape", None)
-    if shape is None:
-        raise HyperparameterError(name, value, "a finite number >= 0 or a one-element tensor")
-    if math.prod(tuple(shape)) != 1:
-        raise HyperparameterError(name, value, "a one-element tensor", f"Tensor {name} must be 1-element")
-    number = float(value.reshape(()) if hasattr(value, "reshape") else value)
+    value = tensor_learning_rate(name, value)
+    number = scalar(value)
     if not (math.isfinite(number) and number >= 0):
         raise HyperparameterError(name, value, "a finite number >= 0")
     return value
+
+
+def tensor_learning_rate(name: str, value: Any) -> Any:
+    """The checks of a tensor learning rate that read no value, so that a step may make them (a tensor set in a
+    param group after the group was made): one element, of a real dtype (not bool or complex). Returns it as it
+    is when it is 0-d, else as a 0-d view of itself (a view: a scheduler's in-place updates stay visible)."""
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        raise HyperparameterError(name, value, "a finite number >= 0 or a one-element tensor")
+    shape = tuple(shape)
+    if math.prod(shape) != 1:
+        raise HyperparameterError(name, value, "a one-element tensor",
+                                  f"Tensor {name} must be 1-element; got shape {shape}")
+    kind = str(getattr(value, "dtype", ""))
+    if "bool" in kind or "complex" in kind:
+        raise HyperparameterError(name, value, f"a one-element tensor of a real dtype (not {kind})")
+    return value if not shape else value.reshape(())
+
+
+def scalar(value: Any) -> float:
+    """The number a learning rate stands for: a number, or the value of a one-element tensor or array of any shape
+    (read on the host: for checks made once, not per step)."""
+    return float(value.reshape(()) if hasattr(value, "reshape") else value)

@@ -142,6 +142,78 @@ def test_bad_group_added_later_is_rejected_and_not_kept():
     assert len(opt.param_groups) == 1
 
 
+@skip_without("spectral")
+def test_every_learning_rate_torch_takes_steps_and_an_unusable_one_changes_nothing():
+    """The lr forms torch.optim.Muon takes -- a number, a NumPy scalar or one-element array, a one-element tensor of
+    any shape -- step lo.Muon as the same number (a tensor as a 0-d tensor, bit for bit), given to the constructor
+    or set in ``param_groups`` later; an lr the step cannot use, set in ``param_groups`` after the group was made,
+    is a ``ValueError`` naming the group before anything is written (parameters, momenta and step counts as they
+    were). At construction a value that is not a number gets this library's message (torch's wording, kept for
+    numbers, says "should be >= 0")."""
+
+    def stepped(lr, later=False):
+        gen = torch.Generator().manual_seed(2)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in ((6, 4), (6, 4), (3, 5))]
+        opt = lo.Muon(params, lr=0.3 if later else lr)
+        if later:
+            opt.param_groups[0]["lr"] = lr
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        return params
+
+    for lr, same in ((np.float32(0.25), 0.25), (np.array([0.25]), 0.25), (np.array(0.25), 0.25),
+                     (np.int64(1), 1.0), (torch.tensor([0.25]), torch.tensor(0.25)),
+                     (torch.tensor([[0.25]]), torch.tensor(0.25))):
+        for later in (False, True):
+            for ours, want in zip(stepped(lr, later), stepped(same, later)):
+                assert torch.equal(ours, want), (lr, later)
+
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(6, 4, generator=gen)), torch.nn.Parameter(torch.randn(3, 5))]
+    opt = lo.Muon(params, lr=0.1)
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(4, 4))]})
+    for p in [*params, *opt.param_groups[1]["params"]]:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    for bad, words in (("0.1", "lr must be a finite number >= 0 or a one-element tensor; got lr='0.1'"),
+                       (None, "got lr=None"), (True, "got lr=True"), (-1.0, "lr must be a finite number >= 0"),
+                       (torch.tensor([0.1, 0.2]), r"Tensor lr must be 1-element; got shape \(2,\)"),
+                       (torch.tensor(True), "real dtype"), (torch.tensor(0.1j), "real dtype")):
+        every = [p for g in opt.param_groups for p in g["params"]]
+        before = [p.detach().clone() for p in every]
+        state = [{k: v.clone() for k, v in opt.state[p].items()} for p in every]
+        opt.param_groups[1]["lr"] = bad
+        with pytest.raises(ValueError, match="param group 1: .*" + words):
+            opt.step()
+        for p, b, s in zip(every, before, state):
+            assert torch.equal(p.detach(), b), bad
+            assert all(torch.equal(opt.state[p][k], v) for k, v in s.items()), bad
+    for bad in ("0.1", None, [0.1]):
+        with pytest.raises(ValueError, match="lr must be a finite number >= 0 or a one-element tensor"):
+            lo.Muon([torch.nn.Parameter(torch.randn(3, 3))], lr=bad)
+    with pytest.raises(ValueError, match="Learning rate should be >= 0 but is: -1.0"):  # torch's own wording
+        lo.Muon([torch.nn.Parameter(torch.randn(3, 3))], lr=-1.0)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got weight_decay='x'"):
+        lo.Muon([torch.nn.Parameter(torch.randn(3, 3))], weight_decay="x")
+
+
+def test_a_one_element_learning_rate_of_any_shape_steps_the_pure_driver():
+    """The driver takes a NumPy scalar as the number it is and a one-element tensor of any shape as a 0-d view of
+    itself (so that in-place updates of the tensor reach the steps)."""
+    lr = torch.tensor([0.2])
+    driver = lo.sign_sgd(lr=lr)
+    assert driver.lr.shape == () and driver.lr.data_ptr() == lr.data_ptr()
+    assert lo.sign_sgd(lr=np.float32(0.25)).lr == 0.25 and isinstance(lo.sign_sgd(lr=np.float32(0.25)).lr, float)
+    params, grads = {"w": torch.ones(3)}, {"w": torch.tensor([1.0, -2.0, 0.0])}
+    new, _ = driver.step(params, grads, driver.init(params))
+    lr.fill_(0.5)
+    later, _ = driver.step(params, grads, driver.init(params))
+    assert torch.allclose(new["w"], torch.tensor([0.8, 1.2, 1.0]))
+    assert torch.allclose(later["w"], torch.tensor([0.5, 1.5, 1.0]))
+
+
 def test_gradient_point_hook_through_the_adapter_matches_the_functional_loop():
     class Extrapolate(lo.GradientPoint):
         def init(self, name, param):
