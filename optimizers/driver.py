@@ -619,7 +619,7 @@ class Driver:
         if self.per_example:
             _check_per_example(names, params, grads, type(self.grad_transform).__name__)
         else:
-            _check_grad_shapes(names, params, grads)
+            _check_grads(names, params, grads)
         lr = self.learning_rate(step)
         bad = None if self.nonfinite == "ignore" else find_nonfinite(names, grads)
         if bad is not None:
@@ -657,10 +657,23 @@ def first_nonfinite(names: Sequence[str], arrays: Sequence[Array]) -> str | None
     return None
 
 
-def _check_grad_shapes(names: Sequence[str], params: Sequence[Array], grads: Sequence[Array]) -> None:
+def _check_grads(names: Sequence[str], params: Sequence[Array], grads: Sequence[Array]) -> None:
+    """Each gradient has its parameter's shape and dtype (as torch's autograd keeps ``p.grad``: the step's in-place
+    kernels take one dtype, and a promoted momentum would change the state's dtype)."""
     for name, x, g in zip(names, params, grads):
         if tuple(g.shape) != tuple(x.shape):
             raise ValueError(f"parameter {name!r}: gradient shape {tuple(g.shape)} != shape {tuple(x.shape)}")
+        _check_grad_dtype(name, x, g)
+
+
+def _check_grad_dtype(name: str, x: Array, g: Array) -> None:
+    if g.dtype != x.dtype:
+        where = f"parameter {name!r} of shape {tuple(x.shape)}"
+        if namespace(g) is not namespace(x):
+            raise ValueError(f"{where}: the gradient is a {type(g).__module__}.{type(g).__name__}, the parameter a "
+                             f"{type(x).__module__}.{type(x).__name__} (one array library per parameter)")
+        raise ValueError(f"{where}: gradient dtype {g.dtype} != dtype {x.dtype} (cast the gradient to the "
+                         "parameter's dtype)")
 
 
 def _check_per_example(names: Sequence[str], params: Sequence[Array], grads: Sequence[Array], hook: str) -> None:
@@ -672,6 +685,7 @@ def _check_per_example(names: Sequence[str], params: Sequence[Array], grads: Seq
                 f"(B, *{tuple(x.shape)}); got shape {tuple(g.shape)} (torch: per-example gradients are p.grad_sample, "
                 f"see lmo.privacy.per_sample_grads; a private driver runs in lmo.optimizers.DPOptimizer)"
             )
+        _check_grad_dtype(name, x, g)
         if batch is None:
             batch = g.shape[0]
         elif g.shape[0] != batch:

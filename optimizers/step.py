@@ -153,11 +153,16 @@ class Plan:
 
 def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) -> Plan:
     """Resolve ``driver`` for these parameters: geometries (the rule runs once per parameter), views, radii,
-    batches and parts. Raises ``ValueError`` naming a parameter whose geometry does not fit its shape."""
+    batches and parts. Raises ``ValueError`` naming a parameter whose geometry does not fit its shape, or that is
+    not of a floating dtype (an integer or bool array; the torch classes refuse complex parameters at the step, as
+    torch.optim does)."""
     names = tuple(names)
     entries = []
     for name, x in zip(names, params):
         shape = tuple(x.shape)
+        if not namespace(x).isdtype(x.dtype, ("real floating", "complex floating")):
+            raise ValueError(f"parameter {name!r} of shape {shape} has dtype {x.dtype}; a step needs parameters of a "
+                             "floating dtype")
         geo = driver.geometry_for(name, shape)
         stateful = stateful_oracle(geo.norm)
         oracle = geo if stateful else _wide(geo, shape, x)

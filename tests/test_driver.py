@@ -115,6 +115,26 @@ def test_mismatched_grads_and_state_are_rejected():
         driver.step(x, x, {})
 
 
+def test_gradients_of_another_dtype_or_library_and_integer_parameters_are_refused_naming_them():
+    """A gradient must have its parameter's dtype and array library (as ``p.grad`` does in torch: the step's kernels
+    take one dtype, and a promoted momentum would change the state's dtype), and a parameter a floating dtype; each
+    refusal names the parameter and its shape, and the step returns nothing (the state handed in is untouched)."""
+    driver = lo.signum(0.1, beta=0.9)
+    x = {"a": np.ones((2, 3), dtype=np.float32)}
+    state = driver.init(x)
+    slots = {(k, kk): np.array(vv, copy=True) for k, v in state["slots"].items() for kk, vv in v.items()}
+    assert slots
+    with pytest.raises(ValueError, match=r"parameter 'a' of shape \(2, 3\): gradient dtype float64 != dtype float32"):
+        driver.step(x, {"a": np.ones((2, 3))}, state)
+    assert all(np.array_equal(state["slots"][k][kk], v) for (k, kk), v in slots.items())
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"the gradient is a torch.Tensor, the parameter a numpy.ndarray"):
+        driver.step(x, {"a": torch.ones(2, 3)}, state)
+    ints = {"n": torch.ones(4, dtype=torch.int64)}
+    with pytest.raises(ValueError, match=r"parameter 'n' of shape \(4,\) has dtype torch.int64; .* floating dtype"):
+        driver.step(ints, ints, driver.init(ints))
+
+
 # -- the estimator, learning rate and decay --------------------------------------------------------------------------
 _SEEN: list = []
 
