@@ -350,6 +350,10 @@ def flatten_tree(tree: Any) -> tuple[list[str], list[Array], Callable[[list[Any]
 _PLAN_CACHE = 8  # plans kept per driver (one per parameter structure it has stepped)
 
 
+#: the driver's fields that the step reads at every step (a plan does not depend on them: Driver.plans_like)
+_STEP_SCALARS = frozenset({"lr", "beta1", "beta2", "decay"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Driver:
     r"""The stochastic LMO method; every optimizer of this package is a configuration of it.
@@ -500,6 +504,17 @@ class Driver:
                 f"{geometry.norm.ndim} trailing axes; give it a vector geometry or a view"
             )
         return geometry
+
+    def plans_like(self, other: Driver) -> bool:
+        """Whether a plan made for ``other`` serves this driver: the two differ at most in the numbers that the step
+        reads from the driver itself (``lr``, ``beta1``, ``beta2``, ``decay``), with the same estimator structure
+        (both with momentum or both without, ``beta1 = beta2`` in both or in neither), not in what a plan resolves
+        (geometries, radii, batches, hooks). A scheduler that cycles the momentum (torch's ``OneCycleLR``) then
+        changes a group's driver every step, and its plan is kept."""
+        if (self.has_momentum, self.beta1 == self.beta2) != (other.has_momentum, other.beta1 == other.beta2):
+            return False
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(self)
+                   if f.compare and f.name not in _STEP_SCALARS)
 
     def for_parameters(self, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> Driver:
         """This driver for the parameter list ``names`` / ``shapes`` (all parameters, in registration order): a

@@ -7,7 +7,8 @@ group), validation of gradients. A named class is a table from its torch argumen
 
 Resolve once, step simply: each param group's :class:`~lmo.optimizers.step.Plan` (each parameter's geometry, view
 and radius, the same-shape batches, the validated hyperparameters) is made when the group is first stepped and
-kept until a hyperparameter other than ``lr`` changes (or the group's parameters do). ``step()`` reads each
+kept until a hyperparameter that it resolves changes (or the group's parameters do; a new momentum or weight decay
+only replaces its driver: ``Driver.plans_like``). ``step()`` reads each
 group's ``lr`` -- a number, or a one-element tensor that schedulers update in place and that is never read on the
 host (taken as a 0-d view; whatever was set in ``param_groups`` is checked before anything is written) -- checks
 all gradients at once, then runs :func:`lmo.optimizers.step.run_step` per group::
@@ -290,7 +291,8 @@ class DriverOptimizer(torch.optim.Optimizer):
 
     def _plan(self, gi: int, group: Mapping[str, Any], names: list[str], params: list[torch.Tensor]) -> Plan:
         """The group's plan for these parameters: kept while the group's hyperparameters (other than lr) and its
-        parameters stay the same."""
+        parameters stay the same, and when only numbers that the step reads change (a momentum schedule), with the
+        new driver."""
         # the constructor's hyperparameters (not lr), not what LR schedulers add to a group ("initial_lr", ...)
         hyperparameters = {k: group[k] for k in self.defaults if k not in _NOT_HYPERPARAMETERS and k in group}
         ids = tuple(map(id, params))
@@ -301,7 +303,12 @@ class DriverOptimizer(torch.optim.Optimizer):
             driver = self.configure(group)
             bound = driver.for_parameters([n for j, g in enumerate(self.param_groups) for n in self._names(j, g)],
                                           [p.shape for g in self.param_groups for p in g["params"]])
-            kept = _GroupPlan(hyperparameters, ids, build_plan(bound, names, params), bound is not driver)
+            if kept is not None and kept.params == ids and bound.plans_like(kept.plan.driver):
+                # only numbers the step reads changed (a momentum schedule): the plan, its memory included, serves
+                plan = dataclasses.replace(kept.plan, driver=bound)
+            else:
+                plan = build_plan(bound, names, params)
+            kept = _GroupPlan(hyperparameters, ids, plan, bound is not driver)
             self._plans[gi] = kept
         return kept.plan
 
