@@ -362,6 +362,15 @@ class SharpMissingScale(Box):
         return -self.lmo(g)
 
 
+class SharpOverflowsNearMax(Box):
+    """sharp(g) = -(16 dual_norm(g)) lmo(g) / 16: fine at 2^(3/4 of the range), inf when the step nears the largest
+    float."""
+
+    def sharp(self, g):
+        xp = array_api_compat.array_namespace(g)
+        return -((16 * xp.sum(xp.abs(g), axis=-1, keepdims=True)) * self.lmo(g)) / 16
+
+
 class QuasiNorm(Norm):
     """norm = (sum sqrt|x|)^2, which breaks the triangle inequality; dual and lmo of the l1 ball."""
 
@@ -659,6 +668,7 @@ BROKEN = [
      "a Newton-Schulz delta that holds on small inputs only"),
     (SharpWrongSign, NUMPY, {"sharp"}, "sharp", "sharp with the wrong sign"),
     (SharpMissingScale, NUMPY, {"sharp"}, "sharp", "sharp without the dual norm"),
+    (SharpOverflowsNearMax, NUMPY, {"finite"}, "sharp", "a sharp that overflows only near the largest float"),
     (QuasiNorm, NUMPY, {"norm axioms"}, "norm", "a triangle-inequality bug in norm (blamed on norm)"),
     (NormNotEven, NUMPY, {"norm axioms"}, "norm", "norm(-x) != norm(x)"),
     (DualNotHomogeneous, NUMPY, {"homogeneity", "duality"}, "dual_norm", "a dual norm of degree 2"),

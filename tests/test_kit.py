@@ -18,6 +18,7 @@ from _broken import BROKEN, Box, LimitBox, MutatesInput, NotOptimal, WrongSign
 from conftest import NONFINITE_PENDING, pending_failures, registry_name
 from hypothesis import given, settings
 
+from lmo import get_norm
 from lmo.geometries import L1, L2, Lp, Sign, WeightedSign
 from lmo.testing import ContractViolation, arrays_for, check_norm, check_plugin
 
@@ -96,6 +97,21 @@ def test_correct_plugins_pass_on_every_backend():
         report = check_plugin(cls, max_examples=10)
         assert not pending_failures(report), str(report)
         assert {r.backend for r in report.rows} >= {"numpy", "parity"}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_correct_norms_pass_at_the_smallest_normal_scale_and_with_a_large_ball(dtype):
+    """Two false alarms the kit raised on correct norms: Hölder at the smallest normal input of Scaled(Sign, 1e-3)
+    (its dual norm is subnormal, and norm(d) multiplies that number's absolute error: found by the contract suite's
+    hypothesis search at g = 2.2e-308), and a "finite" failure of sharp for a ball of radius 1000 just below
+    overflow (sharp(g) = ||g||_* (-lmo(g)) is 1e6 g there: beyond the dtype, so not owed)."""
+    tiny = np.finfo(dtype).tiny
+    small = get_norm("scaled", base=get_norm("sign"), scale=0.001)
+    large = get_norm("scaled", base=get_norm("l2"), scale=1000.0)
+    for norm in (small, large):
+        for g in (np.array([tiny], dtype), np.array([tiny, -3 * tiny, 0.5 * tiny], dtype),
+                  np.array([1.0, -2.0, 0.5], dtype)):
+            check_norm(norm, g)
 
 
 def test_inexact_declarations_are_honoured_and_enforced():
