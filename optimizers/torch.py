@@ -8,10 +8,10 @@ group), validation of gradients. A named class is a table from its torch argumen
 Resolve once, step simply: each param group's :class:`~lmo.optimizers.step.Plan` (each parameter's geometry, view
 and radius, the same-shape batches, the validated hyperparameters) is made when the group is first stepped and
 kept until a hyperparameter that it resolves changes (or the group's parameters do; a new momentum or weight decay
-only replaces its driver: ``Driver.plans_like``). ``step()`` reads each
-group's ``lr`` -- a number, or a one-element tensor that schedulers update in place and that is never read on the
-host (taken as a 0-d view; whatever was set in ``param_groups`` is checked before anything is written) -- checks
-all gradients at once, then runs :func:`lmo.optimizers.step.run_step` per group::
+only replaces its driver: ``Driver.plans_like``). ``step()`` reads each group's ``lr`` -- a number, or a
+one-element tensor that schedulers update in place and that is never read on the host (taken as a 0-d view;
+whatever was set in ``param_groups`` is checked before anything is written) -- checks all gradients at once, then
+runs :func:`lmo.optimizers.step.run_step` per group::
 
     Optimizer.step -> DriverOptimizer._step_group -> run_step (estimator, one batched oracle, update)
 
