@@ -335,11 +335,13 @@ def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequ
     dtype (:attr:`Plan.staged`)."""
     k = norm.ndim
     extra = {} if workspace is None else {"workspace": workspace}
+    # the sharp rule's dual norm is read first: an oracle with a workspace may overwrite an estimate that lives in
+    # the workspace's memory (its scratch: the polar start scales it in place)
     if len(estimates) == 1:
         view = geometries[0].to_oracle(estimates[0])
+        duals = [norm.dual_norm(view)] if sharp else [None]
         d, factor = norm.lmo_factored(view, finite=finite, **extra)
         ds = [d]
-        duals = [norm.dual_norm(view)] if sharp else [None]
         shapes = [tuple(view.shape)]
     else:
         xp = namespace(estimates[0])
@@ -347,8 +349,8 @@ def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequ
         if stacked is None:
             stacked = xp.concat([xp.reshape(geo.to_oracle(c), (-1, *core)) for geo, c in zip(geometries, estimates)],
                                 axis=0)
-        d_all, factor = norm.lmo_factored(stacked, finite=finite, **extra)
         dual_all = norm.dual_norm(stacked) if sharp else None
+        d_all, factor = norm.lmo_factored(stacked, finite=finite, **extra)
         if stage and d_all.dtype != stacked.dtype:
             d_all = stacked.copy_(d_all)
         if all(len(shape) == k for shape in shapes):  # one matrix each (the common case): one split, no reshapes

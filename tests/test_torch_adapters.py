@@ -405,6 +405,33 @@ def test_a_plan_serves_drivers_that_differ_in_what_the_step_reads():
 
 
 @skip_without("spectral")
+@pytest.mark.parametrize("method", ["newton_schulz", "auto"])
+def test_the_sharp_rule_reads_the_dual_norm_before_the_oracle_overwrites_its_scratch(method):
+    """Spectral descent (rule "sharp") with two different betas through the torch adapter: the estimates live in
+    the plan's workspace (rows of a stack, or a matrix alone), and the polar start scales them in place. The step's
+    dual norm is taken before the oracle runs, so the trajectory is the pure driver's bit for bit. Taken after, it
+    read the scaled estimate and the step was off by its power of two (0.92 relative)."""
+    gen = torch.Generator().manual_seed(10)
+    shapes = [(8, 8), (8, 8), (8, 8), (12, 20)]
+    inits = [torch.randn(s, generator=gen) for s in shapes]
+    driver = lo.spectral_descent(0.01, method=method).replace(beta1=0.81, beta2=0.9)
+    params = [torch.nn.Parameter(x.clone()) for x in inits]
+    opt = lo.LMOOptimizer(params, driver)
+    names = [f"0.{i}" for i in range(len(shapes))]
+    xs = [x.clone() for x in inits]
+    slots = [dict(driver.init_slots(n, x)) for n, x in zip(names, xs)]
+    for t in range(3):
+        grads = [37.0 * torch.randn(s, generator=gen) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        xs, slots, _ = driver.apply(names, xs, grads, slots, t)
+        for p, x in zip(params, xs):
+            assert torch.equal(p.detach(), x), t
+    assert any(b.workspace for b in opt._plans[0].plan.batches)
+
+
+@skip_without("spectral")
 def test_stacked_views_step_as_without_the_workspace(monkeypatch):
     """Conv kernels stacked through a view (their estimates are not rows of the stack) next to a kernel alone: the
     step is bit for bit the one without a workspace."""
