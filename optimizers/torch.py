@@ -298,9 +298,13 @@ class DriverOptimizer(torch.optim.Optimizer):
         ids = tuple(map(id, params))
         kept = self._plans.get(gi)
         if kept is None or kept.params != ids or kept.hyperparameters != hyperparameters:
+            if kept is not None and isinstance(group["lr"], torch.Tensor):
+                # a tensor lr was checked when the group was made; its value is not read again (a host sync per
+                # step under a momentum schedule), and the step reads the tensor itself (_step_lr)
+                group = {**group, "lr": 0.0}
+            driver = self.configure(group)
             # a rule that sees the whole parameter list (to find the last layer) sees all of this optimizer's
             # parameters in order, not only this group's, nor only the ones with a gradient now
-            driver = self.configure(group)
             bound = driver.for_parameters([n for j, g in enumerate(self.param_groups) for n in self._names(j, g)],
                                           [p.shape for g in self.param_groups for p in g["params"]])
             if kept is not None and kept.params == ids and bound.plans_like(kept.plan.driver):

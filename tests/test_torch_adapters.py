@@ -390,6 +390,33 @@ def test_a_momentum_schedule_keeps_the_plan_and_its_memory(monkeypatch):
     assert opt._plans[0].plan.scratch is not before.scratch
 
 
+@skip_without("spectral")
+def test_a_momentum_schedule_with_a_tensor_lr_reads_no_value_on_the_host(monkeypatch):
+    """Under ``OneCycleLR`` the momentum changes every step and the group's driver is made anew (validated); its
+    tensor lr was checked when the group was made, and is not read on the host again (that was a host sync per
+    step on an accelerator): after the first step no step reads a tensor's value to check a learning rate, and the
+    schedule still moves both the lr and the momentum."""
+    from lmo.optimizers import validation
+
+    params = [torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(6, 4))]
+    opt = lo.Muon(params, lr=torch.tensor(0.05), weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=10)
+    reads = []
+    real = validation.scalar
+    monkeypatch.setattr(validation, "scalar", lambda value: reads.append(value) or real(value))
+    momenta = []
+    for t in range(4):
+        for p in params:
+            p.grad = torch.randn(p.shape)
+        reads.clear()
+        opt.step()
+        schedule.step()
+        momenta.append(opt._plans[0].plan.driver.beta2)
+        if t > 0:
+            assert not [r for r in reads if isinstance(r, torch.Tensor)], t
+    assert len(set(momenta)) == len(momenta)
+
+
 def test_a_plan_serves_drivers_that_differ_in_what_the_step_reads():
     """``Driver.plans_like``: the betas, the decay and the lr may differ (with the same estimator structure); a
     change of geometry, radius, rule or batching, or of the estimator's structure, needs a new plan."""
