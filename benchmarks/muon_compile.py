@@ -5,9 +5,13 @@ The parameter set is the hidden matrices of a GPT-style stack of width d (per la
 one ``d x 4d``; random gradients, a fresh set per step, the same for every configuration). Each configuration gets a
 fresh ``torch._dynamo`` state and inductor's caches are disabled (``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``), so the
 warm-up is a cold compile. Warm-up: the wall time of the first ``--warmup`` compiled steps (compilation included),
-one configuration at a time. ``graphs`` counts the distinct graphs dynamo compiled; ``recompiles`` how many
-compilations happened after the warm-up (the target is 0). ``vs eager``: the largest relative difference between the
-compiled and the eager optimizer's parameters after the same steps.
+one configuration at a time. ``graphs`` counts the distinct graphs dynamo compiled, ``frames`` the frames it
+compiled (a recompilation is a frame compiled again, with a graph or without one: a frame that breaks before any
+tensor work has none); ``recompiles`` how many frames were compiled after the warm-up (the target is 0).
+``--schedule``: ``lambda`` (``LambdaLR``: the tensor lr moves) or ``onecycle`` (``OneCycleLR`` with torch's
+default ``cycle_momentum=True``: the momentum moves too, a new Python float in the group at every step).
+``vs eager``: the largest relative difference between the compiled and the eager optimizer's parameters after the
+same steps.
 
 Steady: both configurations compiled side by side in one dynamo state, then their steps (each with its
 ``schedule.step()``) timed interleaved in a new random order every repeat (``_common.interleaved``, the process's CPU
@@ -28,7 +32,7 @@ process has. ``--memory-planning`` compiles both configurations with inductor's 
 for a graph's temporaries), which keeps them as well.
 
 Usage: ``python benchmarks/muon_compile.py [--quick] [--json PATH] [--threads N] [--widths 64,256]
-[--memory-planning] [--warm-allocator]``.
+[--schedule lambda|onecycle] [--memory-planning] [--warm-allocator]``.
 """
 
 from __future__ import annotations
@@ -56,20 +60,25 @@ def shapes(d: int, layers: int) -> list[tuple[int, int]]:
 
 
 OPTIONS: dict[str, object] = {}  # inductor options of every torch.compile call (--memory-planning)
+SCHEDULES = {
+    "lambda": lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 0.1 * t)),
+    "onecycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=1000),
+}
+SCHEDULE = ["lambda"]  # --schedule
 
 
 def optimizer(make, sizes) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any]:
     """``(params, optimizer, schedule)``: fresh parameters of ``sizes`` (the same for every configuration), ``make``'s
-    optimizer on them and its ``LambdaLR`` schedule."""
+    optimizer on them and its schedule (``--schedule``)."""
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(0.02 * torch.randn(s, generator=gen)) for s in sizes]
     opt = make(params)
-    return params, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + 0.1 * t))
+    return params, opt, SCHEDULES[SCHEDULE[0]](opt)
 
 
-def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, int, int, list[torch.Tensor]]:
-    """``(warm-up s, graphs, recompiles, params)`` of ``len(grads)`` steps of ``make``'s optimizer, timed one at a
-    time on the wall clock."""
+def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, int, int, int, list[torch.Tensor]]:
+    """``(warm-up s, graphs, frames, recompiles, params)`` of ``len(grads)`` steps of ``make``'s optimizer, timed one
+    at a time on the wall clock."""
     import torch._dynamo as dynamo
 
     params, opt, schedule = optimizer(make, sizes)
@@ -77,7 +86,7 @@ def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, int, in
     dynamo.utils.counters.clear()
     step = torch.compile(opt.step, options=OPTIONS) if compiled else opt.step
     times = []
-    graphs_after_warmup = 0
+    frames_after_warmup = 0
     for t, gs in enumerate(grads):
         for p, g in zip(params, gs):
             p.grad = g
@@ -86,9 +95,10 @@ def run(make, sizes, grads, warmup: int, compiled: bool) -> tuple[float, int, in
         times.append(time.perf_counter() - t0)
         schedule.step()
         if t + 1 == warmup:
-            graphs_after_warmup = dynamo.utils.counters["stats"]["unique_graphs"]
+            frames_after_warmup = dynamo.utils.counters["frames"]["total"]
+    frames = dynamo.utils.counters["frames"]["total"]
     graphs = dynamo.utils.counters["stats"]["unique_graphs"]
-    return sum(times[:warmup]), graphs, graphs - graphs_after_warmup, params
+    return sum(times[:warmup]), graphs, frames, frames - frames_after_warmup, params
 
 
 def steady_times(configs: dict, sizes: list[tuple[int, int]], grads: list[list[torch.Tensor]], warmup: int,
@@ -122,11 +132,14 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--widths", default=None, help="comma-separated widths d (default 64,256; quick: 16)")
     p.add_argument("--warmup", type=int, default=3, help="steps counted as warm-up (default 3)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="lambda",
+                   help="the LR schedule: lambda (LambdaLR) or onecycle (OneCycleLR, cycling the momentum too)")
     p.add_argument("--memory-planning", action="store_true",
                    help="compile both with inductor's memory_planning option (one pool for a graph's temporaries)")
     p.add_argument("--warm-allocator", action="store_true",
                    help="free one 28 MiB block first, as a training process has (glibc's thresholds then at most)")
     args = p.parse_args()
+    SCHEDULE[0] = args.schedule
     if args.memory_planning:
         OPTIONS["memory_planning"] = True
     if args.warm_allocator:
@@ -147,22 +160,23 @@ def main() -> None:
         grads = [[torch.randn(s, generator=gen) for s in sizes] for _ in range(args.warmup + steps)]
         results = {}
         for name, make in configs.items():
-            warm, graphs, recompiles, compiled = run(make, sizes, grads, args.warmup, True)
-            _, _, _, eager = run(make, sizes, grads, args.warmup, False)
+            warm, graphs, frames, recompiles, compiled = run(make, sizes, grads, args.warmup, True)
+            _, _, _, _, eager = run(make, sizes, grads, args.warmup, False)
             diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(compiled, eager))
-            results[name] = [warm, None, graphs, recompiles, None, diff, None]
+            results[name] = [warm, None, graphs, frames, recompiles, None, diff, None]
         faults: dict[str, float] = {}
         times = steady_times(configs, sizes, grads, args.warmup, repeats, faults)
         for name, r in results.items():
-            r[1], r[4], r[6] = times[name], times[f"{name}, eager"], faults[name]
+            r[1], r[5], r[7] = times[name], times[f"{name}, eager"], faults[name]
         base = results["torch.optim.Muon"]
-        for name, (warm, steady, graphs, recompiles, eager_steady, diff, fault) in results.items():
+        for name, (warm, steady, graphs, frames, recompiles, eager_steady, diff, fault) in results.items():
             rows.append([d, name, round(warm, 2), warm / base[0], steady * 1e3, steady / base[1], round(fault),
-                         graphs, recompiles, eager_steady * 1e3, f"{diff:.1e}"])
+                         graphs, frames, recompiles, eager_steady * 1e3, f"{diff:.1e}"])
     headers = ["d", "optimizer", "warm-up s", "warm-up vs torch", "steady ms", "steady vs torch", "page faults / step",
-               "graphs", "recompiles after warm-up", "eager ms", "vs eager"]
+               "graphs", "frames", "recompiles after warm-up", "eager ms", "vs eager"]
     report(args, "muon_compile", headers, rows,
-           {"targets": "warm-up <= 2x torch.optim.Muon's, steady <= 1x torch's compiled step, 0 recompiles after "
+           {"schedule": args.schedule,
+            "targets": "warm-up <= 2x torch.optim.Muon's, steady <= 1x torch's compiled step, 0 recompiles after "
                        "warm-up, results equal to eager"})
 
 

@@ -82,10 +82,18 @@ def estimator(
     ``inplace``: ``m'`` is written into ``moments`` (``lerp_``; ``copy_`` of ``g`` when ``b2 = 0``), which are
     returned as ``m'``; ``c`` is then ``moments`` itself when ``b1 = b2``. torch lists only. ``out``: tensors
     (torch, ``b1 != b2``) that receive ``c`` (the rows of a stacked oracle input: no stacking copy later).
+
+    Traced by ``torch.compile``: the lerps' arithmetic, ``m' = m + (1 - b2) (g - m)`` and ``c = m' + (1 - b1 / b2)
+    (g - m')`` (the lerp's own formula for weights below 1/2; the compiled code rounds as it fuses anyway). A
+    momentum that a scheduler moves is a new Python number at every step; as a lerp's weight the compiler
+    specialises the graph on its value (a recompilation per step, as torch.optim.Muon's step under ``OneCycleLR``),
+    as a factor of a product it makes it a graph input.
     """
     torch_lists = _torch_list(moments, grads)
     if inplace:
         _check_inplace("estimator", moments, torch_lists)
+    if torch_lists and compiling():
+        return _traced_estimator(list(moments), list(grads), b1, b2, inplace)
     if torch_lists:
         import torch
 
@@ -118,6 +126,20 @@ def estimator(
     est = [b1 * m + (1 - b1) * g for m, g in zip(moments, grads)]
     new = est if b1 == b2 else [b2 * m + (1 - b2) * g for m, g in zip(moments, grads)]
     return est, new
+
+
+def _traced_estimator(moments: list[Array], grads: list[Array], b1: Any, b2: Any,
+                      inplace: bool) -> tuple[list, list]:
+    """:func:`estimator` as ``torch.compile`` traces it (see there)."""
+    if b2 > 0:
+        steps = [(g - m) * (1.0 - b2) for m, g in zip(moments, grads)]
+        new = [m.add_(s) if inplace else m + s for m, s in zip(moments, steps)]
+        if b1 == b2:
+            return new, new
+        w = 1.0 - b1 / b2
+        return [n + (g - n) * w for n, g in zip(new, grads)], new
+    est = [g + (m - g) * b1 for m, g in zip(moments, grads)]  # m' = g; c reads the old m first
+    return est, [m.copy_(g) if inplace else g.clone() for m, g in zip(moments, grads)]
 
 
 def stack_shape(views: Sequence[tuple[int, ...]], core: tuple[int, ...]) -> tuple[int, ...]:

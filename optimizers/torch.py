@@ -6,9 +6,10 @@ group), validation of gradients. A named class is a table from its torch argumen
 (``arguments``, e.g. ``momentum -> beta``): :meth:`~DriverOptimizer.configure` builds the group's driver from it.
 
 Resolve once, step simply: each param group's :class:`~lmo.optimizers.step.Plan` (each parameter's geometry, view
-and radius, the same-shape batches, the validated hyperparameters) is made when the group is first stepped and
-kept until a hyperparameter that it resolves changes (or the group's parameters do; a new momentum or weight decay
-only replaces its driver: ``Driver.plans_like``). ``step()`` reads each group's ``lr`` -- a number, or a
+and radius, the same-shape batches, the validated hyperparameters) is made when the group is added and kept until
+a hyperparameter that it resolves changes (or the group's parameters do; a new momentum or weight decay only
+replaces its driver: ``Driver.plans_like``); each step first checks the groups' hyperparameters against their
+plans (host work that ``torch.compile`` does not trace). ``step()`` reads each group's ``lr`` -- a number, or a
 one-element tensor that schedulers update in place and that is never read on the host (taken as a 0-d view;
 whatever was set in ``param_groups`` is checked before anything is written) -- checks all gradients at once, then
 runs :func:`lmo.optimizers.step.run_step` per group::
@@ -33,7 +34,9 @@ Guarantees (all classes):
   the single-process step (:mod:`lmo.optimizers.distributed`, docs/distributed.md).
 - ``param_groups`` may carry ``param_names`` (``Optimizer(model.named_parameters())``); geometry rules then see the
   real parameter names, else ``"<group>.<index>"``.
-- ``torch.compile(optimizer.step)`` with a tensor ``lr`` compiles once under an LR scheduler (docs/optimizers.md).
+- ``torch.compile(optimizer.step)`` with a tensor ``lr`` compiles once under an LR scheduler, and once more, on the
+  second step, under one that also cycles the momentum (where torch.optim.Muon's step recompiles for every new
+  momentum; docs/optimizers.md).
 
 ``state_dict()`` holds, per parameter, ``"step"`` (a 0-d float32 tensor, as torch.optim.Adam's) and the driver's
 slots (``"momentum_buffer"`` as in torch.optim.Muon, and hooks' slots). Hyperparameters in ``param_groups`` are
@@ -118,6 +121,9 @@ class _GroupStep:
 class UnsupportedParameterError(ValueError, RuntimeError):
     """A complex parameter or a sparse gradient: a ``ValueError`` (this library's refusals) and the
     ``RuntimeError`` that torch.optim raises for them, at the step."""
+
+
+_untraced = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
 
 
 def _arguments(table: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -289,30 +295,57 @@ class DriverOptimizer(torch.optim.Optimizer):
             return list(names)
         return [f"{gi}.{j}" for j in range(len(group["params"]))]
 
+    def _hyperparameters(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """What a group's plan is made from besides its parameters: the constructor's hyperparameters other than lr
+        (not what LR schedulers add to a group, "initial_lr", ...)."""
+        return {k: group[k] for k in self.defaults if k not in _NOT_HYPERPARAMETERS and k in group}
+
+    def _driver(self, group: Mapping[str, Any], checked_lr: bool) -> tuple[Driver, bool]:
+        """The group's driver, bound to all of this optimizer's parameters (a rule that sees the whole parameter
+        list, to find the last layer, sees all of them in order, not only this group's, nor only the ones with a
+        gradient now), and whether it was bound so. ``checked_lr``: the group's lr was checked when the group was
+        made; a tensor lr is then not read again (a host sync per step under a momentum schedule: the step reads the
+        tensor itself)."""
+        if checked_lr and isinstance(group["lr"], torch.Tensor):
+            group = {**group, "lr": 0.0}
+        driver = self.configure(group)
+        bound = driver.for_parameters([n for j, g in enumerate(self.param_groups) for n in self._names(j, g)],
+                                      [p.shape for g in self.param_groups for p in g["params"]])
+        return bound, bound is not driver
+
+    def _refresh(self) -> None:
+        """Bring each kept plan up to date with its group's hyperparameters, before a step reads or writes anything
+        (a bad value set in ``param_groups`` is refused here): when only numbers that the step reads changed (a
+        momentum schedule: ``Driver.plans_like``) the plan, its memory included, serves with the new driver;
+        otherwise it is dropped, and :meth:`_plan` makes a new one. Host work on Python values, which
+        ``torch.compile`` does not trace (:meth:`_refresh_untraced`): traced, every new momentum would recompile
+        the step."""
+        for gi, group in enumerate(self.param_groups):
+            kept = self._plans.get(gi)
+            if kept is None:
+                continue
+            hyperparameters = self._hyperparameters(group)
+            if kept.hyperparameters == hyperparameters:
+                continue
+            driver, _ = self._driver(group, checked_lr=True)
+            if driver.plans_like(kept.plan.driver):
+                plan = dataclasses.replace(kept.plan, driver=driver)
+                self._plans[gi] = _GroupPlan(hyperparameters, kept.params, plan, kept.bound)
+            else:
+                del self._plans[gi]
+
+    # torch.compiler.disable, made on the first call: importing the compiler costs a second, which an optimizer
+    # that is never compiled does not pay (torch.optim.Optimizer's own untraced methods are made so)
+    _refresh_untraced = _untraced(_refresh)
+
     def _plan(self, gi: int, group: Mapping[str, Any], names: list[str], params: list[torch.Tensor]) -> Plan:
-        """The group's plan for these parameters: kept while the group's hyperparameters (other than lr) and its
-        parameters stay the same, and when only numbers that the step reads change (a momentum schedule), with the
-        new driver."""
-        # the constructor's hyperparameters (not lr), not what LR schedulers add to a group ("initial_lr", ...)
-        hyperparameters = {k: group[k] for k in self.defaults if k not in _NOT_HYPERPARAMETERS and k in group}
+        """The group's plan for these parameters: kept while its parameters stay the same (and its hyperparameters,
+        which :meth:`_refresh` sees to)."""
         ids = tuple(map(id, params))
         kept = self._plans.get(gi)
-        if kept is None or kept.params != ids or kept.hyperparameters != hyperparameters:
-            if kept is not None and isinstance(group["lr"], torch.Tensor):
-                # a tensor lr was checked when the group was made; its value is not read again (a host sync per
-                # step under a momentum schedule), and the step reads the tensor itself (_step_lr)
-                group = {**group, "lr": 0.0}
-            driver = self.configure(group)
-            # a rule that sees the whole parameter list (to find the last layer) sees all of this optimizer's
-            # parameters in order, not only this group's, nor only the ones with a gradient now
-            bound = driver.for_parameters([n for j, g in enumerate(self.param_groups) for n in self._names(j, g)],
-                                          [p.shape for g in self.param_groups for p in g["params"]])
-            if kept is not None and kept.params == ids and bound.plans_like(kept.plan.driver):
-                # only numbers the step reads changed (a momentum schedule): the plan, its memory included, serves
-                plan = dataclasses.replace(kept.plan, driver=bound)
-            else:
-                plan = build_plan(bound, names, params)
-            kept = _GroupPlan(hyperparameters, ids, plan, bound is not driver)
+        if kept is None or kept.params != ids:
+            driver, bound = self._driver(group, checked_lr=kept is not None)
+            kept = _GroupPlan(self._hyperparameters(group), ids, build_plan(driver, names, params), bound)
             self._plans[gi] = kept
         return kept.plan
 
@@ -388,6 +421,7 @@ class DriverOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        (self._refresh_untraced if _foreach.compiling() else self._refresh)()
         work = [w for gi, group in enumerate(self.param_groups) if (w := self._gather(gi, group)) is not None]
         if self._finite(work):
             for w in work:

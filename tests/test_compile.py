@@ -1,8 +1,9 @@
 """``torch.compile(optimizer.step)``: one compilation under an LR schedule with a tensor lr, results equal to eager.
 
-The test compiles with dynamo's ``"eager"`` backend: recompilations are dynamo's decision (its guards), whatever
-backend then compiles the graphs, and inductor's C++ compilation would cost this suite a minute.
-``benchmarks/muon_compile.py`` measures the inductor compilation (warm-up, steady step, agreement with eager)."""
+The test compiles with the ``"aot_eager"`` backend: recompilations are dynamo's decisions (its guards) and AOT
+autograd's, which specialises a graph on a Python number it cannot make a graph input (a lerp's weight), as inductor
+does; inductor's C++ compilation would cost this suite a minute. ``benchmarks/muon_compile.py`` measures the
+inductor compilation (warm-up, steady step, agreement with eager)."""
 
 from __future__ import annotations
 
@@ -17,40 +18,89 @@ import lmo.optimizers as lo  # noqa: E402
 SHAPES = [(8, 8), (8, 8), (16, 8), (8, 16), (5,)]  # two stacked pairs (a tall matrix with a wide one), a vector
 
 
-def _run(make, grads, compiled):
+SCHEDULES = {
+    "LambdaLR": lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + t)),
+    # torch's default cycle_momentum=True: a new momentum (or beta1) in the group at every step, a Python float
+    "OneCycleLR": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=20),
+}
+
+
+def _run(make, schedule, grads, compiled):
+    """The parameters after the steps, the frames dynamo compiled by the end of each step (a recompilation is a
+    compiled frame, with or without a graph: a frame that graph-breaks before any tensor work has none), and the
+    optimizer."""
     import torch._dynamo as dynamo
 
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=gen)) for s in SHAPES]
     opt = make(params)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + t))
+    scheduler = SCHEDULES[schedule](opt)
     dynamo.reset()
     dynamo.utils.counters.clear()
-    step = torch.compile(opt.step, backend="eager") if compiled else opt.step
-    graphs = []
+    step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+    frames = []
     for gs in grads:
         for p, g in zip(params, gs):
             p.grad = g.clone()
         step()
-        schedule.step()
-        graphs.append(dynamo.utils.counters["stats"]["unique_graphs"])
-    return params, graphs, opt
+        scheduler.step()
+        frames.append(dynamo.utils.counters["frames"]["total"])
+    return params, frames, opt
+
+
+MAKERS = {
+    "Muon": lambda ps: lo.Muon(ps, lr=torch.tensor(0.05), vectors="rms"),
+    "Muon auto": lambda ps: lo.Muon(ps, lr=torch.tensor(0.05), vectors="rms", method="auto"),
+    "Lion": lambda ps: lo.Lion(ps, lr=torch.tensor(0.05)),
+}
 
 
 @skip_without("spectral")
-def test_compiled_muon_step_compiles_once_under_a_schedule_and_equals_eager():
-    def make(params):
-        return lo.Muon(params, lr=torch.tensor(0.05), vectors="rms")
-
+@pytest.mark.parametrize(("name", "schedule"), [("Muon", "LambdaLR"), ("Muon", "OneCycleLR"),
+                                                ("Muon auto", "OneCycleLR"), ("Lion", "OneCycleLR")])
+def test_compiled_step_compiles_once_under_a_schedule_and_equals_eager(name, schedule):
     gen = torch.Generator().manual_seed(1)
     grads = [[torch.randn(s, generator=gen) for s in SHAPES] for _ in range(6)]
-    compiled, graphs, opt = _run(make, grads, compiled=True)
-    eager, _, _ = _run(make, grads, compiled=False)
-    # the first step creates the momenta, the second steps them: compiled by then, and never again
-    assert graphs[1] > 0 and graphs[-1] == graphs[1], f"recompiled after warm-up: graphs per step {graphs}"
-    assert float(opt.param_groups[0]["lr"]) == pytest.approx(0.05 / 7)  # the schedule moved the tensor lr
+    compiled, frames, opt = _run(MAKERS[name], schedule, grads, compiled=True)
+    eager, _, _ = _run(MAKERS[name], schedule, grads, compiled=False)
+    # the first step creates the momenta, the second steps them (and sees a second momentum: dynamo makes a number
+    # that changes a graph input): compiled by then, and never again
+    assert frames[1] > 0 and frames[-1] == frames[1], f"recompiled after warm-up: frames compiled by step {frames}"
+    group = opt.param_groups[0]
+    if schedule == "LambdaLR":
+        assert float(group["lr"]) == pytest.approx(0.05 / 7)  # the schedule moved the tensor lr
+    else:  # it moved the momentum as well
+        momentum = group["momentum"] if "momentum" in group else group["betas"][0]
+        assert momentum < 0.94
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # compiled code keeps no memory of its own between steps: buffers shared by the stacks in turn would be aliased
     # graph inputs (inductor refused them: "expected size 131072 == 65536")
     assert opt.kept_nbytes() == 0
+
+
+@pytest.mark.parametrize(("b1", "b2"), [(0.95**2, 0.95), (0.9, 0.9), (0.3, 0.7), (0.5, 0.0)])
+@pytest.mark.parametrize("inplace", [False, True], ids=["pure", "inplace"])
+def test_the_traced_estimator_is_the_eager_one(b1, b2, inplace):
+    """What ``torch.compile`` traces of the estimator (the lerps' arithmetic, so that a scheduled momentum is a graph
+    input) is ``c = b1 m + (1 - b1) g``, ``m' = b2 m + (1 - b2) g`` within float32 rounding of the eager lerps, for
+    each structure (Nesterov's two betas, one beta, ``b2 = 0``); in place it writes ``m'`` into the momenta and never
+    into a gradient."""
+    from lmo.optimizers import _foreach
+
+    gen = torch.Generator().manual_seed(4)
+    moments = [torch.randn(6, 4, generator=gen), torch.randn(5, generator=gen)]
+    grads = [torch.randn(6, 4, generator=gen), torch.randn(5, generator=gen)]
+    given = [g.clone() for g in grads]
+    eager_c, eager_m = _foreach.estimator([m.clone() for m in moments], grads, b1, b2, inplace=inplace)
+    into = [m.clone() for m in moments]
+    traced_c, traced_m = _foreach._traced_estimator(into, grads, b1, b2, inplace)
+    for m, g, c, new, ec, em in zip(moments, grads, traced_c, traced_m, eager_c, eager_m):
+        torch.testing.assert_close(c, b1 * m + (1 - b1) * g, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(new, b2 * m + (1 - b2) * g, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(c, ec, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(new, em, rtol=1e-6, atol=1e-6)
+    assert all(torch.equal(g, h) for g, h in zip(grads, given))
+    if inplace:
+        assert all(new is m for new, m in zip(traced_m, into))
+    assert not any(c.data_ptr() == g.data_ptr() for c, g in zip(traced_c, grads))

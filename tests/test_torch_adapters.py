@@ -417,6 +417,44 @@ def test_a_momentum_schedule_with_a_tensor_lr_reads_no_value_on_the_host(monkeyp
     assert len(set(momenta)) == len(momenta)
 
 
+@pytest.mark.parametrize(("make", "key", "bad", "text"), [
+    (lambda ps: lo.Muon(ps, lr=0.05), "momentum", 1.5, "momentum"),
+    (lambda ps: lo.Muon(ps, lr=0.05), "weight_decay", -1.0, "weight decay should be >= 0"),
+    (lambda ps: lo.Lion(ps, lr=0.05), "betas", (0.9, 1.2), "beta2"),
+    (lambda ps: lo.Muon(ps, lr=0.05), "ns_steps", 0, "ns_steps"),
+])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_hyperparameter_set_in_a_group_later_is_checked_before_anything_is_written(make, key, bad, text, compiled):
+    """A value written into ``param_groups`` after the group was made (by hand or by a scheduler) is checked by the
+    next step before it reads or writes anything, eager or compiled (the check runs outside the traced code): a
+    ``ValueError`` naming the torch argument; parameters, momenta and step counts as they were; and with the value
+    put back, the group steps on with the plan it had."""
+    if compiled:
+        import torch._dynamo as dynamo
+
+        dynamo.reset()
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(6, 4, generator=gen)) for _ in range(2)]
+    opt = make(params)
+    step = torch.compile(opt.step, backend="eager") if compiled else opt.step
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    step()
+    plan = opt._plans[0].plan
+    before = [p.detach().clone() for p in params]
+    state = {i: {k: v.clone() for k, v in opt.state[p].items()} for i, p in enumerate(params)}
+    good = opt.param_groups[0][key]
+    opt.param_groups[0][key] = bad
+    with pytest.raises(ValueError, match=text):
+        step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    for i, p in enumerate(params):
+        assert all(torch.equal(opt.state[p][k], v) for k, v in state[i].items())
+    opt.param_groups[0][key] = good
+    step()
+    assert opt._plans[0].plan is plan and not all(torch.equal(p, b) for p, b in zip(params, before))
+
+
 def test_a_plan_serves_drivers_that_differ_in_what_the_step_reads():
     """``Driver.plans_like``: the betas, the decay and the lr may differ (with the same estimator structure); a
     change of geometry, radius, rule or batching, or of the estimator's structure, needs a new plan."""
