@@ -252,8 +252,8 @@ class MuonGeometry:
                 return vector_for(self.vectors, name, tuple(shape))
             raise ValueError(
                 f"{self.label} acts on matrices; parameter {name!r} has shape {tuple(shape)}. Give what is not a "
-                f"matrix a geometry: {self.label}(..., vectors='rms') (the default: "
-                f"lmo.optimizers.vector_geometry()), or a rule {self.label}(..., vectors=lambda name, shape: "
+                f"matrix a geometry: {self.label}(..., vectors='rms') (lmo.optimizers.vector_geometry(): each "
+                f"vector's step has RMS lr), or a rule {self.label}(..., vectors=lambda name, shape: "
                 f"lmo.optimizers.ParamGeometry('rms', radius=0.1))"
             )
         if flattens(len(shape), self.view):
@@ -315,6 +315,10 @@ def _ns_coefficients(value: Any) -> tuple[float, ...]:
         ({"ns_steps": 0}, "steps"),
         ({"nesterov": 1}, "nesterov"),
         ({"ns_coefficients": (1.0, 2.0)}, "ns_coefficients"),
+        ({"method": "auto", "ns_steps": 7}, "ns_steps would be ignored with method='auto'"),
+        ({"method": "svd", "ns_coefficients": (3.0, -3.2, 1.2)}, "ns_coefficients would be ignored"),
+        ({"norm": "spectral", "method": "auto"}, "method would be ignored with norm="),
+        ({"method": "auto", "eps": -1.0}, "eps"),
     ],
     shapes=MATRIX_SHAPES,
     needs=("spectral",),
@@ -347,10 +351,11 @@ def muon(
     and the radius ``adjust(A, B)`` of :class:`MuonGeometry` (conv kernels and batches of matrices included).
     ``method`` replaces Newton-Schulz by another polar solver of the spectral geometry: ``"auto"`` (the fastest
     one whose update is at least as orthogonal as the default's: docs/polar_solvers.md), ``"polar_express"``,
-    ``"svd"`` (exact), ...; ``norm`` (a matrix ``Norm`` or registry name) replaces the geometry altogether (then
-    ``ns_*``, ``eps`` and ``method`` are unused). ``ns_dtype`` (``"float32"``, ``"bfloat16"``, ...) pins the dtype
-    of the polar iteration; the default follows the device (bf16 where bf16 matrix products are fast, as
-    torch.optim.Muon always uses; fp32 elsewhere).
+    ``"svd"`` (exact), ...; it keeps ``eps`` and has its own steps (``ns_steps`` and ``ns_coefficients`` must keep
+    their defaults: a value that would be ignored is refused). ``norm`` (a matrix ``Norm`` or registry name)
+    replaces the geometry altogether (then ``ns_*``, ``eps`` and ``method`` must keep their defaults).
+    ``ns_dtype`` (``"float32"``, ``"bfloat16"``, ...) pins the dtype of the polar iteration; the default follows
+    the device (bf16 where bf16 matrix products are fast, as torch.optim.Muon always uses; fp32 elsewhere).
 
     ``vectors``: the geometry of parameters with fewer than 2 axes (biases, gains, scalars): a ``Norm``, registry
     name or ``ParamGeometry``, or a rule ``(name, shape) -> geometry`` for them; default ``"rms"``
@@ -362,23 +367,41 @@ def muon(
     0.948; char transformer 1.72 at the default; docs/optimizers.md, "Defaults and recipes").
     """
     validation.boolean("nesterov", nesterov)
+    steps, coefficients = validation.integer("ns_steps", ns_steps, 1, 100), _ns_coefficients(ns_coefficients)
     if norm is not None:
+        _refuse_unused("norm=", {"ns_steps": steps, "ns_coefficients": coefficients, "eps": eps, "method": method})
         norm = get_norm(norm)
     elif method == "newton_schulz":
-        norm = get_norm("spectral", method=method, steps=validation.integer("ns_steps", ns_steps, 1, 100),
-                        coefficients=_ns_coefficients(ns_coefficients), eps=eps, dtype=ns_dtype)
+        norm = get_norm("spectral", method=method, steps=steps, coefficients=coefficients, eps=eps, dtype=ns_dtype)
     else:
+        validation.choice("method", method, POLAR_METHODS)  # before the refusal below, which names it
+        _refuse_unused(f"method={method!r}", {"ns_steps": steps, "ns_coefficients": coefficients})
         with renamed({"dtype": ("ns_dtype", ns_dtype)}):
-            norm = _spectral(method, ns_dtype)
+            norm = _spectral(method, ns_dtype, eps)
     geometry = MuonGeometry(norm, adjust_lr=adjust_lr, view=view, vectors=vectors)
     beta1 = beta * beta if nesterov and validation.is_number(beta) else beta
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
     return configured(names, geometry=geometry, lr=lr, beta1=beta1, beta2=beta, decay=weight_decay, **driver)
 
 
-def _spectral(method: str, dtype: str | None) -> Norm:
+_NS_DEFAULTS = {"ns_steps": 5, "ns_coefficients": NS_COEFFICIENTS, "eps": 1e-7, "method": "newton_schulz"}  # muon()'s
+
+
+def _refuse_unused(why: str, given: Mapping[str, Any]) -> None:
+    """The polar iteration's hyperparameters that a configuration would ignore (Newton-Schulz's with another method,
+    any of them with a norm given) are refused unless they are the defaults (a torch class passes all of them), not
+    dropped in silence."""
+    for name, value in given.items():
+        if value != _NS_DEFAULTS[name]:
+            raise HyperparameterError(name, value, f"its default {_NS_DEFAULTS[name]!r} with {why}",
+                                      f"{name} would be ignored with {why} (it sets the default spectral geometry"
+                                      f"{'' if name == 'method' else ' of method=newton_schulz'}); got "
+                                      f"{name}={value!r}")
+
+
+def _spectral(method: str, dtype: str | None, eps: float = _NS_DEFAULTS["eps"]) -> Norm:
     validation.choice("method", method, POLAR_METHODS)
-    return get_norm("spectral", method=method, dtype=dtype)
+    return get_norm("spectral", method=method, dtype=dtype, eps=eps)
 
 
 @configuration(

@@ -739,6 +739,11 @@ class Muon(DriverOptimizer):
                 "adjust_lr_fn": "Adjust learning rate function {value} is not supported"}
     compared = frozenset({"lr", "weight_decay"})
 
+    def configure(self, group: Mapping[str, Any]) -> Driver:
+        driver = super().configure(group)
+        # refusals of vectors name this class, whose keyword is the same (muon()'s message names muon())
+        return driver.replace(geometry=dataclasses.replace(driver.geometry, label=type(self).__name__))
+
     def __init__(
         self,
         params: Any,
@@ -778,6 +783,7 @@ Muon.inputs = OptimizerInputs(
         ({"ns_coefficients": (1.0, 2.0)}, "ns_coefficients"),
         ({"ns_steps": 2.5}, "ns_steps"),
         ({"method": "qr"}, "method"),
+        ({"method": "auto", "ns_steps": 7}, "ns_steps would be ignored with method='auto'"),
     ),
     shapes=MATRIX_SHAPES,
 )

@@ -924,3 +924,34 @@ def test_a_torch_muon_checkpoint_loads_and_training_continues():
     ours[0].grad = torch.randn(6, 4, generator=gen)
     opt.step()
     assert opt.state[ours[0]]["step"] >= 1
+
+
+@skip_without("spectral")
+@pytest.mark.parametrize("method", ["newton_schulz", "auto"])
+def test_muon_refuses_a_bias_naming_it_and_the_keyword_of_its_own_class(method):
+    """``Muon(model.named_parameters())`` on a model with a bias refuses it as torch.optim.Muon does, with a
+    ``ValueError`` that names the parameter, its shape, and the keyword that trains it, on this class
+    (``Muon(..., vectors='rms')``, which then steps it), not on the configuration function."""
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError) as refused:
+        lo.Muon(model.named_parameters(), lr=0.1, method=method)
+    message = str(refused.value)
+    assert "'bias'" in message and "(3,)" in message and "Muon(..., vectors='rms')" in message
+    assert "muon(" not in message
+    opt = lo.Muon(model.named_parameters(), lr=0.1, method=method, vectors="rms")
+    model(torch.randn(5, 4)).sum().backward()
+    before = model.bias.detach().clone()
+    opt.step()
+    assert not torch.equal(model.bias, before)
+
+
+@skip_without("spectral")
+def test_another_polar_method_keeps_eps_and_refuses_newton_schulz_options_it_would_ignore():
+    """``method=`` other than Newton-Schulz takes ``eps`` into its geometry; ``ns_steps``/``ns_coefficients`` other
+    than the defaults (which a torch class always passes) are refused, naming them, rather than dropped."""
+    assert lo.muon(method="auto", eps=1e-6).geometry.norm.eps == 1e-6
+    opt = lo.Muon([torch.nn.Parameter(torch.randn(4, 4))], method="auto", eps=1e-6)
+    assert opt.configure(opt.param_groups[0]).geometry.norm.eps == 1e-6
+    with pytest.raises(ValueError, match="ns_steps would be ignored with method='polar_express'"):
+        lo.Muon([torch.nn.Parameter(torch.randn(4, 4))], method="polar_express", ns_steps=3)
+    lo.Muon([torch.nn.Parameter(torch.randn(4, 4))], method="auto", ns_steps=5)  # the default: accepted
