@@ -151,18 +151,23 @@ class Plan:
         return self.scratch.nbytes
 
 
-def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array]) -> Plan:
+def build_plan(driver: Driver, names: Sequence[str], params: Sequence[Array], *, complex_later: bool = False
+               ) -> Plan:
     """Resolve ``driver`` for these parameters: geometries (the rule runs once per parameter), views, radii,
     batches and parts. Raises ``ValueError`` naming a parameter whose geometry does not fit its shape, or that is
-    not of a floating dtype (an integer or bool array; the torch classes refuse complex parameters at the step, as
-    torch.optim does)."""
+    not of a real floating dtype (an integer, bool or complex array; ``complex_later``: complex parameters pass, for
+    the torch classes, which refuse them at the step, as torch.optim does)."""
     names = tuple(names)
     entries = []
+    allowed = ("real floating", "complex floating") if complex_later else "real floating"
     for name, x in zip(names, params):
         shape = tuple(x.shape)
-        if not namespace(x).isdtype(x.dtype, ("real floating", "complex floating")):
+        xp = namespace(x)
+        if not xp.isdtype(x.dtype, allowed):
+            hint = (" (the geometries act on real arrays: give its real and imaginary parts as two parameters)"
+                    if xp.isdtype(x.dtype, "complex floating") else "")
             raise ValueError(f"parameter {name!r} of shape {shape} has dtype {x.dtype}; a step needs parameters of a "
-                             "floating dtype")
+                             f"real floating dtype{hint}")
         geo = driver.geometry_for(name, shape)
         stateful = stateful_oracle(geo.norm)
         oracle = geo if stateful else _wide(geo, shape, x)

@@ -345,7 +345,8 @@ class DriverOptimizer(torch.optim.Optimizer):
         kept = self._plans.get(gi)
         if kept is None or kept.params != ids:
             driver, bound = self._driver(group, checked_lr=kept is not None)
-            kept = _GroupPlan(self._hyperparameters(group), ids, build_plan(driver, names, params), bound)
+            plan = build_plan(driver, names, params, complex_later=True)  # refused at the step (_gather)
+            kept = _GroupPlan(self._hyperparameters(group), ids, plan, bound)
             self._plans[gi] = kept
         return kept.plan
 

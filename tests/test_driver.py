@@ -117,7 +117,8 @@ def test_mismatched_grads_and_state_are_rejected():
 
 def test_gradients_of_another_dtype_or_library_and_integer_parameters_are_refused_naming_them():
     """A gradient must have its parameter's dtype and array library (as ``p.grad`` does in torch: the step's kernels
-    take one dtype, and a promoted momentum would change the state's dtype), and a parameter a floating dtype; each
+    take one dtype, and a promoted momentum would change the state's dtype), and a parameter a real floating dtype
+    (the torch classes refuse a complex one at the step, as torch.optim does: tests/test_checkpoints.py); each
     refusal names the parameter and its shape, and the step returns nothing (the state handed in is untouched)."""
     driver = lo.signum(0.1, beta=0.9)
     x = {"a": np.ones((2, 3), dtype=np.float32)}
@@ -131,8 +132,12 @@ def test_gradients_of_another_dtype_or_library_and_integer_parameters_are_refuse
     with pytest.raises(ValueError, match=r"the gradient is a torch.Tensor, the parameter a numpy.ndarray"):
         driver.step(x, {"a": torch.ones(2, 3)}, state)
     ints = {"n": torch.ones(4, dtype=torch.int64)}
-    with pytest.raises(ValueError, match=r"parameter 'n' of shape \(4,\) has dtype torch.int64; .* floating dtype"):
+    with pytest.raises(ValueError, match=r"parameter 'n' of shape \(4,\) has dtype torch.int64; .* floating dtype$"):
         driver.step(ints, ints, driver.init(ints))
+    for z in (np.ones((2, 2), dtype=np.complex128), torch.ones(2, 2, dtype=torch.complex64)):
+        refusal = r"parameter 'z' of shape \(2, 2\) has dtype .*complex.* real floating dtype \(the geometries act on"
+        with pytest.raises(ValueError, match=refusal):
+            driver.step({"z": z}, {"z": z}, driver.init({"z": z}))
 
 
 # -- the estimator, learning rate and decay --------------------------------------------------------------------------
