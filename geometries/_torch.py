@@ -57,15 +57,18 @@ class Workspace:
     a buffer per shape: the memory kept is the largest batch's, per role.
 
     An iteration's input that lives in the workspace's own memory (:meth:`holds`: the optimizer writes its estimates
-    into the buffer ``"c"``) is the caller's scratch, which the iteration may overwrite.
+    into the buffer ``"c"``) is the caller's scratch, which the iteration may overwrite; once it has read it, the
+    iteration may :meth:`lend` that memory to its own temporaries (:meth:`take_spare`), which then need no buffers.
     """
 
-    __slots__ = ("_buffers", "_views", "_storages")
+    __slots__ = ("_buffers", "_views", "_storages", "_lent", "_lent_used")
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, Any] = {}
         self._views: dict[tuple, Any] = {}  # the view handed out per request, made once (a slice costs microseconds)
         self._storages: set[int] = set()  # the buffers' storage addresses, for holds()
+        self._lent: Any = None  # the flat buffer lent to this call's first requests of take_spare (lend)
+        self._lent_used = 0
 
     def take(self, role: str, shape: tuple[int, ...], dtype: Any, device: Any, *, reserve: int = 0) -> Any:
         """A tensor of ``shape`` and ``dtype`` on ``device``: a view of the role's buffer, which grows to
@@ -84,13 +87,36 @@ class Workspace:
                 self._storages.discard(flat.untyped_storage().data_ptr())
             flat = self._buffers[key] = torch.empty(max(n, reserve), dtype=dtype, device=device)
             self._storages.add(flat.untyped_storage().data_ptr())
-            self._views = {r: v for r, v in self._views.items() if (r[0], r[2], r[3]) != key}  # of the old buffer
+            # the views of the old buffer, and of any lent one (it may have been this one)
+            self._views = {r: v for r, v in self._views.items() if (r[0], r[2], r[3]) != key and len(r) == 4}
         view = self._views[request] = flat[:n].view(shape)
         return view
 
     def holds(self, x: Any) -> bool:
         """Whether the tensor ``x`` is (a view of) one of the workspace's buffers."""
         return x.untyped_storage().data_ptr() in self._storages
+
+    def lend(self, x: Any) -> None:
+        """Lend the buffer that holds ``x`` (the caller's scratch, read already: see :meth:`holds`) to this call's
+        :meth:`take_spare` requests, until the next ``lend`` (``None``: lend nothing)."""
+        ptr = None if x is None else x.untyped_storage().data_ptr()
+        self._lent = next((b for b in self._buffers.values() if b.untyped_storage().data_ptr() == ptr), None)
+        self._lent_used = 0
+
+    def take_spare(self, role: str, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+        """As :meth:`take`, from the lent buffer while it has room of ``dtype`` on ``device`` left (requests in
+        turn, in the order made: no two share memory), else the role's own buffer; a temporary of the call that
+        does not outlive the lent memory's owner reading it again."""
+        lent, n = self._lent, math.prod(shape)
+        if lent is not None and lent.dtype == dtype and lent.device == device \
+                and self._lent_used + n <= lent.numel():
+            start, self._lent_used = self._lent_used, self._lent_used + n
+            request = (role, shape, dtype, device, lent.untyped_storage().data_ptr(), start)
+            view = self._views.get(request)
+            if view is None:
+                view = self._views[request] = lent[start : start + n].view(shape)
+            return view
+        return self.take(role, shape, dtype, device)
 
     def __len__(self) -> int:
         return len(self._buffers)
@@ -116,10 +142,14 @@ def usable(xp: Any, ws: Workspace | None) -> Workspace | None:
     return ws
 
 
-def buffer(xp: Any, ws: Workspace | None, role: str, shape: Any, dtype: Any, like: Any) -> Any:
+def buffer(xp: Any, ws: Workspace | None, role: str, shape: Any, dtype: Any, like: Any, *, spare: bool = False
+           ) -> Any:
     """The buffer ``role`` of ``shape`` and ``dtype`` on ``like``'s device from ``ws`` (one that :func:`usable`
-    let through), or ``None`` without one: then the primitive allocates its result."""
-    return None if ws is None else ws.take(role, tuple(shape), dtype, like.device)
+    let through), or ``None`` without one: then the primitive allocates its result. ``spare``: from the memory lent
+    to the call if it has room (:meth:`Workspace.take_spare`)."""
+    if ws is None:
+        return None
+    return (ws.take_spare if spare else ws.take)(role, tuple(shape), dtype, like.device)
 
 
 def scaled_add_matmul(xp: Any, c: float, x: Any, b: Any, alpha: float = 1.0, out: Any = None, *,

@@ -283,7 +283,11 @@ class PolarSolver:
             work = xp.float64 if self.dtype == "float64" else getattr(xp, gram_dtype)
         else:
             work = iterate_dtype(xp, x, self.dtype)
-        x = self._start(xp, x, work, ws)
+        start = self._start(xp, x, work, ws)
+        if ws is not None:  # the input's memory, if it is scratch that the start has read, hosts temporaries
+            scratch = ws.holds(x) and start.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+            ws.lend(x if scratch else None)
+        x = start
         run = _gram_newton_schulz if gram else _newton_schulz
         if self.compile:  # torch.compile plans the memory of what it compiles
             run, ws = compiled(xp, run), None
@@ -413,15 +417,16 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
     matrix under the gram scaling, ``2e3`` under ``"auto"``). ``A^2`` rounded to bfloat16 adds an error of the size
     that ``A``'s own rounding has already (benchmarks/polar_accuracy.py: the same worst case on every input).
     ``ws``: ``A`` in its buffer ``a``, ``A^2`` in ``a2``, ``Q`` in ``q`` (or ``a2``), the float32 work in ``a32`` and
-    ``t32``."""
+    ``t32``, in the memory of the iteration's input where that is scratch with room (:meth:`Workspace.lend`: the
+    optimizer's float32 estimates, which the start has read; 4 of "auto"'s 27 MiB at width 256)."""
     shape = _gram_shape(x)
     a = matmul(xp, x, xp.matrix_transpose(x), out=buffer(xp, ws, "a", shape, x.dtype, x), symmetric=True)
     low = xp.finfo(a.dtype).bits < 32
-    wide = cast(xp, a, xp.float32, out=buffer(xp, ws, "a32", shape, xp.float32, a)) if low else a
+    wide = cast(xp, a, xp.float32, out=buffer(xp, ws, "a32", shape, xp.float32, a, spare=True)) if low else a
     if scaling == "s8":
         a2 = matmul(xp, a, a, out=buffer(xp, ws, "a2", shape, a.dtype, a), symmetric=True)
         if low:
-            a2 = cast(xp, a2, xp.float32, out=buffer(xp, ws, "t32", shape, xp.float32, a))
+            a2 = cast(xp, a2, xp.float32, out=buffer(xp, ws, "t32", shape, xp.float32, a, spare=True))
         # A^2 divided by the power of two at its largest entry (on its diagonal: A^2 is positive semidefinite): the
         # sum of squares of A^2 itself underflows for the start of an input whose every entry is subnormal (largest
         # start entry down to 2^-24, A^2's 2^-96; the first step then gave 0). Exact, so that the bound and the

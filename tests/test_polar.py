@@ -308,9 +308,44 @@ def test_an_input_in_the_workspace_is_scratch(method):
         got = solver.iterate(held, ws)
         assert torch.equal(got, solver.iterate(g)), (method, shape)
         assert not torch.equal(held, g)  # scratch: overwritten
+        lent_bytes = ws.nbytes
         before = g.clone()
         solver.iterate(g, ws)
         assert torch.equal(g, before)
+        # the scratch hosted the first factor's float32 Gram matrices ("auto": its s8 start), which an input that is
+        # not scratch needs buffers of its own for
+        m = min(shape[-2:])
+        gram_bytes = 2 * math.prod((*shape[:-2], m, m)) * 4 if method == "auto" else 0
+        assert ws.nbytes == lent_bytes + gram_bytes, (method, shape)
+
+
+def test_a_lent_buffer_serves_requests_in_turn_until_it_is_full():
+    """``Workspace.lend``: the buffer holding a scratch input serves ``take_spare`` requests of its dtype and device
+    one after another without overlap, while it has room; then (or for another dtype, or after ``lend(None)``) a
+    request gets its role's own buffer. A lent buffer that grows drops the views of its old memory."""
+    torch = pytest.importorskip("torch")
+    from lmo.geometries import Workspace
+
+    cpu, f32 = torch.device("cpu"), torch.float32
+    ws = Workspace()
+    c = ws.take("c", (10,), f32, cpu)
+    ws.lend(c[2:])  # any view of the buffer lends all of it
+    first = ws.take_spare("u", (2, 3), f32, cpu)
+    second = ws.take_spare("v", (4,), f32, cpu)
+    assert first.data_ptr() == c.data_ptr() and second.data_ptr() == c.data_ptr() + 6 * 4
+    assert ws.nbytes == 10 * 4  # nothing new
+    third = ws.take_spare("w", (2,), f32, cpu)  # 6 + 4 of 10 used: its own buffer
+    other = ws.take_spare("b", (2,), torch.bfloat16, cpu)
+    assert ws.nbytes == 10 * 4 + 2 * 4 + 2 * 2
+    assert third.untyped_storage().data_ptr() != c.untyped_storage().data_ptr()
+    assert other.untyped_storage().data_ptr() != c.untyped_storage().data_ptr()
+    ws.lend(c)  # a new call: the lent memory is served from its start again
+    assert ws.take_spare("u", (2, 3), f32, cpu).data_ptr() == c.data_ptr()
+    ws.lend(None)
+    assert ws.take_spare("u", (2, 3), f32, cpu).untyped_storage().data_ptr() != c.untyped_storage().data_ptr()
+    grown = ws.take("c", (20,), f32, cpu)
+    ws.lend(grown)
+    assert ws.take_spare("u", (2, 3), f32, cpu).data_ptr() == grown.data_ptr()
 
 
 def test_a_workspace_is_shared_by_shapes_in_turn():
