@@ -379,7 +379,7 @@ def muon(
         with renamed({"dtype": ("ns_dtype", ns_dtype)}):
             norm = _spectral(method, ns_dtype, eps)
     geometry = MuonGeometry(norm, adjust_lr=adjust_lr, view=view, vectors=vectors)
-    beta1 = beta * beta if nesterov and validation.is_number(beta) else beta
+    beta1, _ = muon_betas(beta, nesterov) if validation.is_number(beta) else (beta, beta)
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
     return configured(names, geometry=geometry, lr=lr, beta1=beta1, beta2=beta, decay=weight_decay, **driver)
 
@@ -397,6 +397,11 @@ def _refuse_unused(why: str, given: Mapping[str, Any]) -> None:
                                       f"{name} would be ignored with {why} (it sets the default spectral geometry"
                                       f"{'' if name == 'method' else ' of method=newton_schulz'}); got "
                                       f"{name}={value!r}")
+
+
+def muon_betas(beta: Any, nesterov: bool) -> tuple[Any, Any]:
+    """:func:`muon`'s estimator betas ``(beta1, beta2)``: Nesterov's ``(b^2, b)``, else ``(b, b)``."""
+    return (beta * beta if nesterov else beta), beta
 
 
 def _spectral(method: str, dtype: str | None, eps: float = _NS_DEFAULTS["eps"]) -> Norm:

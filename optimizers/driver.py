@@ -352,6 +352,19 @@ _PLAN_CACHE = 8  # plans kept per driver (one per parameter structure it has ste
 
 #: the driver's fields that the step reads at every step (a plan does not depend on them: Driver.plans_like)
 _STEP_SCALARS = frozenset({"lr", "beta1", "beta2", "decay"})
+_STEP_CHECKS: dict[str, Callable[[str, Any], float]] = {
+    "beta1": validation.probability,
+    "beta2": validation.probability,
+    "decay": lambda name, value: validation.real(name, value, 0.0),
+}
+
+
+def checked_step_numbers(numbers: Mapping[str, Any]) -> dict[str, float]:
+    """The estimator's ``beta1``, ``beta2`` (each in ``[0, 1)``) and the ``decay`` (``>= 0``) among ``numbers``, as
+    floats, checked: the one check, of a new driver's and of the numbers that a step traced by ``torch.compile``
+    reads from its param group (comparisons only: traced, a changing number is a symbolic float, and its check is
+    guards, not a graph break)."""
+    return {name: _STEP_CHECKS[name](name, value) for name, value in numbers.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,10 +443,10 @@ class Driver:
             raise HyperparameterError(
                 "geometry", geometry, "a Norm, a registry name, a ParamGeometry or a rule (name, shape) -> geometry"
             )
-        for field in ("beta1", "beta2"):
-            object.__setattr__(self, field, validation.probability(field, getattr(self, field)))
+        for field, value in checked_step_numbers({"beta1": self.beta1, "beta2": self.beta2}).items():
+            object.__setattr__(self, field, value)
         validation.choice("rule", self.rule, ("lmo", "sharp"))
-        object.__setattr__(self, "decay", validation.real("decay", self.decay, 0.0))
+        object.__setattr__(self, "decay", checked_step_numbers({"decay": self.decay})["decay"])
         object.__setattr__(self, "radius", validation.real("radius", self.radius, 0.0, low_open=True))
         if not callable(self.lr):
             object.__setattr__(self, "lr", self.check_lr(self.lr))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lmo.backend import Array, device, namespace
@@ -409,6 +409,7 @@ def run_step(
     executor: Executor | None = None,
     transformed: bool = False,
     gradient_noise_std: float | None = None,
+    numbers: Mapping[str, Any] | None = None,
 ) -> list[Array]:
     """One step of ``plan.driver`` (the module docstring's update) on aligned lists; returns the new parameters.
 
@@ -420,7 +421,9 @@ def run_step(
 
     ``transformed``: the gradients have been through the driver's ``grad_transform`` already (the private torch
     optimizers privatise all their groups' gradients together, then step each group), with
-    ``gradient_noise_std`` the noise it released.
+    ``gradient_noise_std`` the noise it released. ``numbers``: this step's ``beta1``, ``beta2`` and ``decay`` in
+    place of the driver's (a step traced by ``torch.compile`` under a momentum schedule: graph inputs, with the
+    plan's estimator structure).
     """
     driver = plan.driver
     executor = evaluate if executor is None else executor
@@ -441,15 +444,17 @@ def run_step(
         xs, gs, ss = [params[i] for i in idx], [grads[i] for i in idx], [slots[i] for i in idx]
         # decided per part when the plan was made (gradients and momenta have their parameters' dtype and device)
         write = inplace and not plan.hooked and part_writable
-        stepped = _step_part(plan, part, idx, xs, gs, ss, info, write, executor)
+        stepped = _step_part(plan, part, idx, xs, gs, ss, info, write, executor, numbers or {})
         for i, x in zip(idx, stepped):
             new_params[i] = x
     return new_params
 
 
 def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array], gs: list[Array],
-               ss: list[dict[str, Array]], info: StepInfo, write: bool, executor: Executor) -> list[Array]:
+               ss: list[dict[str, Array]], info: StepInfo, write: bool, executor: Executor,
+               numbers: Mapping[str, Any]) -> list[Array]:
     driver, lr = plan.driver, info.lr
+    beta1, beta2 = numbers.get("beta1", driver.beta1), numbers.get("beta2", driver.beta2)
     stacked: dict[int, Array] = {}
     rows: list[Array] | None = None  # the estimates' kept memory (free once the oracle has read it)
     if driver.has_momentum:  # the two-beta estimator
@@ -470,8 +475,8 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
         elif keep and len(idx) == 1 and plan.batches[part[0]].workspace:  # a matrix alone
             rows = [plan.scratch.take("c", tuple(xs[0].shape), xs[0].dtype, xs[0].device,
                                       reserve=plan.estimate_entries)]
-        estimates, moments = _foreach.estimator([s[MOMENTUM] for s in ss], gs, driver.beta1, driver.beta2,
-                                                inplace=write, out=rows)
+        estimates, moments = _foreach.estimator([s[MOMENTUM] for s in ss], gs, beta1, beta2, inplace=write,
+                                                out=rows)
         for s, m in zip(ss, moments):
             s[MOMENTUM] = m
     else:
@@ -483,7 +488,7 @@ def _step_part(plan: Plan, part: tuple[int, ...], idx: list[int], xs: list[Array
                      stacked=stacked or None)
     directions = [found[i] for i in idx]
     radii = [plan.entries[i].radius for i in idx]
-    shrink = _foreach.shrink_factor(lr, driver.decay)
+    shrink = _foreach.shrink_factor(lr, numbers.get("decay", driver.decay))
     if driver.direction_transform is not None:
         full = [dr.full(c) for dr, c in zip(directions, estimates)]
         seen = dataclasses.replace(info, estimates=tuple(estimates),

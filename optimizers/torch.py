@@ -9,10 +9,10 @@ Resolve once, step simply: each param group's :class:`~lmo.optimizers.step.Plan`
 and radius, the same-shape batches, the validated hyperparameters) is made when the group is added and kept until
 a hyperparameter that it resolves changes (or the group's parameters do; a new momentum or weight decay only
 replaces its driver: ``Driver.plans_like``); each step first checks the groups' hyperparameters against their
-plans (host work that ``torch.compile`` does not trace). ``step()`` reads each group's ``lr`` -- a number, or a
-one-element tensor that schedulers update in place and that is never read on the host (taken as a 0-d view;
-whatever was set in ``param_groups`` is checked before anything is written) -- checks all gradients at once, then
-runs :func:`lmo.optimizers.step.run_step` per group::
+plans (a step traced by ``torch.compile`` reads the numbers a scheduler moves from the group: ``scheduled``).
+``step()`` reads each group's ``lr`` -- a number, or a one-element tensor that schedulers update in place and
+that is never read on the host (taken as a 0-d view; whatever was set in ``param_groups`` is checked before
+anything is written) -- checks all gradients at once, then runs :func:`lmo.optimizers.step.run_step` per group::
 
     Optimizer.step -> DriverOptimizer._step_group -> run_step (estimator, one batched oracle, update)
 
@@ -36,7 +36,7 @@ Guarantees (all classes):
   real parameter names, else ``"<group>.<index>"``.
 - ``torch.compile(optimizer.step)`` with a tensor ``lr`` compiles once under an LR scheduler, and once more, on the
   second step, under one that also cycles the momentum (where torch.optim.Muon's step recompiles for every new
-  momentum; docs/optimizers.md).
+  momentum); with ``nonfinite="ignore"`` the step is one graph (``fullgraph=True``; docs/optimizers.md).
 
 ``state_dict()`` holds, per parameter, ``"step"`` (a 0-d float32 tensor, as torch.optim.Adam's) and the driver's
 slots (``"momentum_buffer"`` as in torch.optim.Muon, and hooks' slots). Hyperparameters in ``param_groups`` are
@@ -54,9 +54,9 @@ from typing import Any, ClassVar
 import torch
 
 from . import _foreach, validation
-from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, scion, sign_sgd, signum, uscion
+from .configs import NS_COEFFICIENTS, ScionGeometry, lion, muon, muon_betas, scion, sign_sgd, signum, uscion
 from .distributed import Distribution
-from .driver import MOMENTUM, Driver, NonFiniteGradientError, StepInfo, hook_slots
+from .driver import MOMENTUM, Driver, NonFiniteGradientError, StepInfo, checked_step_numbers, hook_slots
 from .step import Plan, build_plan, run_step
 from .validation import renamed
 
@@ -116,6 +116,7 @@ class _GroupStep:
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
     lr: Any  # the group's lr as the step uses it (_step_lr)
+    traced: bool = False  # a step traced by torch.compile: the scheduled numbers come from the group
 
 
 class UnsupportedParameterError(ValueError, RuntimeError):
@@ -148,6 +149,10 @@ class DriverOptimizer(torch.optim.Optimizer):
     #: expected (torch itself raises a bare TypeError there)
     compared: ClassVar[frozenset[str]] = frozenset()
     accepts_private_drivers: ClassVar[bool] = False  # drivers that take per-example gradients: the DP classes
+    #: the group keys of the numbers that the step reads at every step besides ``lr`` (what schedulers move:
+    #: torch's ``OneCycleLR`` and ``CyclicLR`` cycle ``momentum`` or ``betas[0]``), which :meth:`step_numbers` maps
+    #: to the driver's; empty: none known (see :meth:`step`)
+    scheduled: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: Any, defaults: dict[str, Any], process_group: Any = None) -> None:
         # distributed: who shares the oracle's work (lmo.optimizers.distributed); None is one process
@@ -186,6 +191,11 @@ class DriverOptimizer(torch.optim.Optimizer):
                  for name, keyword in self.arguments.items()}
         with renamed(names):
             return type(self).configuration(**kwargs)
+
+    def step_numbers(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """The driver's ``beta1``, ``beta2`` and ``decay`` from the group's :attr:`scheduled` values, for a step
+        traced by ``torch.compile`` (arithmetic only: a value that a scheduler moves is a graph input there)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no scheduled numbers")
 
     def _wording(self, name: str, value: Any) -> str | None:
         """torch's wording of an error in the torch argument ``name`` (``messages``), if it fits ``value``."""
@@ -300,6 +310,10 @@ class DriverOptimizer(torch.optim.Optimizer):
         (not what LR schedulers add to a group, "initial_lr", ...)."""
         return {k: group[k] for k in self.defaults if k not in _NOT_HYPERPARAMETERS and k in group}
 
+    def _structure(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The hyperparameters that a traced step compares with its plan's: all but the :attr:`scheduled` ones."""
+        return {k: v for k, v in hyperparameters.items() if k not in self.scheduled}
+
     def _driver(self, group: Mapping[str, Any], checked_lr: bool) -> tuple[Driver, bool]:
         """The group's driver, bound to all of this optimizer's parameters (a rule that sees the whole parameter
         list, to find the last layer, sees all of them in order, not only this group's, nor only the ones with a
@@ -317,9 +331,10 @@ class DriverOptimizer(torch.optim.Optimizer):
         """Bring each kept plan up to date with its group's hyperparameters, before a step reads or writes anything
         (a bad value set in ``param_groups`` is refused here): when only numbers that the step reads changed (a
         momentum schedule: ``Driver.plans_like``) the plan, its memory included, serves with the new driver;
-        otherwise it is dropped, and :meth:`_plan` makes a new one. Host work on Python values, which
-        ``torch.compile`` does not trace (:meth:`_refresh_untraced`): traced, every new momentum would recompile
-        the step."""
+        otherwise it is dropped, and :meth:`_plan` makes a new one. Host work on Python values: traced by
+        ``torch.compile``, every new momentum would recompile the step. A traced step of a class that declares its
+        :attr:`scheduled` numbers reads those from the group instead (:meth:`step_numbers`, no graph break:
+        ``fullgraph=True`` works) and :meth:`_plan` compares the rest; any other class runs this untraced."""
         for gi, group in enumerate(self.param_groups):
             kept = self._plans.get(gi)
             if kept is None:
@@ -339,11 +354,13 @@ class DriverOptimizer(torch.optim.Optimizer):
     _refresh_untraced = _untraced(_refresh)
 
     def _plan(self, gi: int, group: Mapping[str, Any], names: list[str], params: list[torch.Tensor]) -> Plan:
-        """The group's plan for these parameters: kept while its parameters stay the same (and its hyperparameters,
-        which :meth:`_refresh` sees to)."""
+        """The group's plan for these parameters: kept while its parameters stay the same and its hyperparameters
+        (which :meth:`_refresh` sees to; a traced step compares those but the scheduled ones itself)."""
         ids = tuple(map(id, params))
         kept = self._plans.get(gi)
-        if kept is None or kept.params != ids:
+        stale = kept is not None and _foreach.compiling() and bool(self.scheduled) \
+            and self._structure(kept.hyperparameters) != self._structure(self._hyperparameters(group))
+        if kept is None or kept.params != ids or stale:
             driver, bound = self._driver(group, checked_lr=kept is not None)
             plan = build_plan(driver, names, params, complex_later=True)  # refused at the step (_gather)
             kept = _GroupPlan(self._hyperparameters(group), ids, plan, bound)
@@ -422,7 +439,10 @@ class DriverOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        (self._refresh_untraced if _foreach.compiling() else self._refresh)()
+        if not _foreach.compiling():
+            self._refresh()
+        elif not self.scheduled:  # a class that does not say which numbers move: a graph break, no recompilation
+            self._refresh_untraced()
         work = [w for gi, group in enumerate(self.param_groups) if (w := self._gather(gi, group)) is not None]
         if self._finite(work):
             for w in work:
@@ -456,7 +476,22 @@ class DriverOptimizer(torch.optim.Optimizer):
         if not params:
             return None
         plan = self._plan(gi, group, names, params)
-        return _GroupStep(gi, group, plan, names, params, grads, _step_lr(gi, group["lr"], plan.driver))
+        traced = bool(self.scheduled) and _foreach.compiling()
+        if traced:
+            self._traced_numbers(gi, group)  # checked now; read again after the graph break (not carried over it)
+        return _GroupStep(gi, group, plan, names, params, grads, _step_lr(gi, group["lr"], plan.driver), traced)
+
+    def _traced_numbers(self, index: int, group: Mapping[str, Any]) -> dict[str, Any]:
+        """A traced step's scheduled numbers (:meth:`step_numbers`), checked before anything is written
+        (``checked_step_numbers``: guards on symbolic floats; a bad value is a ``ValueError`` naming the group's
+        values)."""
+        numbers = self.step_numbers(group)
+        try:
+            checked_step_numbers(numbers)  # its floats are not used: float() of a symbolic number would specialise
+        except validation.HyperparameterError as err:
+            given = ", ".join(f"{key}={group[key]!r}" for key in sorted(self.scheduled))
+            raise ValueError(f"param group {index}: {given}: {err}") from None
+        return numbers
 
     def _finite(self, work: list[_GroupStep]) -> bool:
         """Whether every checked gradient is finite (one test for all groups, read once); raises
@@ -537,7 +572,7 @@ class DriverOptimizer(torch.optim.Optimizer):
                 break
             names, params = [w.names[j] for j in part], [w.params[j] for j in part]
             sub = _GroupStep(w.index, w.group, build_plan(driver, names, params), names, params,
-                             [w.grads[j] for j in part], w.lr)
+                             [w.grads[j] for j in part], w.lr, w.traced)
             self._run(sub, [states[j] for j in part], index)
 
     def _run(self, w: _GroupStep, states: list[dict[str, Any]], step: Any) -> None:
@@ -547,9 +582,10 @@ class DriverOptimizer(torch.optim.Optimizer):
         # the parameters (or iterates) and momenta are the optimizer's own: the step writes into them unless a hook
         # needs the pure step; the states are the slots (run_step sets the new momentum and hook slots there)
         transformed, noise = self._transformed()
+        # traced: the scheduled numbers from the group, as graph inputs (the plan's driver has the first step's)
         new = run_step(w.plan, xs, w.grads, states, lr, step, inplace=True,
                        executor=self._distribution.executor(w.params), transformed=transformed,
-                       gradient_noise_std=noise)
+                       gradient_noise_std=noise, numbers=self.step_numbers(w.group) if w.traced else None)
         if driver.point is not None:
             ys = driver.point_list(w.names, new, states, step + 1)
             for p, state, x, y in zip(w.params, states, new, ys):
@@ -683,9 +719,14 @@ class LMOOptimizer(DriverOptimizer):
         defaults.update(overrides)
         super().__init__(params, defaults, process_group)
 
+    scheduled = frozenset({"beta1", "beta2", "decay"})
+
     def configure(self, group: Mapping[str, Any]) -> Driver:
         changes = {f: group[f] for f in _GROUP_FIELDS if group[f] is not getattr(self.driver, f)}
         return self.driver.replace(**changes) if changes else self.driver
+
+    def step_numbers(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        return {f: group[f] for f in self.scheduled}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -739,6 +780,11 @@ class Muon(DriverOptimizer):
                 "weight_decay": "weight decay should be >= 0 but is: {value}",
                 "adjust_lr_fn": "Adjust learning rate function {value} is not supported"}
     compared = frozenset({"lr", "weight_decay"})
+    scheduled = frozenset({"momentum", "weight_decay"})
+
+    def step_numbers(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = muon_betas(group["momentum"], group["nesterov"])
+        return {"beta1": beta1, "beta2": beta2, "decay": group["weight_decay"]}
 
     def configure(self, group: Mapping[str, Any]) -> Driver:
         driver = super().configure(group)
@@ -796,6 +842,10 @@ class SignSGD(DriverOptimizer):
 
     configuration = staticmethod(sign_sgd)
     arguments = {"lr": "lr", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
+    scheduled = frozenset({"weight_decay"})
+
+    def step_numbers(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        return {"decay": group["weight_decay"]}
 
     def __init__(self, params: Any, lr: float = 3e-3, weight_decay: float = 0.0, *, nonfinite: str = "raise",
                  process_group: Any = None) -> None:
@@ -816,6 +866,10 @@ class Signum(DriverOptimizer):
 
     configuration = staticmethod(signum)
     arguments = {"lr": "lr", "momentum": "beta", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
+    scheduled = frozenset({"momentum", "weight_decay"})
+
+    def step_numbers(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        return {"beta1": group["momentum"], "beta2": group["momentum"], "decay": group["weight_decay"]}
 
     def __init__(self, params: Any, lr: float = 3e-3, momentum: float = 0.9, weight_decay: float = 0.0, *,
                  nonfinite: str = "raise", process_group: Any = None) -> None:
@@ -836,6 +890,11 @@ class Lion(DriverOptimizer):
 
     configuration = staticmethod(lion)
     arguments = {"lr": "lr", "betas": "betas", "weight_decay": "weight_decay", "nonfinite": "nonfinite"}
+    scheduled = frozenset({"betas", "weight_decay"})
+
+    def step_numbers(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {"beta1": beta1, "beta2": beta2, "decay": group["weight_decay"]}
 
     def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, nonfinite: str = "raise", process_group: Any = None) -> None:
@@ -885,6 +944,11 @@ class Scion(DriverOptimizer):
         defaults = dict(lr=lr, momentum=momentum, norm=norm, norm_kwargs=dict(norm_kwargs or {}), scale=scale,
                         unconstrained=unconstrained, nonfinite=nonfinite)
         super().__init__(params, defaults, process_group)
+
+    scheduled = frozenset({"momentum"})
+
+    def step_numbers(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        return {"beta1": 1.0 - group["momentum"], "beta2": 1.0 - group["momentum"]}
 
     def configure(self, group: Mapping[str, Any]) -> Driver:
         momentum = group["momentum"]

@@ -85,7 +85,9 @@ def real(
 ) -> float:
     """``value`` as a float, checked to be a finite number in the interval ``low .. high`` (closed unless
     ``low_open``/``high_open``; an infinite end is always open)."""
-    ok = is_number(value) and math.isfinite(value)
+    # finite by comparisons, not math.isfinite: the same for every float, no OverflowError for a huge int, and
+    # traceable by torch.compile, where a scheduled momentum is a symbolic float (guards, no graph break)
+    ok = is_number(value) and -math.inf < value < math.inf
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:

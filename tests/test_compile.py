@@ -104,3 +104,65 @@ def test_the_traced_estimator_is_the_eager_one(b1, b2, inplace):
     if inplace:
         assert all(new is m for new, m in zip(traced_m, into))
     assert not any(c.data_ptr() == g.data_ptr() for c, g in zip(traced_c, grads))
+
+
+@skip_without("spectral")
+def test_with_nonfinite_ignore_the_step_is_one_graph_under_a_momentum_schedule():
+    """With ``nonfinite="ignore"`` (no finiteness test, whose host read is the step's graph break) a traced step
+    has no graph break: ``torch.compile(opt.step, fullgraph=True)`` steps under ``OneCycleLR``, which moves the
+    momentum every step (read from the group as a graph input), compiles by the second step and not again, and
+    equals eager."""
+    def make(params):
+        return lo.Muon(params, lr=torch.tensor(0.05), vectors="rms", nonfinite="ignore")
+
+    import torch._dynamo as dynamo
+
+    gen = torch.Generator().manual_seed(2)
+    grads = [[torch.randn(s, generator=gen) for s in SHAPES] for _ in range(5)]
+    runs = []
+    for compiled in (True, False):
+        params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=torch.Generator().manual_seed(0)))
+                  for s in SHAPES]
+        opt = make(params)
+        dynamo.reset()
+        dynamo.utils.counters.clear()
+        # compiled before the scheduler wraps opt.step in its own (untraceable) counter, as for torch.optim
+        step = torch.compile(opt.step, backend="aot_eager", fullgraph=True) if compiled else opt.step
+        scheduler = SCHEDULES["OneCycleLR"](opt)
+        frames = []
+        for gs in grads:
+            for p, g in zip(params, gs):
+                p.grad = g.clone()
+            step()
+            scheduler.step()
+            frames.append(dynamo.utils.counters["frames"]["total"])
+        runs.append(params)
+        if compiled:
+            assert frames[-1] == frames[1], f"recompiled after warm-up: frames compiled by step {frames}"
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: lo.Muon(ps, momentum=0.9, weight_decay=0.01),
+    lambda ps: lo.Muon(ps, momentum=0.9, nesterov=False),
+    lambda ps: lo.Signum(ps, momentum=0.8, weight_decay=0.1),
+    lambda ps: lo.Lion(ps, betas=(0.85, 0.97), weight_decay=0.2),
+    lambda ps: lo.SignSGD(ps, weight_decay=0.3),
+    lambda ps: lo.Scion(ps, momentum=0.1, norm="Sign"),
+    lambda ps: lo.LMOOptimizer(ps, lo.signum(0.1, beta=0.7, weight_decay=0.05)),
+], ids=["Muon", "Muon-no-nesterov", "Signum", "Lion", "SignSGD", "Scion", "LMOOptimizer"])
+def test_the_numbers_a_traced_step_reads_are_the_configured_drivers(make):
+    """What a traced step reads from the group (``step_numbers``, of the ``scheduled`` keys) is what
+    ``configure`` makes of the same group -- at the constructor's values and at values a scheduler writes."""
+    opt = make([torch.nn.Parameter(torch.randn(4, 4))])
+    group = dict(opt.param_groups[0])
+    for scale in (1.0, 0.5):
+        for key in opt.scheduled:
+            value = opt.param_groups[0][key]
+            group[key] = (value[0] * scale, *value[1:]) if isinstance(value, tuple) else value * scale
+        driver = opt.configure(group)
+        numbers = opt.step_numbers(group)
+        assert numbers, type(opt).__name__
+        for name, value in numbers.items():
+            assert value == pytest.approx(getattr(driver, name), rel=1e-15), (name, scale)
