@@ -25,26 +25,29 @@ SCHEDULES = {
 }
 
 
-def _run(make, schedule, grads, compiled):
-    """The parameters after the steps, the frames dynamo compiled by the end of each step (a recompilation is a
-    compiled frame, with or without a graph: a frame that graph-breaks before any tensor work has none), and the
-    optimizer."""
+def _run(make, schedule, grads, compiled, fullgraph=False):
+    """The parameters after the steps, the frames and graphs dynamo compiled by the end of each step (a
+    recompilation is a compiled frame, with or without a graph: a frame that graph-breaks before any tensor work
+    has none), and the optimizer. ``fullgraph``: ``opt.step`` compiled with ``fullgraph=True`` before the scheduler
+    wraps it in its own (untraceable) counter, as for torch.optim."""
     import torch._dynamo as dynamo
 
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=gen)) for s in SHAPES]
     opt = make(params)
-    scheduler = SCHEDULES[schedule](opt)
+    scheduler = None if fullgraph else SCHEDULES[schedule](opt)
     dynamo.reset()
     dynamo.utils.counters.clear()
-    step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+    step = torch.compile(opt.step, backend="aot_eager", fullgraph=fullgraph) if compiled else opt.step
+    scheduler = scheduler or SCHEDULES[schedule](opt)
     frames = []
     for gs in grads:
         for p, g in zip(params, gs):
             p.grad = g.clone()
         step()
         scheduler.step()
-        frames.append(dynamo.utils.counters["frames"]["total"])
+        # fullgraph=True compiles without dynamo's count of frames; every compilation there is one graph
+        frames.append((dynamo.utils.counters["frames"]["total"], dynamo.utils.counters["stats"]["unique_graphs"]))
     return params, frames, opt
 
 
@@ -65,7 +68,7 @@ def test_compiled_step_compiles_once_under_a_schedule_and_equals_eager(name, sch
     eager, _, _ = _run(MAKERS[name], schedule, grads, compiled=False)
     # the first step creates the momenta, the second steps them (and sees a second momentum: dynamo makes a number
     # that changes a graph input): compiled by then, and never again
-    assert frames[1] > 0 and frames[-1] == frames[1], f"recompiled after warm-up: frames compiled by step {frames}"
+    assert frames[1][0] > 0 and frames[-1] == frames[1], f"recompiled after warm-up: (frames, graphs) by step {frames}"
     group = opt.param_groups[0]
     if schedule == "LambdaLR":
         assert float(group["lr"]) == pytest.approx(0.05 / 7)  # the schedule moved the tensor lr
@@ -115,31 +118,12 @@ def test_with_nonfinite_ignore_the_step_is_one_graph_under_a_momentum_schedule()
     def make(params):
         return lo.Muon(params, lr=torch.tensor(0.05), vectors="rms", nonfinite="ignore")
 
-    import torch._dynamo as dynamo
-
     gen = torch.Generator().manual_seed(2)
     grads = [[torch.randn(s, generator=gen) for s in SHAPES] for _ in range(5)]
-    runs = []
-    for compiled in (True, False):
-        params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=torch.Generator().manual_seed(0)))
-                  for s in SHAPES]
-        opt = make(params)
-        dynamo.reset()
-        dynamo.utils.counters.clear()
-        # compiled before the scheduler wraps opt.step in its own (untraceable) counter, as for torch.optim
-        step = torch.compile(opt.step, backend="aot_eager", fullgraph=True) if compiled else opt.step
-        scheduler = SCHEDULES["OneCycleLR"](opt)
-        frames = []
-        for gs in grads:
-            for p, g in zip(params, gs):
-                p.grad = g.clone()
-            step()
-            scheduler.step()
-            frames.append(dynamo.utils.counters["frames"]["total"])
-        runs.append(params)
-        if compiled:
-            assert frames[-1] == frames[1], f"recompiled after warm-up: frames compiled by step {frames}"
-    for a, b in zip(*runs):
+    compiled, frames, _ = _run(make, "OneCycleLR", grads, compiled=True, fullgraph=True)
+    eager, _, _ = _run(make, "OneCycleLR", grads, compiled=False, fullgraph=True)
+    assert frames[1][1] > 0 and frames[-1] == frames[1], f"recompiled after warm-up: (frames, graphs) by step {frames}"
+    for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
