@@ -116,7 +116,7 @@ class _GroupStep:
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
     lr: Any  # the group's lr as the step uses it (_step_lr)
-    traced: bool = False  # a step traced by torch.compile: the scheduled numbers come from the group
+    traced: bool = False  # a step traced by torch.compile: the scheduled numbers come from the group (step_numbers)
 
 
 class UnsupportedParameterError(ValueError, RuntimeError):
@@ -478,20 +478,18 @@ class DriverOptimizer(torch.optim.Optimizer):
         plan = self._plan(gi, group, names, params)
         traced = bool(self.scheduled) and _foreach.compiling()
         if traced:
-            self._traced_numbers(gi, group)  # checked now; read again after the graph break (not carried over it)
+            self._check_scheduled(gi, group)  # now; read again after the graph break (not carried over it)
         return _GroupStep(gi, group, plan, names, params, grads, _step_lr(gi, group["lr"], plan.driver), traced)
 
-    def _traced_numbers(self, index: int, group: Mapping[str, Any]) -> dict[str, Any]:
-        """A traced step's scheduled numbers (:meth:`step_numbers`), checked before anything is written
+    def _check_scheduled(self, index: int, group: Mapping[str, Any]) -> None:
+        """Check a traced step's scheduled numbers (:meth:`step_numbers`) before anything is written
         (``checked_step_numbers``: guards on symbolic floats; a bad value is a ``ValueError`` naming the group's
         values)."""
-        numbers = self.step_numbers(group)
         try:
-            checked_step_numbers(numbers)  # its floats are not used: float() of a symbolic number would specialise
+            checked_step_numbers(self.step_numbers(group))  # its floats unused: float() of a symbolic one specialises
         except validation.HyperparameterError as err:
             given = ", ".join(f"{key}={group[key]!r}" for key in sorted(self.scheduled))
             raise ValueError(f"param group {index}: {given}: {err}") from None
-        return numbers
 
     def _finite(self, work: list[_GroupStep]) -> bool:
         """Whether every checked gradient is finite (one test for all groups, read once); raises
