@@ -379,9 +379,9 @@ def muon(
         with renamed({"dtype": ("ns_dtype", ns_dtype)}):
             norm = _spectral(method, ns_dtype, eps)
     geometry = MuonGeometry(norm, adjust_lr=adjust_lr, view=view, vectors=vectors)
-    beta1, _ = muon_betas(beta, nesterov) if validation.is_number(beta) else (beta, beta)
+    beta1, beta2 = muon_betas(beta, nesterov) if validation.is_number(beta) else (beta, beta)
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}
-    return configured(names, geometry=geometry, lr=lr, beta1=beta1, beta2=beta, decay=weight_decay, **driver)
+    return configured(names, geometry=geometry, lr=lr, beta1=beta1, beta2=beta2, decay=weight_decay, **driver)
 
 
 _NS_DEFAULTS = {"ns_steps": 5, "ns_coefficients": NS_COEFFICIENTS, "eps": 1e-7, "method": "newton_schulz"}  # muon()'s

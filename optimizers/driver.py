@@ -350,13 +350,13 @@ def flatten_tree(tree: Any) -> tuple[list[str], list[Array], Callable[[list[Any]
 _PLAN_CACHE = 8  # plans kept per driver (one per parameter structure it has stepped)
 
 
-#: the driver's fields that the step reads at every step (a plan does not depend on them: Driver.plans_like)
-_STEP_SCALARS = frozenset({"lr", "beta1", "beta2", "decay"})
 _STEP_CHECKS: dict[str, Callable[[str, Any], float]] = {
     "beta1": validation.probability,
     "beta2": validation.probability,
     "decay": lambda name, value: validation.real(name, value, 0.0),
 }
+#: the driver's fields that the step reads at every step (a plan does not depend on them: Driver.plans_like)
+_STEP_SCALARS = frozenset({"lr", *_STEP_CHECKS})
 
 
 def checked_step_numbers(numbers: Mapping[str, Any]) -> dict[str, float]:

@@ -116,7 +116,6 @@ class _GroupStep:
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
     lr: Any  # the group's lr as the step uses it (_step_lr)
-    traced: bool = False  # a step traced by torch.compile: the scheduled numbers come from the group (step_numbers)
 
 
 class UnsupportedParameterError(ValueError, RuntimeError):
@@ -310,6 +309,11 @@ class DriverOptimizer(torch.optim.Optimizer):
         (not what LR schedulers add to a group, "initial_lr", ...)."""
         return {k: group[k] for k in self.defaults if k not in _NOT_HYPERPARAMETERS and k in group}
 
+    def _reads_scheduled(self) -> bool:
+        """Whether this step reads the :attr:`scheduled` numbers from the groups (:meth:`step_numbers`): traced by
+        ``torch.compile``, for a class that declares them."""
+        return bool(self.scheduled) and _foreach.compiling()
+
     def _structure(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
         """The hyperparameters that a traced step compares with its plan's: all but the :attr:`scheduled` ones."""
         return {k: v for k, v in hyperparameters.items() if k not in self.scheduled}
@@ -358,7 +362,7 @@ class DriverOptimizer(torch.optim.Optimizer):
         (which :meth:`_refresh` sees to; a traced step compares those but the scheduled ones itself)."""
         ids = tuple(map(id, params))
         kept = self._plans.get(gi)
-        stale = kept is not None and _foreach.compiling() and bool(self.scheduled) \
+        stale = kept is not None and self._reads_scheduled() \
             and self._structure(kept.hyperparameters) != self._structure(self._hyperparameters(group))
         if kept is None or kept.params != ids or stale:
             driver, bound = self._driver(group, checked_lr=kept is not None)
@@ -476,10 +480,9 @@ class DriverOptimizer(torch.optim.Optimizer):
         if not params:
             return None
         plan = self._plan(gi, group, names, params)
-        traced = bool(self.scheduled) and _foreach.compiling()
-        if traced:
+        if self._reads_scheduled():
             self._check_scheduled(gi, group)  # now; read again after the graph break (not carried over it)
-        return _GroupStep(gi, group, plan, names, params, grads, _step_lr(gi, group["lr"], plan.driver), traced)
+        return _GroupStep(gi, group, plan, names, params, grads, _step_lr(gi, group["lr"], plan.driver))
 
     def _check_scheduled(self, index: int, group: Mapping[str, Any]) -> None:
         """Check a traced step's scheduled numbers (:meth:`step_numbers`) before anything is written
@@ -570,7 +573,7 @@ class DriverOptimizer(torch.optim.Optimizer):
                 break
             names, params = [w.names[j] for j in part], [w.params[j] for j in part]
             sub = _GroupStep(w.index, w.group, build_plan(driver, names, params), names, params,
-                             [w.grads[j] for j in part], w.lr, w.traced)
+                             [w.grads[j] for j in part], w.lr)
             self._run(sub, [states[j] for j in part], index)
 
     def _run(self, w: _GroupStep, states: list[dict[str, Any]], step: Any) -> None:
@@ -581,9 +584,10 @@ class DriverOptimizer(torch.optim.Optimizer):
         # needs the pure step; the states are the slots (run_step sets the new momentum and hook slots there)
         transformed, noise = self._transformed()
         # traced: the scheduled numbers from the group, as graph inputs (the plan's driver has the first step's)
+        numbers = self.step_numbers(w.group) if self._reads_scheduled() else None
         new = run_step(w.plan, xs, w.grads, states, lr, step, inplace=True,
                        executor=self._distribution.executor(w.params), transformed=transformed,
-                       gradient_noise_std=noise, numbers=self.step_numbers(w.group) if w.traced else None)
+                       gradient_noise_std=noise, numbers=numbers)
         if driver.point is not None:
             ys = driver.point_list(w.names, new, states, step + 1)
             for p, state, x, y in zip(w.params, states, new, ys):
