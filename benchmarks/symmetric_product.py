@@ -6,8 +6,9 @@ row panels, each against the columns from its diagonal on, the blocks below mirr
 FLOPs, in ``k`` BLAS calls of thinner shapes plus ``k - 1`` transposed copies. This benchmark measures, interleaved,
 the plain product against ``k`` = 2, 3, 4, 8 panels, and marks the panel count that ``SYMMETRIC_PANEL`` and
 ``SYMMETRIC_PANELS`` choose (``auto``), on ``X X^T`` of ``m x n`` matrices (``n = m`` and ``n = 4m``, the
-shapes of a GPT's matrices) and on ``c A + alpha A A``; ``max |diff|`` is the largest entry difference from the
-plain product relative to its largest entry (0: bit for bit).
+shapes of a GPT's matrices) and on ``c A + alpha A A``; then on stacks (3-D, as the optimizers batch same-shape
+matrices): the batched product against the panels matrix by matrix. ``max |diff|`` is the largest entry difference
+from the plain product relative to its largest entry (0: bit for bit).
 
 Usage: ``python benchmarks/symmetric_product.py [--quick] [--json PATH] [--threads N] [--repeats R]``.
 """
@@ -66,9 +67,34 @@ def main() -> None:
                     rows.append([str(dtype).removeprefix("torch."), f"{m} x {aspect * m}", name, label,
                                  times[label] * 1e3, times[label] / times["plain"], float(diff),
                                  "auto" if chosen else ""])
+    stacks = [(4, 256, 1)] if args.quick else [(16, 256, 1), (4, 256, 4), (16, 512, 1), (4, 512, 4), (4, 1024, 4)]
+    for dtype in dtypes:
+        for count, m, aspect in stacks:
+            x = torch.randn(count, m, aspect * m, device=args.device).to(dtype)
+            a = torch.bmm(x, x.mT) / (aspect * m)
+            for name, first, second in (("X X^T", x, x.mT), ("A A", a, a)):
+                out = torch.empty(count, m, m, dtype=dtype, device=args.device)
+                cuts = primitives._panels(first[0])
+                fns = {"plain": lambda first=first, second=second, out=out: torch.bmm(first, second, out=out)}
+                if cuts is not None:
+                    fns[f"{len(cuts) - 1} panels each"] = (
+                        lambda first=first, second=second, out=out, cuts=cuts: [
+                            primitives._upper_triangle(f, s, o, cuts) for f, s, o in zip(first, second, out)])
+                chosen = primitives.matmul(torch, first, second, out=torch.empty_like(out), symmetric=True)
+                times = interleaved(fns, repeats)
+                reference = torch.bmm(first, second).float()
+                for label, fn in fns.items():
+                    fn()
+                    diff = (out.float() - reference).abs().max() / reference.abs().max()
+                    picked = torch.equal(chosen, out) and (label != "plain") == (
+                        cuts is not None and len(cuts) > primitives.SYMMETRIC_STACK_PANELS)
+                    rows.append([str(dtype).removeprefix("torch."), f"{count} x {m} x {aspect * m}", name, label,
+                                 times[label] * 1e3, times[label] / times["plain"], float(diff),
+                                 "auto" if picked else ""])
     report(args, "symmetric_product", ["dtype", "X", "product", "form", "ms", "vs plain", "max |diff|", "chosen"],
            rows, {"policy": f"SYMMETRIC_PANEL={primitives.SYMMETRIC_PANEL} (rows, entries by bytes per entry), "
-                            f"SYMMETRIC_PANELS={primitives.SYMMETRIC_PANELS}; on a CPU only"})
+                            f"SYMMETRIC_PANELS={primitives.SYMMETRIC_PANELS}, stacks matrix by matrix from "
+                            f"SYMMETRIC_STACK_PANELS={primitives.SYMMETRIC_STACK_PANELS} panels; on a CPU only"})
 
 
 if __name__ == "__main__":

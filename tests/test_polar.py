@@ -368,12 +368,13 @@ def test_a_workspace_is_shared_by_shapes_in_turn():
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
-def test_symmetric_products_are_formed_by_their_upper_triangle(dtype):
+def test_symmetric_products_are_formed_by_their_upper_triangle(dtype, monkeypatch):
     """``matmul(..., symmetric=True)`` and ``scaled_add_matmul(..., symmetric=True)`` on a CPU: a product large
     enough for panels (even and uneven cuts, up to the most panels) has each block below the diagonal the exact
     transpose of its mirror image and equals the plain product within the dtype's rounding (in ``out=`` if given),
-    also for an operand that is a transposed view (the tall layout); small, batched and non-CPU operands keep the
-    plain product."""
+    also for an operand that is a transposed view (the tall layout); a stack of such products is formed matrix by
+    matrix where each takes at least ``SYMMETRIC_STACK_PANELS`` panels; small and non-CPU operands and stacks of
+    fewer panels keep the plain product."""
     torch = pytest.importorskip("torch")
     from lmo.geometries import _torch as T
 
@@ -410,8 +411,33 @@ def test_symmetric_products_are_formed_by_their_upper_triangle(dtype):
     assert T._panels(small) is None and T._panels(torch.ones((2 * rows, 8), dtype=dt)) is None
     big = torch.ones((4 * rows, 4 * rows), dtype=dt, device="meta")
     assert T._panels(big) is None  # an accelerator (any non-CPU device) keeps the plain product
-    stack = torch.randn((2, 2 * rows, entries // rows), generator=gen).to(dt)
-    assert torch.equal(T.matmul(torch, stack, stack.mT, symmetric=True), stack @ stack.mT)
+    # a stack: matrix by matrix in panels from SYMMETRIC_STACK_PANELS on (the 2-D product of each, bit for bit, in
+    # out=, wide and tall layouts), else the batched product; an empty stack is an empty product
+    few = T.SYMMETRIC_STACK_PANELS - 1
+    stack = torch.randn((2, few * rows, entries // rows), generator=gen).to(dt)
+    assert len(T._panels(stack[0])) - 1 == few
+    formed = []
+    upper = T._upper_triangle
+    monkeypatch.setattr(T, "_upper_triangle", lambda *a, **k: formed.append(a[0].shape) or upper(*a, **k))
+    assert torch.equal(T.matmul(torch, stack, stack.mT, symmetric=True), torch.bmm(stack, stack.mT))
+    assert formed == []
+    many = T.SYMMETRIC_STACK_PANELS * rows
+    for tall in (False, True):
+        store = torch.randn((3, 2 * many, many) if tall else (3, many, 2 * many), generator=gen).to(dt)
+        x = store.mT if tall else store
+        cuts = T._panels(x[0])
+        assert len(cuts) - 1 >= T.SYMMETRIC_STACK_PANELS, cuts
+        out = torch.empty((3, many, many), dtype=dt)
+        formed.clear()
+        a = T.matmul(torch, x, x.mT, out=out, symmetric=True)
+        assert a.data_ptr() == out.data_ptr() and formed == [(many, 2 * many)] * 3, formed
+        for k in range(3):
+            assert torch.equal(a[k], T.matmul(torch, x[k], x[k].mT, symmetric=True)), (dtype, tall, k)
+        plain = x.double() @ x.double().mT
+        assert float((a.double() - plain).abs().max() / plain.abs().max()) <= tol, (dtype, tall)
+        assert torch.equal(T.matmul(torch, x, x.mT, symmetric=True), a)  # without out=
+    empty = torch.ones((0, many, 2 * many), dtype=dt)
+    assert T.matmul(torch, empty, empty.mT, symmetric=True).shape == (0, many, many)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
