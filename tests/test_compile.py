@@ -7,6 +7,8 @@ inductor compilation (warm-up, steady step, agreement with eager)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -127,7 +129,7 @@ def test_with_nonfinite_ignore_the_step_is_one_graph_under_a_momentum_schedule()
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("make", [
+NUMBERS_CASES = [
     lambda ps: lo.Muon(ps, momentum=0.9, weight_decay=0.01),
     lambda ps: lo.Muon(ps, momentum=0.9, nesterov=False),
     lambda ps: lo.Signum(ps, momentum=0.8, weight_decay=0.1),
@@ -135,7 +137,11 @@ def test_with_nonfinite_ignore_the_step_is_one_graph_under_a_momentum_schedule()
     lambda ps: lo.SignSGD(ps, weight_decay=0.3),
     lambda ps: lo.Scion(ps, momentum=0.1, norm="Sign"),
     lambda ps: lo.LMOOptimizer(ps, lo.signum(0.1, beta=0.7, weight_decay=0.05)),
-], ids=["Muon", "Muon-no-nesterov", "Signum", "Lion", "SignSGD", "Scion", "LMOOptimizer"])
+]
+NUMBERS_IDS = ["Muon", "Muon-no-nesterov", "Signum", "Lion", "SignSGD", "Scion", "LMOOptimizer"]
+
+
+@pytest.mark.parametrize("make", NUMBERS_CASES, ids=NUMBERS_IDS)
 def test_the_numbers_a_traced_step_reads_are_the_configured_drivers(make):
     """What a traced step reads from the group (``step_numbers``, of the ``scheduled`` keys) is what
     ``configure`` makes of the same group -- at the constructor's values and at values a scheduler writes."""
@@ -150,3 +156,49 @@ def test_the_numbers_a_traced_step_reads_are_the_configured_drivers(make):
         assert numbers, type(opt).__name__
         for name, value in numbers.items():
             assert value == pytest.approx(getattr(driver, name), rel=1e-15), (name, scale)
+
+
+@pytest.mark.parametrize("make", NUMBERS_CASES, ids=NUMBERS_IDS)
+def test_an_eager_step_under_a_schedule_makes_the_configured_driver_without_configuring(make):
+    """An eager step whose group changed only in its ``scheduled`` numbers takes the kept driver with the new numbers
+    (``_rescheduled``, no ``configure``): equal to what ``configure`` makes of the group for every value it accepts,
+    and ``None`` (so that ``configure`` words the refusal for the torch argument) for every value it refuses, at the
+    ends of the ranges and beyond; and nothing when anything else changed."""
+    opt = make([torch.nn.Parameter(torch.randn(4, 4))])
+    base = dict(opt.param_groups[0])
+    driver, hyper = opt.configure(base), opt._hyperparameters(base)
+    tried = accepted = 0
+    for key in sorted(opt.scheduled):
+        for value in (0.0, 0.05, 0.5, 0.9, 0.999, 1.0, 1.5, -0.1, 2.0, math.nan, math.inf, -math.inf):
+            group = dict(base)
+            group[key] = (value, *base[key][1:]) if isinstance(base[key], tuple) else value
+            fast = opt._rescheduled(driver, hyper, opt._hyperparameters(group), group)
+            try:
+                configured = opt.configure(group)
+            except ValueError:
+                configured = None
+            tried += 1
+            if configured is None:
+                assert fast is None, (key, value)
+            elif fast is not None:
+                accepted += 1
+                assert fast == configured, (key, value)
+    assert accepted >= 3 and accepted < tried, (accepted, tried)
+    other = dict(base)
+    other["lr"], other["nonfinite"] = 0.5, "skip"
+    assert opt._rescheduled(driver, hyper, opt._hyperparameters(other), other) is None
+    # a step after a scheduler moved the numbers: no configure, and the plan's driver has the configured numbers
+    params = [torch.nn.Parameter(torch.randn(4, 4))]
+    opt = make(params)
+    params[0].grad = torch.randn(4, 4)
+    opt.step()
+    calls, configure = [], opt.configure
+    opt.configure = lambda group: calls.append(group) or configure(group)
+    group = opt.param_groups[0]
+    for key in opt.scheduled:
+        group[key] = (group[key][0] * 0.5, *group[key][1:]) if isinstance(group[key], tuple) else group[key] * 0.5
+    opt.step()
+    assert calls == []
+    stepped, wanted = opt._plans[0].plan.driver, configure(group)
+    assert {f: getattr(stepped, f) for f in ("beta1", "beta2", "decay")} == \
+        {f: getattr(wanted, f) for f in ("beta1", "beta2", "decay")}
