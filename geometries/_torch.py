@@ -194,7 +194,7 @@ def matmul(xp: Any, a: Any, b: Any, out: Any = None, *, symmetric: bool = False)
     panels took 1.6x the plain product), and against one batched call the loop pays only where the panels save
     much (``benchmarks/symmetric_product.py``, stacks)."""
     if symmetric and _is_torch(xp) and a.ndim in (2, 3) and b.ndim == a.ndim:
-        cuts = _panels(a if a.ndim == 2 else a[0]) if a.ndim == 2 or a.shape[0] > 0 else None
+        cuts = _panels(a)
         if cuts is not None and a.ndim == 2:
             return _upper_triangle(a, b, out, cuts)
         if cuts is not None and len(cuts) > SYMMETRIC_STACK_PANELS and a.shape[0] == b.shape[0]:
@@ -230,13 +230,13 @@ SYMMETRIC_STACK_PANELS = 4
 
 
 def _panels(a: Any) -> list[int] | None:
-    """The row cuts of the upper-block-triangle product of a 2-D torch CPU left operand ``a`` (``m x inner``), or
-    ``None`` for the plain product (fewer than two panels of :data:`SYMMETRIC_PANEL`'s size, an accelerator -- not
-    measured there --, or code traced by ``torch.compile``)."""
+    """The row cuts of the upper-block-triangle product of a torch CPU left operand ``a`` (``m x inner``, or a stack
+    of such: each matrix's), or ``None`` for the plain product (fewer than two panels of :data:`SYMMETRIC_PANEL`'s
+    size, an accelerator -- not measured there --, or code traced by ``torch.compile``)."""
     least = SYMMETRIC_PANEL.get(a.element_size())
     if least is None or a.device.type != "cpu":
         return None
-    m, inner = a.shape
+    m, inner = a.shape[-2:]
     k = min(SYMMETRIC_PANELS, m // least[0], m * inner // least[1])
     if k < 2 or _traced():
         return None
