@@ -464,7 +464,14 @@ class DriverOptimizer(torch.optim.Optimizer):
             self._refresh()
         elif not self.scheduled:  # a class that does not say which numbers move: a graph break, no recompilation
             self._refresh_untraced()
-        work = [w for gi, group in enumerate(self.param_groups) if (w := self._gather(gi, group)) is not None]
+        # indices, not enumerate(): traced, a refusal raised in _gather is a graph break, at which dynamo saves the
+        # live iterator, and its walk of enumerate's generator (a polyfill, with its module's globals) exceeded
+        # Python's recursion limit in a test process with many modules loaded
+        work = []
+        for gi in range(len(self.param_groups)):
+            w = self._gather(gi, self.param_groups[gi])
+            if w is not None:
+                work.append(w)
         if self._finite(work):
             for w in work:
                 self._step_group(w)

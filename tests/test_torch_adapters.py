@@ -456,6 +456,33 @@ def test_a_hyperparameter_set_in_a_group_later_is_checked_before_anything_is_wri
     assert opt._plans[0].plan is plan and not all(torch.equal(p, b) for p, b in zip(params, before))
 
 
+def test_a_compiled_refusal_does_not_walk_the_process_globals(monkeypatch):
+    """A refusal raised in a traced step is a graph break, at which dynamo saves the live values of the step's frame.
+    An ``enumerate()`` there (a dynamo polyfill generator) made it walk the polyfill's module globals and
+    ``builtins``: in a process holding a deeply nested value there (as this suite's CI worker did), that walk
+    exceeded Python's recursion limit and the step raised dynamo's ``InternalTorchDynamoError`` in place of the
+    ``ValueError``. With a 3000-deep list in ``builtins`` the refusal is still the ``ValueError``."""
+    import builtins
+
+    import torch._dynamo as dynamo
+
+    deep: list = []
+    for _ in range(3000):
+        deep = [deep]
+    monkeypatch.setattr(builtins, "_lmo_test_deeply_nested", deep, raising=False)
+    dynamo.reset()
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(6, 4, generator=gen)) for _ in range(2)]
+    opt = lo.Muon(params, lr=0.05)
+    step = torch.compile(opt.step, backend="eager")
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    step()
+    opt.param_groups[0]["momentum"] = 1.5
+    with pytest.raises(ValueError, match="momentum"):
+        step()
+
+
 def test_a_plan_serves_drivers_that_differ_in_what_the_step_reads():
     """``Driver.plans_like``: the betas, the decay and the lr may differ (with the same estimator structure); a
     change of geometry, radius, rule or batching, or of the estimator's structure, needs a new plan."""
