@@ -309,10 +309,16 @@ class DriverOptimizer(torch.optim.Optimizer):
         (not what LR schedulers add to a group, "initial_lr", ...)."""
         return {k: group[k] for k in self.defaults if k not in _NOT_HYPERPARAMETERS and k in group}
 
+    def _scheduled_numbers_suffice(self) -> bool:
+        """Whether a group whose :attr:`scheduled` numbers alone changed is served by its kept driver with the new
+        numbers (:meth:`step_numbers`): the class declares them, and its ``configure`` derives nothing else from
+        them (a class whose configuration builds a hook from them says no, see :class:`DPMuon`)."""
+        return bool(self.scheduled)
+
     def _reads_scheduled(self) -> bool:
         """Whether this step reads the :attr:`scheduled` numbers from the groups (:meth:`step_numbers`): traced by
-        ``torch.compile``, for a class that declares them."""
-        return bool(self.scheduled) and _foreach.compiling()
+        ``torch.compile``, for a class whose scheduled numbers suffice."""
+        return self._scheduled_numbers_suffice() and _foreach.compiling()
 
     def _structure(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
         """The hyperparameters that a traced step compares with its plan's: all but the :attr:`scheduled` ones."""
@@ -362,7 +368,7 @@ class DriverOptimizer(torch.optim.Optimizer):
         what :meth:`configure` makes of the group, without remaking its geometry (a third of an eager step's host
         time at width 64 under ``OneCycleLR``, which moves the momentum at every step). ``None`` otherwise: the
         caller configures the group, and a bad value gets its message worded for the torch argument."""
-        if not self.scheduled or self._structure(kept) != self._structure(hyperparameters):
+        if not self._scheduled_numbers_suffice() or self._structure(kept) != self._structure(hyperparameters):
             return None
         lr = group["lr"]  # as _driver has it: a tensor lr was checked when the group was made, and is not read
         try:
@@ -462,7 +468,7 @@ class DriverOptimizer(torch.optim.Optimizer):
                 loss = closure()
         if not _foreach.compiling():
             self._refresh()
-        elif not self.scheduled:  # a class that does not say which numbers move: a graph break, no recompilation
+        elif not self._scheduled_numbers_suffice():  # the numbers that move are unknown, or not all: a graph break
             self._refresh_untraced()
         # indices, not enumerate(): traced, a refusal raised in _gather is a graph break, at which dynamo saves the
         # live iterator, and its walk of enumerate's generator (a polyfill, with its module's globals) exceeded

@@ -338,6 +338,10 @@ class DPMuon(_Private, Muon):
         super().__init__(params, lr, vectors=vectors, **muon_arguments)
         self._check_private_groups()
 
+    def _scheduled_numbers_suffice(self) -> bool:
+        # DP-MuonBC's correction (BiasCorrection) is made from the betas: a new momentum is a new configuration
+        return not self.bias_correction and super()._scheduled_numbers_suffice()
+
     def configure(self, group: Mapping[str, Any]) -> Driver:
         """The group's driver: :func:`lmo.optimizers.dp_muon`'s, i.e. ``private(muon(...))`` with this optimizer's
         :class:`Privatize` (shared by all groups) and, with ``bias_correction``, DP-MuonBC's correction."""

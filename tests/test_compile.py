@@ -158,6 +158,27 @@ def test_the_numbers_a_traced_step_reads_are_the_configured_drivers(make):
             assert value == pytest.approx(getattr(driver, name), rel=1e-15), (name, scale)
 
 
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_a_momentum_schedule_keeps_dp_muonbc_correction_in_step_with_the_momentum(bias_correction):
+    """DP-MuonBC's correction is built from the betas (``BiasCorrection(beta1, beta2)``), so for ``DPMuon`` with
+    ``bias_correction=True`` a new momentum is a new configuration, not the kept driver with new numbers: after each
+    step under a moving momentum the plan's driver and its correction have the configured betas."""
+    gen = torch.Generator().manual_seed(4)
+    params = [torch.nn.Parameter(torch.randn(4, 4, generator=gen))]
+    opt = lo.DPMuon(params, lr=0.05, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=3,
+                    bias_correction=bias_correction, generator=0)
+    assert opt._scheduled_numbers_suffice() is not bias_correction
+    for momentum in (0.95, 0.9, 0.8):
+        opt.param_groups[0]["momentum"] = momentum
+        params[0].grad_sample = torch.randn(3, 4, 4, generator=gen)
+        opt.step()
+        stepped, wanted = opt._plans[0].plan.driver, opt.configure(opt.param_groups[0])
+        assert (stepped.beta1, stepped.beta2) == (wanted.beta1, wanted.beta2), momentum
+        corrections = [(d.beta1, d.beta2) if d is not None else None
+                       for d in (stepped.direction_transform, wanted.direction_transform)]
+        assert corrections[0] == corrections[1] and (corrections[0] is not None) is bias_correction, momentum
+
+
 @pytest.mark.parametrize("make", NUMBERS_CASES, ids=NUMBERS_IDS)
 def test_an_eager_step_under_a_schedule_makes_the_configured_driver_without_configuring(make):
     """An eager step whose group changed only in its ``scheduled`` numbers takes the kept driver with the new numbers
