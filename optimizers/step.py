@@ -303,9 +303,11 @@ def evaluate(
         geometries = [plan.entries[i].oracle for i in batch.members]
         arrays = [estimates[i] for i in batch.members]
         stack = None if stacked is None else stacked.get(j)
+        kept = plan.stacks.get(j)
         found = oracle_call(batch.norm, geometries, arrays, batch.core, sharp, stack, finite=plan.finite,
                             workspace=plan.scratch if batch.workspace else None,
-                            stage=stack is not None and j in plan.staged)
+                            stage=stack is not None and j in plan.staged,
+                            rows=kept[1] if kept is not None and kept[0] is stack else None)
         for i, direction in zip(batch.members, found):
             out[i] = direction
     return out
@@ -330,14 +332,16 @@ def oracle_directions(geometries: Sequence[ParamGeometry], estimates: Sequence[A
 
 def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequence[Array],
                 core: tuple[int, ...], sharp: bool, stacked: Array | None = None, *,
-                finite: bool = False, workspace: Workspace | None = None, stage: bool = False) -> list[Direction]:
+                finite: bool = False, workspace: Workspace | None = None, stage: bool = False,
+                rows: Sequence[Array] | None = None) -> list[Direction]:
     """One call of ``norm``'s oracle on the estimates (in their geometries' views), stacked along a new leading
     axis when there are several (``stacked``: that stack, if the estimates are its rows already); the directions
     back in the estimates' shapes. ``finite``: the estimates are known finite (:attr:`Plan.finite`), and
     ``workspace`` the buffers the directions may live in until the next call (:attr:`Batch.workspace`), passed on
     to :meth:`Norm.lmo_factored`. ``stage`` (with ``stacked``, which the caller no longer needs once the oracle has
     read it): the directions are cast into ``stacked`` in one pass and returned as views of it, in the estimates'
-    dtype (:attr:`Plan.staged`)."""
+    dtype (:attr:`Plan.staged`); ``rows``: the views of ``stacked`` in the estimates' shapes (:attr:`Plan.stacks`,
+    made once), which those directions then are."""
     k = norm.ndim
     extra = {} if workspace is None else {"workspace": workspace}
     # the sharp rule's dual norm is read first: an oracle with a workspace may overwrite an estimate that lives in
@@ -358,6 +362,8 @@ def oracle_call(norm: Norm, geometries: Sequence[ParamGeometry], estimates: Sequ
         d_all, factor = norm.lmo_factored(stacked, finite=finite, **extra)
         if stage and d_all.dtype != stacked.dtype:
             d_all = stacked.copy_(d_all)
+            if rows is not None and dual_all is None:  # the kept rows are these directions, in place
+                return [Direction(row, factor, None) for row in rows]
         if all(len(shape) == k for shape in shapes):  # one matrix each (the common case): one split, no reshapes
             ds = list(xp.unstack(d_all))
             duals = [None] * len(ds) if dual_all is None else list(xp.unstack(dual_all))
