@@ -158,6 +158,33 @@ def test_the_numbers_a_traced_step_reads_are_the_configured_drivers(make):
             assert value == pytest.approx(getattr(driver, name), rel=1e-15), (name, scale)
 
 
+@pytest.mark.parametrize("make", [
+    lambda ps: lo.Muon(ps, lr=torch.tensor(0.02), vectors="rms"),
+    lambda ps: lo.Lion(ps, lr=torch.tensor(0.02)),
+    lambda ps: lo.Signum(ps, lr=torch.tensor(0.02)),
+], ids=["Muon", "Lion", "Signum"])
+def test_an_eager_onecycle_run_is_the_configured_run_bit_for_bit(make):
+    """20 eager steps under ``OneCycleLR`` (momentum cycled) with the kept driver rescheduled equal, bit for bit, the
+    same steps with the group configured anew at every step (the route before ``_rescheduled``)."""
+    def run(rescheduled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s)) for s in ((8, 8), (8, 8), (16, 8), (8,))]
+        opt = make(params)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=30)
+        if not rescheduled:
+            opt._rescheduled = lambda *args: None
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+            schedule.step()
+        return [p.detach().clone() for p in params]
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_a_momentum_schedule_keeps_dp_muonbc_correction_in_step_with_the_momentum(bias_correction):
     """DP-MuonBC's correction is built from the betas (``BiasCorrection(beta1, beta2)``), so for ``DPMuon`` with
