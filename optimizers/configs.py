@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -384,7 +385,9 @@ def muon(
     return configured(names, geometry=geometry, lr=lr, beta1=beta1, beta2=beta2, decay=weight_decay, **driver)
 
 
-_NS_DEFAULTS = {"ns_steps": 5, "ns_coefficients": NS_COEFFICIENTS, "eps": 1e-7, "method": "newton_schulz"}  # muon()'s
+# muon()'s own defaults of the polar iteration's hyperparameters
+_NS_DEFAULTS = {name: inspect.signature(muon).parameters[name].default
+                for name in ("ns_steps", "ns_coefficients", "eps", "method")}
 
 
 def _refuse_unused(why: str, given: Mapping[str, Any]) -> None:

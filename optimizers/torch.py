@@ -126,6 +126,12 @@ class UnsupportedParameterError(ValueError, RuntimeError):
 _untraced = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
 
 
+def _configured_lr(lr: Any) -> Any:
+    """The lr a group's driver is remade with once the group's lr was checked: a tensor lr is not read again (a
+    host sync per step under a momentum schedule; the step reads the tensor itself), so 0.0 stands in for it."""
+    return 0.0 if isinstance(lr, torch.Tensor) else lr
+
+
 def _arguments(table: Mapping[str, str], values: Mapping[str, Any]) -> dict[str, Any]:
     """The group defaults of a named class: its constructor's values of the torch arguments in ``table``."""
     return {name: values[name] for name in table}
@@ -328,10 +334,9 @@ class DriverOptimizer(torch.optim.Optimizer):
         """The group's driver, bound to all of this optimizer's parameters (a rule that sees the whole parameter
         list, to find the last layer, sees all of them in order, not only this group's, nor only the ones with a
         gradient now), and whether it was bound so. ``checked_lr``: the group's lr was checked when the group was
-        made; a tensor lr is then not read again (a host sync per step under a momentum schedule: the step reads the
-        tensor itself)."""
-        if checked_lr and isinstance(group["lr"], torch.Tensor):
-            group = {**group, "lr": 0.0}
+        made (:func:`_configured_lr`)."""
+        if checked_lr:
+            group = {**group, "lr": _configured_lr(group["lr"])}
         driver = self.configure(group)
         bound = driver.for_parameters([n for j, g in enumerate(self.param_groups) for n in self._names(j, g)],
                                       [p.shape for g in self.param_groups for p in g["params"]])
@@ -371,9 +376,8 @@ class DriverOptimizer(torch.optim.Optimizer):
         value gets its message worded for the torch argument."""
         if not self._scheduled_numbers_suffice() or self._structure(before) != self._structure(hyperparameters):
             return None
-        lr = group["lr"]  # as _driver has it: a tensor lr was checked when the group was made, and is not read
         try:
-            return driver.replace(lr=0.0 if isinstance(lr, torch.Tensor) else lr, **self.step_numbers(group))
+            return driver.replace(lr=_configured_lr(group["lr"]), **self.step_numbers(group))
         except validation.HyperparameterError:
             return None
 
