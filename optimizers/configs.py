@@ -375,10 +375,9 @@ def muon(
     elif method == "newton_schulz":
         norm = get_norm("spectral", method=method, steps=steps, coefficients=coefficients, eps=eps, dtype=ns_dtype)
     else:
-        validation.choice("method", method, POLAR_METHODS)  # before the refusal below, which names it
-        _refuse_unused(f"method={method!r}", {"ns_steps": steps, "ns_coefficients": coefficients})
         with renamed({"dtype": ("ns_dtype", ns_dtype)}):
-            norm = _spectral(method, ns_dtype, eps)
+            norm = _spectral(method, ns_dtype, eps)  # first: an unknown method is named before the refusal below
+        _refuse_unused(f"method={method!r}", {"ns_steps": steps, "ns_coefficients": coefficients})
     geometry = MuonGeometry(norm, adjust_lr=adjust_lr, view=view, vectors=vectors)
     beta1, beta2 = muon_betas(beta, nesterov) if validation.is_number(beta) else (beta, beta)
     names = {"beta1": ("beta", beta), "beta2": ("beta", beta), "decay": ("weight_decay", weight_decay)}

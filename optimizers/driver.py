@@ -443,10 +443,10 @@ class Driver:
             raise HyperparameterError(
                 "geometry", geometry, "a Norm, a registry name, a ParamGeometry or a rule (name, shape) -> geometry"
             )
-        for field, value in checked_step_numbers({"beta1": self.beta1, "beta2": self.beta2}).items():
+        numbers = checked_step_numbers({"beta1": self.beta1, "beta2": self.beta2, "decay": self.decay})
+        for field, value in numbers.items():
             object.__setattr__(self, field, value)
         validation.choice("rule", self.rule, ("lmo", "sharp"))
-        object.__setattr__(self, "decay", checked_step_numbers({"decay": self.decay})["decay"])
         object.__setattr__(self, "radius", validation.real("radius", self.radius, 0.0, low_open=True))
         if not callable(self.lr):
             object.__setattr__(self, "lr", self.check_lr(self.lr))

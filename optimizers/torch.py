@@ -991,7 +991,7 @@ class Scion(DriverOptimizer):
         momentum = group["momentum"]
         one_minus = ("momentum must be a number in (0, 1]: Scion's momentum is ONE MINUS the usual factor (0.1 "
                      "means beta 0.9; 1 means none); got momentum={value!r}")
-        beta = 1.0 - momentum if isinstance(momentum, (int, float)) and not isinstance(momentum, bool) else momentum
+        beta = self.step_numbers(group)["beta1"] if validation.is_number(momentum) else momentum
         with renamed({"beta": ("momentum", momentum, one_minus), "radius": ("scale", group["scale"])}):
             geometry = ScionGeometry(group["norm"], dict(group["norm_kwargs"] or {}), group["scale"])
             factory = uscion if validation.boolean("unconstrained", group["unconstrained"]) else scion

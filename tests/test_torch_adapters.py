@@ -982,3 +982,9 @@ def test_another_polar_method_keeps_eps_and_refuses_newton_schulz_options_it_wou
     with pytest.raises(ValueError, match="ns_steps would be ignored with method='polar_express'"):
         lo.Muon([torch.nn.Parameter(torch.randn(4, 4))], method="polar_express", ns_steps=3)
     lo.Muon([torch.nn.Parameter(torch.randn(4, 4))], method="auto", ns_steps=5)  # the default: accepted
+    # an unknown method is named, not the ns_steps it would make unused
+    with pytest.raises(ValueError, match="method"):
+        lo.muon(method="newton", ns_steps=3)
+    with pytest.raises(ValueError, match="method") as err:
+        lo.Muon([torch.nn.Parameter(torch.randn(4, 4))], method="newton", ns_steps=3)
+    assert "ns_steps" not in str(err.value)
