@@ -416,9 +416,10 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
     ``8.2 - 22.5 + 15.9`` at ``s = 1``), and a factor summed in bfloat16 blew up (``||X_1||_2`` of ``4e6`` on a 7 x 2
     matrix under the gram scaling, ``2e3`` under ``"auto"``). ``A^2`` rounded to bfloat16 adds an error of the size
     that ``A``'s own rounding has already (benchmarks/polar_accuracy.py: the same worst case on every input).
-    ``ws``: ``A`` in its buffer ``a``, ``A^2`` in ``a2``, ``Q`` in ``q`` (or ``a2``), the float32 work in ``a32`` and
-    ``t32``, in the memory of the iteration's input where that is scratch with room (:meth:`Workspace.lend`: the
-    optimizer's float32 estimates, which the start has read; 4 of "auto"'s 27 MiB at width 256)."""
+    ``ws``: ``A`` in its buffer ``a``, ``A^2`` in ``a2``, ``Q`` in ``a2`` too (``s8``: its float32 copy holds
+    ``A^2`` by then) or in ``q``, the float32 work in ``a32`` and ``t32``, in the memory of the iteration's input
+    where that is scratch with room (:meth:`Workspace.lend`: the optimizer's float32 estimates, which the start has
+    read; at width 256 ``a32`` of every stack and ``t32`` of the rectangles' fit there, of "auto"'s 21 MiB)."""
     shape = _gram_shape(x)
     a = matmul(xp, x, xp.matrix_transpose(x), out=buffer(xp, ws, "a", shape, x.dtype, x), symmetric=True)
     low = xp.finfo(a.dtype).bits < 32
@@ -447,8 +448,8 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
         unit = wide * inv
         tail = (coeffs[1] * unit if len(coeffs) == 2 else _poly_tail(xp, unit, coeffs)) * root
     q = add_diagonal(xp, tail, coeffs[0] * root)
-    if q.dtype != a.dtype:
-        q = cast(xp, q, a.dtype, out=buffer(xp, ws, "q", shape, a.dtype, a))
+    if q.dtype != a.dtype:  # a low iterate dtype: A^2's own buffer is free once its float32 copy is made
+        q = cast(xp, q, a.dtype, out=buffer(xp, ws, "a2" if scaling == "s8" else "q", shape, a.dtype, a))
     return q, a
 
 

@@ -254,6 +254,9 @@ def test_a_workspace_changes_the_memory_only(method, dtype):
         second = solver.iterate(g2, ws)
         assert torch.equal(second, solver.iterate(g2)), (method, shape)
         assert ws.nbytes == kept and second.data_ptr() == pointer, (method, shape)
+        roles = {role for role, _, _ in ws._buffers}
+        if solver.scaling == "s8" and dtype == "bfloat16":  # the first factor's Q in A^2's buffer, free by then
+            assert "a2" in roles and "q" not in roles, (method, shape, roles)
 
 
 @pytest.mark.parametrize("work", ["bfloat16", "float32"])
