@@ -417,20 +417,15 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
     matrix under the gram scaling, ``2e3`` under ``"auto"``). ``A^2`` rounded to bfloat16 adds an error of the size
     that ``A``'s own rounding has already (benchmarks/polar_accuracy.py: the same worst case on every input).
     ``ws``: ``A`` in its buffer ``a``, ``A^2`` in ``a2``, ``Q`` in ``a2`` too (``s8``: its float32 copy holds
-    ``A^2`` by then) or in ``q``, the float32 work in ``t32`` (``A^2``) and ``a32`` (``A``, except for ``s8``'s
-    quintic), in the memory of the iteration's input where that is scratch with room (:meth:`Workspace.lend`: the
-    optimizer's float32 estimates, which the start has read: "auto" at width 256 keeps no float32 buffer of its own,
-    17 MiB in all)."""
+    ``A^2`` by then) or in ``q``, the float32 work in ``a32`` and ``t32``, in the memory of the iteration's input
+    where that is scratch with room (:meth:`Workspace.lend`: the optimizer's float32 estimates, which the start has
+    read; at width 256 ``a32`` of every stack and ``t32`` of the rectangles' fit there, of "auto"'s 21 MiB)."""
     shape = _gram_shape(x)
     a = matmul(xp, x, xp.matrix_transpose(x), out=buffer(xp, ws, "a", shape, x.dtype, x), symmetric=True)
     low = xp.finfo(a.dtype).bits < 32
-    # s8's quintic reads A only in its element-wise combination, which reads a bfloat16 A as exactly as a float32
-    # copy of it (the same bits, 1.1x its time, and no float32 buffer: 4 MiB less at width 256)
-    quintic = scaling == "s8" and len(coeffs) == 3
-    if low and not quintic:
-        wide = cast(xp, a, xp.float32, out=buffer(xp, ws, "a32", shape, xp.float32, a, spare=True))
-    else:
-        wide = a
+    # a float32 copy of A in a buffer: a mixed-dtype combination reading the bfloat16 A (the same bits) makes that
+    # copy itself, as a fresh temporary at every call (optimizer_memory.py: the step's peak 0.4 -> 3.8 MiB, width 256)
+    wide = cast(xp, a, xp.float32, out=buffer(xp, ws, "a32", shape, xp.float32, a, spare=True)) if low else a
     if scaling == "s8":
         a2 = matmul(xp, a, a, out=buffer(xp, ws, "a2", shape, a.dtype, a), symmetric=True)
         if low:
@@ -449,7 +444,7 @@ def _first_factor(xp: Namespace, x: Array, coeffs: tuple[float, ...], scaling: s
     # a nonzero X_0 of unit Frobenius norm has t^2 >= 1 / min(m, n)
     inv = safe_divide(xp, xp.ones_like(bound), bound)
     root = xp.sqrt(inv)  # 1 / t
-    if quintic:  # element-wise only, in place on A^2 / power
+    if a2 is not None and len(coeffs) == 3:  # the quintic: element-wise only, in place on A^2 / power
         tail = combine(xp, wide, coeffs[1] * inv * root, a2, coeffs[2] * inv * inv * root * power)
     else:
         unit = wide * inv
