@@ -75,6 +75,7 @@ def main() -> None:
     makers = {
         "torch.optim.Muon": lambda ps: torch.optim.Muon(ps, lr=0.02),
         "lmo Muon": lambda ps: lo.Muon(ps, lr=0.02),
+        'lmo Muon, method="auto"': lambda ps: lo.Muon(ps, lr=0.02, method="auto"),
         "torch.optim.AdamW": lambda ps: torch.optim.AdamW(ps, lr=1e-3),
     }
     rows = []
