@@ -123,7 +123,8 @@ class UnsupportedParameterError(ValueError, RuntimeError):
     ``RuntimeError`` that torch.optim raises for them, at the step."""
 
 
-_untraced = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
+#: ``fn`` never traced by ``torch.compile`` (its calls run as written); the compiler is imported on the first call
+untraced = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
 
 
 def _configured_lr(lr: Any) -> Any:
@@ -383,7 +384,7 @@ class DriverOptimizer(torch.optim.Optimizer):
 
     # torch.compiler.disable, made on the first call: importing the compiler costs a second, which an optimizer
     # that is never compiled does not pay (torch.optim.Optimizer's own untraced methods are made so)
-    _refresh_untraced = _untraced(_refresh)
+    _refresh_untraced = untraced(_refresh)
 
     def _plan(self, gi: int, group: Mapping[str, Any], names: list[str], params: list[torch.Tensor]) -> Plan:
         """The group's plan for these parameters: kept while its parameters stay the same and its hyperparameters

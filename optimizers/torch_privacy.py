@@ -36,7 +36,7 @@ from .configs import vector_geometry
 from .distributed import DTensor, distribute_tensor
 from .driver import Driver, NonFiniteGradientError, first_nonfinite
 from .privacy import Privatize, private
-from .torch import DriverOptimizer, LMOOptimizer, Muon
+from .torch import DriverOptimizer, LMOOptimizer, Muon, untraced
 
 __all__ = ["DPOptimizer", "DPMuon", "Privacy"]
 
@@ -193,10 +193,15 @@ class _Private(DriverOptimizer):
             raise RuntimeError("a private optimizer's gradients exist only inside step()")
         return self._released.get(p)
 
+    # not traced by torch.compile (``torch.compile(opt.step)`` runs it as written): the noise is drawn from the
+    # privacy layer's own generator, which a compiled graph would not use, and the privatisation tests the
+    # per-example gradients on the host
+    @untraced
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One private step: privatise the per-example gradients (``p.grad_sample``) of all groups together, then
-        each group's step on them. Returns the closure's loss if given (the closure must fill ``p.grad_sample``)."""
+        each group's step on them. Returns the closure's loss if given (the closure must fill ``p.grad_sample``).
+        Under ``torch.compile`` it runs untraced (the noise comes from the privacy layer's generator)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

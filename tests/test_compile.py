@@ -250,3 +250,38 @@ def test_an_eager_step_under_a_schedule_makes_the_configured_driver_without_conf
     stepped, wanted = opt._plans[0].plan.driver, configure(group)
     assert {f: getattr(stepped, f) for f in ("beta1", "beta2", "decay")} == \
         {f: getattr(wanted, f) for f in ("beta1", "beta2", "decay")}
+
+
+@skip_without("spectral")
+@pytest.mark.parametrize("make", [
+    lambda ps: lo.DPMuon(ps, lr=0.05, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=4, generator=7,
+                         sample_rate=0.01),
+    lambda ps: lo.DPOptimizer(ps, lo.dp_sign_sgd(0.05, noise_multiplier=1.0, max_grad_norm=1.0,
+                                                 expected_batch_size=4, generator=7), sample_rate=0.01),
+], ids=["DPMuon", "DPOptimizer"])
+def test_a_compiled_private_step_runs_as_written(make):
+    """``torch.compile(opt.step)`` of a private optimizer runs its step untraced (the noise comes from the privacy
+    layer's generator, which a graph would not draw from): the compiled and the eager optimizer take the same steps
+    bit for bit, on a model with a bias, and count them for the accountant. Before, the traced step lost its
+    privatised gradients at a graph break ("a private optimizer's gradients exist only inside step()")."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    gen = torch.Generator().manual_seed(5)
+    inits = [torch.randn(6, 4, generator=gen), torch.randn(6, generator=gen)]  # a weight and its bias
+    samples = [[torch.randn(4, *x.shape, generator=gen) for x in inits] for _ in range(3)]
+    runs = []
+    for compiled in (False, True):
+        params = [torch.nn.Parameter(x.clone()) for x in inits]
+        opt = make(params)
+        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+        for per_example in samples:
+            for p, g in zip(params, per_example):
+                p.grad_sample = g.clone()
+            step()
+        runs.append((params, opt))
+    (eager, eager_opt), (traced, traced_opt) = runs
+    for a, b in zip(eager, traced):
+        assert torch.equal(a, b)
+    assert eager_opt.privacy.steps == traced_opt.privacy.steps == 3
+    assert traced_opt.epsilon(1e-5) == eager_opt.epsilon(1e-5)
