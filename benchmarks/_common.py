@@ -49,6 +49,8 @@ def setup(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     device = getattr(args, "device", "cpu")
     if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device")
         args.clock = "wall"  # the host's CPU time says nothing of the device's work
         _sync = torch.cuda.synchronize
     _clock = _CLOCK[getattr(args, "clock", "cpu")]

@@ -50,3 +50,15 @@ def test_kit_mutation_quick_mode_kills_the_mutants_of_two_methods(tmp_path):
     data = json.loads(out.read_text())
     assert data["results"] and all(r["status"] == "killed" for r in data["results"]), done.stdout
     assert data["score"] == 1.0 and "| killed |" in done.stdout
+
+
+def test_a_cuda_benchmark_without_a_cuda_device_says_so():
+    """``--device cuda`` where torch sees no CUDA device stops with one line naming the device and the torch build,
+    not a traceback from the first tensor moved there (on a GPU machine, ``benchmarks/gpu.sh`` runs it)."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is available")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "muon_step.py"), "--device", "cuda", "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "--device cuda" in done.stderr and "no CUDA device" in done.stderr and "Traceback" not in done.stderr
